@@ -1,0 +1,1 @@
+"""The DUMA agent: a fast mind that talks and a slow mind that thinks with tools."""

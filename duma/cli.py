@@ -1,0 +1,167 @@
+"""The ``duma`` command. The host keeps only ``plugins`` and ``config``; every other command
+comes from a plugin's ``register_commands`` hook (built-in ones included).
+
+Nothing heavy is imported here: ``duma --help`` must stay fast and torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from duma import __version__, host
+from duma.errors import DumaError
+
+
+class CliState:
+    """Shared by all commands through ``ctx.obj``: global options and the loaded config."""
+
+    def __init__(self, config_path: str | None, debug: bool, overrides: dict[str, Any] | None = None):
+        self.config_path = config_path
+        self.debug = debug
+        self.overrides: dict[str, Any] = overrides or {}
+        self._config = None
+
+    @property
+    def config(self):  # -> DumaConfig (imported lazily)
+        if self._config is None:
+            from duma.config import load_config
+
+            self._config = load_config(self.config_path, self.overrides)
+        return self._config
+
+
+pass_state = click.make_pass_decorator(CliState, ensure=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="duma")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="DUMA_CONFIG",
+              help="YAML configuration file (or DUMA_CONFIG).")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
+    """duma: fast/slow conversational agents on open LLMs."""
+    ctx.obj = CliState(config_path, debug)
+
+
+@cli.command(name="plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def plugins_command(as_json: bool) -> None:
+    """List plugins: version, source, hooks implemented and components registered."""
+    from duma.hookspecs import COMPONENT_HOOKS
+
+    pm = host.plugin_manager()
+    by_plugin: dict[str, dict[str, list[str]]] = {}
+    for kind in COMPONENT_HOOKS:
+        for comp in host.components(kind).values():
+            by_plugin.setdefault(comp.plugin, {}).setdefault(kind, []).append(comp.name)
+    rows = []
+    for info in host.plugins():
+        module = pm.get_plugin(info.name)
+        hooks = sorted(impl.name for impl in pm.get_hookcallers(module) or []) if module else []
+        rows.append({
+            "name": info.name,
+            "version": info.version,
+            "source": info.source,
+            "hooks": hooks,
+            "components": {k: sorted(v) for k, v in sorted(by_plugin.get(info.name, {}).items())},
+            **({"error": info.error} if info.error else {}),
+        })
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="duma plugins")
+    for col in ("name", "version", "source", "hooks", "components"):
+        table.add_column(col)
+    for r in rows:
+        comps = "\n".join(f"{k}: {', '.join(v)}" for k, v in r["components"].items())
+        if r.get("error"):
+            comps = f"[red]failed: {r['error']}[/red]"
+        table.add_row(r["name"], r["version"] or "", r["source"], "\n".join(r["hooks"]), comps)
+    Console().print(table)
+
+
+@cli.group(name="config")
+def config_group() -> None:
+    """Show the effective configuration or its schema."""
+
+
+@config_group.command(name="show")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of YAML.")
+@pass_state
+def config_show(state: CliState, as_json: bool) -> None:
+    """Print the effective configuration (file, then environment, then flags)."""
+    data = state.config.model_dump(mode="json")
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        import yaml
+
+        click.echo(yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip())
+
+
+@config_group.command(name="schema")
+def config_schema() -> None:
+    """Print the JSON schema of the configuration file."""
+    from duma.config import DumaConfig
+
+    click.echo(json.dumps(DumaConfig.model_json_schema(), indent=2))
+
+
+_commands_loaded = False
+
+
+def load_plugin_commands() -> click.Group:
+    """Let plugins add their commands (once per process)."""
+    global _commands_loaded
+    if not _commands_loaded:
+        _commands_loaded = True
+        host.call_hook_isolated("register_commands", cli=cli)
+    return cli
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("DUMA_DEBUG", "") not in ("", "0")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: runs the CLI, turning errors into one line + exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = _debug_requested(args)
+    try:
+        load_plugin_commands()
+        cli.main(args=args, prog_name="duma", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    except DumaError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # the last line of defence: one line, never a deep traceback
+        if debug:
+            traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        click.echo(f"Error: {type(exc).__name__}: {first} (run with --debug for the traceback)", err=True)
+        sys.exit(1)
