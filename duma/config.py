@@ -32,8 +32,8 @@ class MindConfig(ModelSpec):
 class AgentConfig(Strict):
     """The DUMA agent: a fast mind that talks and a slow mind that thinks with tools."""
 
-    fast: MindConfig = Field(default_factory=MindConfig)
-    slow: MindConfig = Field(default_factory=MindConfig)
+    fast: MindConfig | None = Field(None, description="Fast mind; default: the top-level model.")
+    slow: MindConfig | None = Field(None, description="Slow mind; default: the top-level model.")
     router: str = Field("duma", description="Name of a registered router.")
     router_options: dict[str, Any] = Field(default_factory=dict)
     tools: list[str] | None = Field(None, description="Tool names; None = all registered.")
@@ -63,6 +63,11 @@ class DumaConfig(Strict):
     agent: AgentConfig = Field(default_factory=AgentConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
+
+    def mind(self, which: Literal["fast", "slow"]) -> MindConfig:
+        """The model spec of a mind: its own section, or the top-level ``model``."""
+        own = getattr(self.agent, which)
+        return own if own is not None else MindConfig(**self.model.model_dump())
 
 
 def format_validation_error(exc: ValidationError, source: str | None = None) -> str:
