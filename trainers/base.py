@@ -1,0 +1,763 @@
+"""The engine loop every trainer shares: data loading, batching (padding, length grouping or
+packing), a deterministic sampler, the DeepSpeed engine, the lr schedule, eval loss,
+atomic checkpoints with exact resume, the JSONL log, the loss curve and the progress bar.
+
+A trainer subclasses :class:`Trainer` and overrides a few steps (``build_samples``,
+``prepare_model``, ``save_final``). Heavy libraries are imported inside functions so that
+importing this module (``duma --help``, config validation) stays torch-free.
+
+Data order: every epoch shuffles the rows with ``Random(seed + epoch)``; optimizer step ``k``
+of an epoch consumes micro-batches ``k*A*W .. (k+1)*A*W`` of that order (``A`` = grad_accum,
+``W`` = processes; process ``r`` takes every ``W``-th). A checkpoint stores the global step,
+so a resumed run replays exactly the micro-batches that an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from duma.errors import ConfigError, DumaError
+from duma.rendering import IGNORE_INDEX
+from duma.trainers.config import RunConfig
+
+LOG_FILE = "train_log.jsonl"
+RUN_FILE = "duma_run.json"
+CURVE_FILE = "loss.png"
+CHECKPOINTS = "checkpoints"
+LAUNCHED_ENV = "DUMA_TRAIN_LAUNCHED"  # set by ``duma train --nproc``: the parent did the checks
+# Test hook: seconds to sleep after each optimizer step (lets a test kill a run mid-way).
+STEP_SLEEP_ENV = "DUMA_TRAIN_STEP_SLEEP"
+
+
+@dataclass
+class Sample:
+    """One training row: token ids, labels (-100 = no loss) and the sample ids inside it."""
+
+    input_ids: list[int]
+    labels: list[int]
+    ids: list[int]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class DataStats:
+    records: int = 0
+    invalid: int = 0
+    truncated: int = 0
+    skipped_overlong: int = 0
+    skipped_all_masked: int = 0
+    train_rows: int = 0
+    eval_rows: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- data reading
+
+def read_records(data_cfg: Any) -> Iterator[Any]:
+    """Records (``duma.data`` models) from the configured source and files, in file order."""
+    for path in data_cfg.files:
+        if not Path(path).is_file():
+            raise DumaError(f"data file {path} does not exist", "check data.files in the run config")
+    from duma import data as duma_data
+
+    iter_records = getattr(duma_data, "iter_records", None)
+    if iter_records is not None:
+        kwargs: dict[str, Any] = {"skip_invalid": data_cfg.skip_invalid}
+        if data_cfg.rejects_path is not None:
+            kwargs["rejects_path"] = data_cfg.rejects_path
+        count = 0
+        for item in iter_records(data_cfg.source, [Path(p) for p in data_cfg.files], **kwargs):
+            yield getattr(item, "record", item)
+            count += 1
+            if data_cfg.limit and count >= data_cfg.limit:
+                return
+        return
+    yield from _read_records_fallback(data_cfg)  # until duma.data.iter_records lands
+
+
+def _read_records_fallback(data_cfg: Any) -> Iterator[Any]:
+    """A minimal BELLE/text JSONL reader used only while ``duma.data.iter_records`` is absent."""
+    from pydantic import ValidationError
+
+    from duma.data import Conversation, TextRecord
+
+    roles = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+             "system": "system"}
+    if data_cfg.source not in ("belle", "text"):
+        raise DumaError(f"unknown data source '{data_cfg.source}'", "known data sources: belle, text")
+    count = 0
+    for path in data_cfg.files:
+        with open(path, encoding="utf-8") as fh:
+            for line_no, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    raw = json.loads(line)
+                    if data_cfg.source == "text":
+                        record: Any = TextRecord(text=raw["text"])
+                    elif "conversations" in raw:
+                        msgs = [{"role": roles[t["from"]], "content": t["value"]} for t in raw["conversations"]]
+                        record = Conversation(id=raw.get("id"), messages=msgs)
+                    else:
+                        prompt = raw["instruction"] + (("\n" + raw["input"]) if raw.get("input") else "")
+                        record = Conversation(messages=[{"role": "user", "content": prompt},
+                                                        {"role": "assistant", "content": raw["output"]}])
+                except (ValueError, KeyError, TypeError, ValidationError) as exc:
+                    if data_cfg.skip_invalid:
+                        continue
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    raise DumaError(f"{path}:{line_no}: not a {data_cfg.source} record: {first}",
+                                    "fix the file, pick the right data.source, or set data.skip_invalid: true") from None
+                yield record
+                count += 1
+                if data_cfg.limit and count >= data_cfg.limit:
+                    return
+
+
+# ----------------------------------------------------------------------------- models
+
+def resolve_model_folder(ref: str) -> Path:
+    """An HF model folder for ``tiny``, ``embedded`` or a folder path (the one switch point to
+    ``duma.models``)."""
+    if ref == "tiny":
+        from duma.paths import duma_home
+        from duma.testing import make_tiny_model
+
+        target = duma_home() / "train" / "tiny-model"
+        if not (target / "duma-tiny.json").is_file():
+            tmp = target.with_name(f".tiny-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            make_tiny_model(tmp)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
+        return target
+    try:
+        from duma.models import resolve_model_path
+    except ImportError:
+        resolve_model_path = None
+    if resolve_model_path is not None:
+        return Path(resolve_model_path(ref))
+    path = Path(ref).expanduser()
+    if not (path / "config.json").is_file():
+        raise DumaError(f"model '{ref}' is not an HF model folder", "use 'tiny', 'embedded' or a folder with config.json")
+    return path
+
+
+def load_tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(folder: Path) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+
+
+# ----------------------------------------------------------------------------- batching
+
+def pack_rows(samples: Sequence[Sample], max_length: int) -> list[Sample]:
+    """Greedy first-fit packing of whole samples into rows of at most ``max_length`` tokens
+    (in a fixed order, so every process packs the same rows)."""
+    rows: list[Sample] = []
+    free: list[int] = []
+    for s in sorted(samples, key=len, reverse=True):
+        for i, room in enumerate(free):
+            if len(s) <= room:
+                row = rows[i]
+                row.input_ids += s.input_ids
+                row.labels += s.labels
+                row.ids += s.ids
+                free[i] -= len(s)
+                break
+        else:
+            rows.append(Sample(list(s.input_ids), list(s.labels), list(s.ids)))
+            free.append(max_length - len(s))
+    return rows
+
+
+def epoch_order(n_rows: int, lengths: Sequence[int], seed: int, epoch: int, micro_batch: int,
+                group_by_length: bool) -> list[list[int]]:
+    """The micro-batches (row indices) of one epoch: shuffled with ``seed + epoch``; with
+    ``group_by_length`` rows of similar length share a batch (less padding)."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(n_rows))
+    rng.shuffle(order)
+    if group_by_length:
+        mega = micro_batch * 32
+        grouped: list[int] = []
+        for start in range(0, len(order), mega):
+            grouped += sorted(order[start:start + mega], key=lambda i: -lengths[i])
+        batches = [grouped[i:i + micro_batch] for i in range(0, len(grouped), micro_batch)]
+        rng.shuffle(batches)
+        return batches
+    return [order[i:i + micro_batch] for i in range(0, len(order), micro_batch)]
+
+
+def collate(rows: Sequence[Sample], pad_id: int) -> dict[str, Any]:
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r)
+        ids[i, :n] = torch.tensor(r.input_ids)
+        labels[i, :n] = torch.tensor(r.labels)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def lr_lambda(schedule: str, warmup: int, total: int, min_ratio: float):
+    """Multiplier of the base lr at a step: linear warm-up, then cosine/linear decay to
+    ``min_ratio`` (or constant)."""
+
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if schedule == "cosine":
+            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return min_ratio + (1 - min_ratio) * (1 - progress)
+
+    return f
+
+
+# ----------------------------------------------------------------------------- distributed
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> tuple[int, int]:
+    """One process by default: set the launcher's variables when nobody launched us, then
+    bring up a gloo process group (CPU) through DeepSpeed. Returns (rank, world size)."""
+    import deepspeed
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:
+            os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+                               "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
+        import torch
+
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        deepspeed.init_distributed(dist_backend=backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _rng_state() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+# ----------------------------------------------------------------------------- trainer
+
+class Trainer:
+    """Base trainer: subclasses set ``name``/``config_class`` and override the hooks."""
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[RunConfig]] = RunConfig
+    description: ClassVar[str] = ""
+    repack: ClassVar[bool] = True  # training.packing packs samples into rows
+
+    def __init__(self, config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> None:
+        self.config = config
+        self.resume = resume
+        self.overwrite = overwrite
+        self.out = Path(config.output_dir)
+        self.stats = DataStats()
+        self.rank = 0
+        self.world = 1
+        self.tokenizer: Any = None
+        self.model_folder: Path | None = None
+        self.train_rows: list[Sample] = []
+        self.eval_rows: list[Sample] = []
+
+    # --- checks that run before any training (and before DeepSpeed starts)
+
+    def check_output_dir(self) -> None:
+        """Refuse an output folder that holds another run unless --overwrite/--resume."""
+        run_file = self.out / RUN_FILE
+        if self.out.exists() and not self.out.is_dir():
+            raise DumaError(f"output_dir {self.out} is a file", "choose a folder for output_dir")
+        occupied = self.out.is_dir() and any(self.out.iterdir())
+        if not occupied:
+            if self.resume:
+                raise DumaError(f"nothing to resume in {self.out}", "run without --resume to start")
+            return
+        if self.overwrite:
+            return
+        if not run_file.is_file():
+            raise DumaError(f"output_dir {self.out} is not empty and holds no duma run",
+                            "choose another output_dir or pass --overwrite")
+        previous = json.loads(run_file.read_text()).get("config_hash")
+        if previous != self.config.config_hash():
+            raise DumaError(f"output_dir {self.out} holds another run (config hash {previous}, "
+                            f"this one {self.config.config_hash()})",
+                            "choose another output_dir, or pass --overwrite to replace it")
+        if not self.resume:
+            raise DumaError(f"output_dir {self.out} already holds this run",
+                            "pass --resume to continue it or --overwrite to start over")
+
+    def prepare(self) -> None:
+        """Everything that can fail on bad input: output folder, model folder, tokenizer,
+        data. Runs before DeepSpeed initialises."""
+        if os.environ.get(LAUNCHED_ENV) != "1":
+            self.check_output_dir()
+        self.model_folder = resolve_model_folder(self.config.model)
+        self.tokenizer = self.load_tokenizer()
+        samples = self.build_samples(self.tokenizer)
+        if not samples:
+            raise DumaError("no usable training samples", "check the data files and data.max_length")
+        self.train_rows, self.eval_rows = self.split_and_batch(samples)
+
+    def load_tokenizer(self) -> Any:
+        assert self.model_folder is not None
+        return load_tokenizer(self.model_folder)
+
+    def conversation_samples(self, tokenizer: Any) -> list[Sample]:
+        """Render conversations with the one renderer; apply the overlong rule; drop samples
+        with no trained token."""
+        from duma.data import Conversation
+        from duma.rendering import render_training
+
+        d = self.config.data
+        out: list[Sample] = []
+        for record in read_records(d):
+            self.stats.records += 1
+            if not isinstance(record, Conversation):
+                raise DumaError(f"data source '{d.source}' gives {type(record).__name__} records; "
+                                f"method '{self.config.method}' trains on conversations",
+                                "use a conversation source (belle, alpaca, sharegpt, duma-logs) or method pt")
+            r = render_training(tokenizer, record.messages, max_length=None, last_turn_only=d.last_turn_only)
+            ids, labels = r.input_ids, r.labels
+            if len(ids) > d.max_length:
+                if d.overlong == "skip":
+                    self.stats.skipped_overlong += 1
+                    continue
+                ids, labels = ids[: d.max_length], labels[: d.max_length]
+                self.stats.truncated += 1
+            # The label of position t is predicted from position t-1: a row whose only
+            # trained token is its first one trains nothing.
+            if not any(x != IGNORE_INDEX for x in labels[1:]):
+                self.stats.skipped_all_masked += 1
+                continue
+            out.append(Sample(ids, labels, [len(out)]))
+        return out
+
+    def build_samples(self, tokenizer: Any) -> list[Sample]:
+        return self.conversation_samples(tokenizer)
+
+    def split_and_batch(self, samples: list[Sample]) -> tuple[list[Sample], list[Sample]]:
+        """Hold out ``eval_ratio`` of the samples (seeded), then pack the training rows if
+        asked."""
+        t, d = self.config.training, self.config.data
+        eval_rows: list[Sample] = []
+        if d.eval_ratio > 0 and len(samples) > 1:
+            order = list(range(len(samples)))
+            random.Random(t.seed).shuffle(order)
+            n_eval = max(1, round(len(samples) * d.eval_ratio))
+            held = set(order[:n_eval])
+            eval_rows = [s for i, s in enumerate(samples) if i in held]
+            samples = [s for i, s in enumerate(samples) if i not in held]
+        if t.packing and self.repack:
+            samples = pack_rows(samples, d.max_length)
+        self.stats.train_rows, self.stats.eval_rows = len(samples), len(eval_rows)
+        return samples, eval_rows
+
+    # --- model hooks
+
+    def load_model(self) -> Any:
+        assert self.model_folder is not None
+        return load_causal_lm(self.model_folder)
+
+    def prepare_model(self, model: Any) -> Any:
+        """Wrap or freeze the model before the engine is built (LoRA, embeddings only)."""
+        return model
+
+    def save_final(self, model: Any, folder: Path) -> None:
+        """Write the result (rank 0 only, parameters gathered)."""
+        model.save_pretrained(str(folder), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(folder))
+
+    # --- the run
+
+    def steps_per_epoch(self) -> int:
+        t = self.config.training
+        per_step = t.batch_size * t.grad_accum * self.world
+        n_batches = math.ceil(len(self.train_rows) / t.batch_size)
+        steps = n_batches // (t.grad_accum * self.world)
+        if steps < 1:
+            raise DumaError(f"{len(self.train_rows)} training rows are fewer than one optimizer step needs "
+                            f"({per_step} = batch_size x grad_accum x processes)",
+                            "add data or lower training.batch_size / grad_accum")
+        return steps
+
+    def total_steps(self) -> int:
+        t = self.config.training
+        return t.max_steps if t.max_steps else t.epochs * self.steps_per_epoch()
+
+    def deepspeed_config(self) -> dict[str, Any]:
+        t = self.config.training
+        zero: dict[str, Any] = {"stage": t.zero_stage}
+        if t.offload_optimizer:
+            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+        if t.offload_params:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+        return {
+            "train_micro_batch_size_per_gpu": t.batch_size,
+            "gradient_accumulation_steps": t.grad_accum,
+            "train_batch_size": t.batch_size * t.grad_accum * self.world,
+            "gradient_clipping": t.max_grad_norm,
+            "zero_optimization": zero,
+            "bf16": {"enabled": t.bf16},
+            # We hand DeepSpeed a torch AdamW: no fused/CPU Adam to JIT-compile.
+            "zero_allow_untested_optimizer": True,
+            "zero_force_ds_cpu_optimizer": False,
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+
+    def run(self) -> dict[str, Any]:
+        """Prepare (if not yet), train, checkpoint, save; returns a summary (rank 0)."""
+        if self.tokenizer is None:
+            self.prepare()
+        import deepspeed
+        import torch
+        import torch.distributed as dist
+
+        self.rank, self.world = init_distributed()
+        t = self.config.training
+        total = self.total_steps()
+        spe = self.steps_per_epoch()
+        if self.rank == 0:
+            self.start_output_dir()
+        dist.barrier()
+
+        random.seed(t.seed)
+        torch.manual_seed(t.seed)
+        model = self.prepare_model(self.load_model())
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        warmup = math.ceil(t.warmup_ratio * total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(t.schedule, warmup, total, t.min_lr_ratio))
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                               config=self.deepspeed_config())
+        start = self._maybe_resume(engine) if self.resume else 0
+        log = _Log(self.out / LOG_FILE, self.rank == 0)
+        if self.rank == 0:
+            log.truncate_after(start)
+            log.write({"event": "resume" if start else "start", "step": start, "total_steps": total,
+                       "world_size": self.world, "config_hash": self.config.config_hash(),
+                       "data": self._stats_dict()})
+        pad_id = self.tokenizer.pad_token_id
+        sleep_s = float(os.environ.get(STEP_SLEEP_ENV, "0") or 0)
+        lengths = [len(r) for r in self.train_rows]
+        orders: dict[int, list[list[int]]] = {}
+        progress = _Progress(total, start, enabled=self.rank == 0 and t.progress)
+        eval_loss = None
+        engine.train()
+        try:
+            for step in range(start, total):
+                epoch, pos = divmod(step, spe)
+                if epoch not in orders:
+                    orders = {epoch: epoch_order(len(self.train_rows), lengths, t.seed, epoch,
+                                                 t.batch_size, t.group_by_length)}
+                batches = orders[epoch]
+                n = t.grad_accum * self.world
+                step_batches = batches[pos * n:(pos + 1) * n]
+                lr = scheduler.get_last_lr()[0]
+                began = time.perf_counter()
+                loss_sum = torch.zeros(1)
+                for a in range(t.grad_accum):
+                    rows = [self.train_rows[i] for i in step_batches[a * self.world + self.rank]]
+                    batch = collate(rows, pad_id)
+                    loss = engine(**batch).loss
+                    engine.backward(loss)
+                    engine.step()
+                    loss_sum += loss.detach().float()
+                if self.world > 1:
+                    dist.all_reduce(loss_sum)
+                step_loss = loss_sum.item() / n
+                elapsed = time.perf_counter() - began
+                all_rows = [self.train_rows[i] for b in step_batches for i in b]
+                tokens = sum(len(r) for r in all_rows)
+                done = step + 1
+                if sleep_s:
+                    time.sleep(sleep_s)
+                if t.eval_every and done % t.eval_every == 0 and done != total:
+                    eval_loss = self.evaluate(engine, pad_id)
+                    log.write({"event": "eval", "step": done, "eval_loss": eval_loss})
+                if done % t.log_every == 0 or done == total:
+                    log.write({"event": "step", "step": done, "epoch": epoch, "loss": step_loss, "lr": lr,
+                               "tokens": tokens, "tokens_per_s": tokens / max(elapsed, 1e-9),
+                               "samples": sorted(i for r in all_rows for i in r.ids)})
+                progress.update(done, step_loss, tokens / max(elapsed, 1e-9))
+                if t.save_every and done % t.save_every == 0 and done != total:
+                    self._save_checkpoint(engine, done, epoch)
+            eval_loss = self.evaluate(engine, pad_id) if self.eval_rows else None
+            if eval_loss is not None:
+                log.write({"event": "eval", "step": total, "eval_loss": eval_loss})
+            if start < total:
+                self._save_checkpoint(engine, total, (total - 1) // spe)
+            self._save_result(engine)
+        finally:
+            progress.close()
+        summary = {"steps": total, "resumed_from": start, "eval_loss": eval_loss, "output_dir": str(self.out),
+                   "world_size": self.world, "data": self._stats_dict()}
+        if self.rank == 0:
+            log.write({"event": "end", **summary})
+            plot_loss_curve(self.out / LOG_FILE, self.out / CURVE_FILE)
+        dist.barrier()
+        return summary
+
+    def evaluate(self, engine: Any, pad_id: int) -> float:
+        """Token-weighted mean loss on the eval rows. Every process runs every batch (ZeRO-3
+        needs the same forward calls on all ranks)."""
+        import torch
+
+        engine.eval()
+        total_loss, total_tokens = 0.0, 0
+        bs = self.config.training.batch_size
+        with torch.no_grad():
+            for i in range(0, len(self.eval_rows), bs):
+                rows = self.eval_rows[i:i + bs]
+                batch = collate(rows, pad_id)
+                n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+                if n == 0:
+                    continue
+                total_loss += float(engine(**batch).loss) * n
+                total_tokens += n
+        engine.train()
+        return total_loss / max(total_tokens, 1)
+
+    def _stats_dict(self) -> dict[str, Any]:
+        s = self.stats
+        return {"records": s.records, "truncated": s.truncated, "skipped_overlong": s.skipped_overlong,
+                "skipped_all_masked": s.skipped_all_masked, "train_rows": s.train_rows,
+                "eval_rows": s.eval_rows, **s.extra}
+
+    def start_output_dir(self) -> None:
+        if self.overwrite and not self.resume and os.environ.get(LAUNCHED_ENV) != "1" and self.out.exists():
+            shutil.rmtree(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        run = {"config_hash": self.config.config_hash(), "trainer": self.name,
+               "config": self.config.model_dump(mode="json")}
+        _atomic_write(self.out / RUN_FILE, json.dumps(run, indent=2))
+
+    # --- checkpoints
+
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first (a folder is complete once renamed)."""
+        root = self.out / CHECKPOINTS
+        if not root.is_dir():
+            return []
+        done = [p for p in root.iterdir() if p.name.startswith("step-") and (p / "meta.json").is_file()]
+        return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+    def _save_checkpoint(self, engine: Any, step: int, epoch: int) -> None:
+        """All processes write into a temporary folder; rank 0 renames it when complete."""
+        import torch
+        import torch.distributed as dist
+
+        root = self.out / CHECKPOINTS
+        tmp = root / f".tmp-step-{step}"
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        engine.save_checkpoint(str(tmp), tag="state", client_state={"step": step})
+        torch.save(_rng_state(), tmp / f"rng-{self.rank}.pt")
+        dist.barrier()
+        if self.rank == 0:
+            meta = {"step": step, "epoch": epoch, "position": step - epoch * self.steps_per_epoch(),
+                    "world_size": self.world, "config_hash": self.config.config_hash(), "time": time.time()}
+            (tmp / "meta.json").write_text(json.dumps(meta))
+            final = root / f"step-{step}"
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for old in self.checkpoints()[: -self.config.training.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        dist.barrier()
+
+    def _maybe_resume(self, engine: Any) -> int:
+        import torch
+
+        found = self.checkpoints()
+        if not found:
+            return 0
+        last = found[-1]
+        meta = json.loads((last / "meta.json").read_text())
+        if meta["world_size"] != self.world:
+            raise DumaError(f"checkpoint {last} was written by {meta['world_size']} processes, this run has {self.world}",
+                            "resume with the same --nproc")
+        engine.load_checkpoint(str(last), tag="state")
+        rng = last / f"rng-{self.rank}.pt"
+        if rng.is_file():
+            _set_rng_state(torch.load(rng, weights_only=False))
+        return int(meta["step"])
+
+    def _save_result(self, engine: Any) -> None:
+        """Gather the parameters (ZeRO-3) and write the final model folder atomically."""
+        import deepspeed
+        import torch.distributed as dist
+
+        model = engine.module
+        ctx = (deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+               if self.config.training.zero_stage == 3 else _nullcontext())
+        with ctx:
+            if self.rank == 0:
+                tmp = self.out / ".tmp-result"
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir()
+                self.save_final(model, tmp)
+                for item in tmp.iterdir():
+                    target = self.out / item.name
+                    if target.is_dir():
+                        shutil.rmtree(target)
+                    os.replace(item, target)
+                tmp.rmdir()
+        dist.barrier()
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class _Log:
+    """The JSONL training log (rank 0 writes; every line flushed, so a killed run keeps it)."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+
+    def truncate_after(self, step: int) -> None:
+        """Drop the lines of steps after ``step``: a resumed run redoes them, so the log
+        keeps each step exactly once."""
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut by the kill
+            if rec.get("event") in ("step", "eval") and rec.get("step", 0) > step:
+                continue
+            kept.append(line)
+        _atomic_write(self.path, "".join(k + "\n" for k in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+            fh.flush()
+
+
+class _Progress:
+    """A rich progress bar with loss, tokens/s and ETA (rank 0 only)."""
+
+    def __init__(self, total: int, start: int, enabled: bool) -> None:
+        self.bar = None
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("loss {task.fields[loss]:.4f}"),
+                            TextColumn("{task.fields[tps]:.0f} tok/s"), TimeRemainingColumn(),
+                            transient=False)
+        self.task = self.bar.add_task("train", total=total, completed=start, loss=float("nan"), tps=0.0)
+        self.bar.start()
+
+    def update(self, done: int, loss: float, tps: float) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, loss=loss, tps=tps)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def plot_loss_curve(log_path: Path, png_path: Path) -> None:
+    """Train (and eval) loss against step, as a PNG (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_log(log_path)
+    steps = [(r["step"], r["loss"]) for r in records if r.get("event") == "step"]
+    evals = [(r["step"], r["eval_loss"]) for r in records if r.get("event") == "eval"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if steps:
+        ax.plot(*zip(*steps), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path)
+    plt.close(fig)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    print(json.dumps(summary), file=sys.stderr)

@@ -1,0 +1,96 @@
+"""``lora``: peft LoRA fine-tuning on conversations; the result is an adapter folder whose
+``adapter_config.json`` points at the base model. ``merge_adapter`` folds one into its base
+(``duma export --merge``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from duma.trainers.base import Trainer, load_causal_lm, load_tokenizer, resolve_model_folder
+from duma.trainers.config import RunConfig, Strict, TrainingConfig
+
+ADAPTER_BASE_FILE = "duma_adapter.json"  # the base model reference as the run config gave it
+
+
+class LoraSettings(Strict):
+    """BELLE's LoRA recipe by default."""
+
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+class LoraTrainingConfig(TrainingConfig):
+    lr: float = Field(3e-4, gt=0)
+
+
+class LoraRunConfig(RunConfig):
+    """Run config of the ``lora`` trainer."""
+
+    method: Literal["lora"] = "lora"
+    training: LoraTrainingConfig = Field(default_factory=LoraTrainingConfig)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+
+
+class LoraTrainer(Trainer):
+    """LoRA adapters on the attention and MLP projections; the base stays frozen."""
+
+    name = "lora"
+    config_class = LoraRunConfig
+    description = "peft LoRA adapter on conversations"
+
+    def prepare_model(self, model: Any) -> Any:
+        from peft import LoraConfig, get_peft_model
+
+        cfg: LoraSettings = self.config.lora  # type: ignore[attr-defined]
+        peft_cfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                              target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+        peft_model = get_peft_model(model, peft_cfg)
+        # Where to find the base again: a folder path everyone can load.
+        peft_model.peft_config["default"].base_model_name_or_path = str(Path(self.model_folder).resolve())
+        return peft_model
+
+    def save_final(self, model: Any, folder: Path) -> None:
+        model.save_pretrained(str(folder))
+        self.tokenizer.save_pretrained(str(folder))
+        (folder / ADAPTER_BASE_FILE).write_text(json.dumps(
+            {"base_model": self.config.model, "base_folder": str(Path(self.model_folder).resolve())}))
+
+
+def merge_adapter(adapter: Path, out: Path) -> Path:
+    """Fold a LoRA adapter into its base model and write a plain HF model folder."""
+    import torch
+    from peft import PeftModel
+
+    from duma.errors import DumaError
+
+    adapter = Path(adapter)
+    cfg_file = adapter / "adapter_config.json"
+    if not cfg_file.is_file():
+        raise DumaError(f"{adapter} is not an adapter folder (no adapter_config.json)",
+                        "give the output_dir of a lora run")
+    base = json.loads(cfg_file.read_text()).get("base_model_name_or_path")
+    meta = adapter / ADAPTER_BASE_FILE
+    if meta.is_file():
+        ref = json.loads(meta.read_text())["base_model"]
+        folder = Path(json.loads(meta.read_text())["base_folder"])
+        base_folder = folder if (folder / "config.json").is_file() else resolve_model_folder(ref)
+    elif base:
+        base_folder = resolve_model_folder(base)
+    else:
+        raise DumaError(f"{cfg_file} names no base model", "set base_model_name_or_path")
+    model = load_causal_lm(base_folder)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    merged = merged.to(torch.float32)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(str(out), safe_serialization=True)
+    tok_src = adapter if (adapter / "tokenizer_config.json").is_file() else base_folder
+    load_tokenizer(tok_src).save_pretrained(str(out))
+    return out

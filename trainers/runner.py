@@ -1,0 +1,105 @@
+"""Reading a run config (YAML + ``key=value`` overrides), picking its trainer, and running it
+in this process or launching several (``--nproc``) or several nodes (``--hostfile``).
+
+Every check on the input (unknown keys, missing files, bad records, an occupied output folder)
+runs here, in the launching process, before DeepSpeed starts anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from duma.errors import ConfigError, DumaError
+from duma.trainers.config import RunConfig
+
+
+def parse_overrides(items: Sequence[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' is not key=value", "write e.g. training.lr=1e-4")
+        pairs.append((key.strip(), value))
+    return pairs
+
+
+def trainer_class(method: str) -> Any:
+    from duma import host
+
+    return host.get("trainer", method)
+
+
+def load_run_config(path: str | Path | None = None, overrides: Sequence[str] = (),
+                    data: dict[str, Any] | None = None) -> tuple[Any, RunConfig]:
+    """(trainer class, validated config) from a YAML file and/or a dict, then overrides.
+    Relative data paths that do not exist from the working folder are tried from the
+    config file's folder."""
+    from duma.config import read_yaml, set_path, validate_model
+
+    raw: dict[str, Any] = read_yaml(Path(path)) if path else {}
+    if data:
+        from duma.config import merge
+
+        raw = merge(raw, data)
+    for key, value in parse_overrides(overrides):
+        set_path(raw, key, value)
+    source = str(path) if path else None
+    method = raw.get("method")
+    if not isinstance(method, str) or not method:
+        from duma import host
+
+        known = ", ".join(sorted(host.components("trainer"))) or "none"
+        raise ConfigError(f"{source + ': ' if source else ''}method: missing", f"set method to one of: {known}")
+    cls = trainer_class(method)
+    if path and isinstance(raw.get("data"), dict) and isinstance(raw["data"].get("files"), list):
+        base = Path(path).resolve().parent
+        raw["data"]["files"] = [
+            str(base / f) if isinstance(f, str) and not Path(f).is_absolute() and not Path(f).exists()
+            and (base / f).exists() else f
+            for f in raw["data"]["files"]]
+    return cls, validate_model(cls.config_class, raw, source)
+
+
+def build_trainer(path: str | Path | None = None, overrides: Sequence[str] = (), *, data: dict[str, Any] | None = None,
+                  resume: bool = False, overwrite: bool = False) -> Any:
+    cls, config = load_run_config(path, overrides, data)
+    return cls(config, resume=resume, overwrite=overwrite)
+
+
+def train(path: str | Path | None = None, overrides: Sequence[str] = (), *, data: dict[str, Any] | None = None,
+          resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Run a training job in this process (Python API)."""
+    trainer = build_trainer(path, overrides, data=data, resume=resume, overwrite=overwrite)
+    trainer.prepare()
+    return trainer.run()
+
+
+def launch(config_path: str, overrides: Sequence[str], *, nproc: int, hostfile: str | None,
+           resume: bool, overwrite: bool) -> int:
+    """Check everything here, then start the worker processes; returns their exit code."""
+    from duma.trainers.base import LAUNCHED_ENV, free_port
+
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other", "pass one of them")
+    trainer = build_trainer(config_path, overrides, resume=resume, overwrite=overwrite)
+    trainer.prepare()
+    trainer.start_output_dir()
+    worker = ["-m", "duma", "train", str(config_path), *overrides] + (["--resume"] if resume else [])
+    port = str(free_port())
+    if hostfile:
+        if not Path(hostfile).is_file():
+            raise DumaError(f"hostfile {hostfile} does not exist", "give a DeepSpeed hostfile ('host slots=N' lines)")
+        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", hostfile, "--no_local_rank",
+               "--master_port", port, "--module"] + (["--num_gpus", str(nproc)] if nproc > 1 else []) + worker[1:]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
+               "--master_addr=127.0.0.1", f"--master_port={port}", *worker]
+    env = dict(os.environ)
+    env[LAUNCHED_ENV] = "1"
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    return subprocess.call(cmd, env=env)
