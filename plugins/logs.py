@@ -1,1 +1,132 @@
-"""Built-in plugin (to be implemented)."""
+"""``duma logs``: read the conversation log (the SQLite database the agent writes every turn to).
+
+The database is config ``logging.database`` or DUMA_HOME/logs.db. A locked or corrupt
+database is a one-line :class:`duma.errors.LogStoreError`. Reading never creates a database.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from duma.errors import DumaError
+from duma.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from duma.logstore import LogStore
+
+
+def database_path() -> Path:
+    """The log database of the effective configuration (file, environment, global flags)."""
+    from duma.cli import CliState
+    from duma.logstore import default_path
+
+    state = click.get_current_context().find_object(CliState) or CliState(None, False)
+    configured = state.config.logging.database
+    return Path(configured) if configured else default_path()
+
+
+def open_existing_store() -> LogStore | None:
+    """The log store, or None when nothing has been logged yet (no file is created)."""
+    from duma.logstore import LogStore
+
+    path = database_path()
+    if not path.exists():
+        return None
+    return LogStore(path)
+
+
+def format_time(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@click.group(name="logs")
+def logs_group() -> None:
+    """Read the conversation log."""
+
+
+@logs_group.command(name="list")
+@click.option("-n", "--count", default=20, show_default=True, type=click.IntRange(min=1),
+              help="How many conversations, most recent first.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def logs_list(count: int, as_json: bool) -> None:
+    """List recent conversations: ID, model, message count, time."""
+    store = open_existing_store()
+    summaries = store.conversations(limit=count) if store is not None else []
+    if store is not None:
+        store.close()
+    if as_json:
+        click.echo(json.dumps([s.model_dump(mode="json") for s in summaries], indent=2))
+        return
+    if not summaries:
+        click.echo("No conversations logged yet.")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="duma conversations")
+    for column in ("id", "model", "messages", "started"):
+        table.add_column(column, justify="right" if column == "messages" else "left")
+    for s in summaries:
+        table.add_row(s.id, s.model or "", str(s.messages), format_time(s.created))
+    Console(highlight=False).print(table)
+
+
+@logs_group.command(name="show")
+@click.argument("conversation_id", metavar="[ID]", required=False)
+@click.option("-c", "--current", "latest", is_flag=True, help="The most recent conversation (the default).")
+@click.option("--json", "as_json", is_flag=True, help="Print the conversation as JSON.")
+def logs_show(conversation_id: str | None, latest: bool, as_json: bool) -> None:
+    """Show the messages of conversation ID (default: the most recent one)."""
+    if conversation_id and latest:
+        raise DumaError("ID and -c/--current: give one of them, not both")
+    store = open_existing_store()
+    if store is None:
+        raise DumaError(f"no conversations logged yet in {database_path()}",
+                        "chat with 'duma chat' first")
+    try:
+        if conversation_id is None:
+            conversation_id = store.last_conversation()
+            if conversation_id is None:
+                raise DumaError("no conversations logged yet", "chat with 'duma chat' first")
+        elif not store.exists(conversation_id):
+            raise DumaError(f"unknown conversation ID '{conversation_id}'",
+                            "see 'duma logs list' for the logged conversations")
+        messages = store.messages(conversation_id)
+        summary = next((s for s in store.conversations(limit=1_000_000) if s.id == conversation_id), None)
+    finally:
+        store.close()
+    if as_json:
+        data: dict[str, Any] = {
+            "id": conversation_id,
+            "model": summary.model if summary else None,
+            "created": summary.created if summary else None,
+            "messages": [m.model_dump(mode="json") for m in messages],
+        }
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    console = Console(highlight=False)
+    model = f" ({summary.model})" if summary and summary.model else ""
+    console.print(f"[bold]Conversation {conversation_id}[/bold]{model}")
+    for m in messages:
+        when = format_time(m.created)
+        console.print(f"\n[bold]{m.role}[/bold] [dim]{when}[/dim]")
+        console.print(Markdown(m.content) if m.role == "assistant" else m.content, markup=False)
+
+
+@logs_group.command(name="path")
+def logs_path() -> None:
+    """Print where the log database is."""
+    click.echo(str(database_path()))
+
+
+@hookimpl
+def register_commands(cli: Any) -> None:
+    cli.add_command(logs_group)
