@@ -1,1 +1,53 @@
-"""Built-in plugin (to be implemented)."""
+"""Built-in tools for the slow mind: calculator, dates, unit conversion, knowledge search.
+
+Tool names and arguments (the slow mind writes ``Act[name(arg1, arg2)]``; positional
+arguments map in this order):
+
+- ``calculator(expression)``
+- ``today()``, ``date_diff(start, end)``, ``weekday(date)``, ``add_days(date, days)``
+- ``convert_units(value, from_unit, to_unit)``
+- ``search_knowledge(query)``
+
+Errors: every tool's ``invoke`` returns an observation starting with ``"Error: "`` for bad
+arguments instead of raising (the Python functions behind them raise ``ToolException``);
+see :mod:`duma.plugins.tools.common`.
+
+This module is imported when the CLI starts, so langchain and the tool modules are imported
+only inside the hook.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import duma
+
+if TYPE_CHECKING:
+    from langchain_core.tools import BaseTool
+
+BUILTIN_TOOL_NAMES = (
+    "calculator", "today", "date_diff", "weekday", "add_days", "convert_units", "search_knowledge",
+)
+
+
+def builtin_tools() -> list[BaseTool]:
+    """The built-in tool objects, in a stable order."""
+    from duma.plugins.tools.calculator import calculator_tool
+    from duma.plugins.tools.dates import DATE_TOOLS
+    from duma.plugins.tools.knowledge import search_knowledge_tool
+    from duma.plugins.tools.units import convert_units_tool
+
+    return [calculator_tool, *DATE_TOOLS, convert_units_tool, search_knowledge_tool]
+
+
+def make_knowledge_tool(folder: Any, k: int = 3) -> BaseTool:
+    """A ``search_knowledge`` tool bound to a folder (for agents built from an explicit config)."""
+    from duma.plugins.tools.knowledge import make_knowledge_tool as make
+
+    return make(folder, k)
+
+
+@duma.hookimpl
+def register_tools(register: Any) -> None:
+    for tool in builtin_tools():
+        register(tool)

@@ -1,0 +1,287 @@
+"""The built-in tools: good arguments give answers, bad ones give 'Error: ...' observations."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from duma import host
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_KB = REPO / "examples" / "knowledge"
+
+
+def tool(name: str):
+    return host.get("tool", name)
+
+
+def test_all_builtin_tools_are_registered_with_ordered_args():
+    from duma.plugins.tools import BUILTIN_TOOL_NAMES
+
+    registered = host.components("tool")
+    for name in BUILTIN_TOOL_NAMES:
+        assert registered[name].plugin == "tools"
+        assert registered[name].obj.description
+    assert list(tool("calculator").args) == ["expression"]
+    assert list(tool("today").args) == []
+    assert list(tool("date_diff").args) == ["start", "end"]
+    assert list(tool("weekday").args) == ["date"]
+    assert list(tool("add_days").args) == ["date", "days"]
+    assert list(tool("convert_units").args) == ["value", "from_unit", "to_unit"]
+    assert list(tool("search_knowledge").args) == ["query"]
+
+
+def test_importing_the_plugin_module_does_not_import_langchain():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, duma.plugins.tools, duma.plugins.routers; "
+        "heavy = [m for m in ('langchain_core', 'numpy', 'torch', 'duma.routing') if m in sys.modules]; "
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- calculator ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "expression, expected",
+    [
+        ("2 + 2", "4"),
+        ("17% of 2,340", "397.8"),
+        ("17%*2340", "397.8"),
+        ("17 % of 2340", "397.8"),
+        ("50%", "0.5"),
+        ("10 % 3", "1"),
+        ("(3 + 4) * 2", "14"),
+        ("10 / 4", "2.5"),
+        ("10 / 5", "2"),
+        ("7 // 2", "3"),
+        ("2 ** 10", "1024"),
+        ("2^10", "1024"),
+        ("-3 + +5", "2"),
+        ("0.1 + 0.2", "0.3"),
+        ("1,234,567 + 1", "1234568"),
+        ("max(1,234)", "234"),
+        ("min(3, 1, 2)", "1"),
+        ("sqrt(16)", "4"),
+        ("round(3.14159, 2)", "3.14"),
+        ("abs(-7)", "7"),
+        ("log(8, 2)", "3"),
+        ("What is 3 × 4?", "12"),
+        ("12 ÷ 4 =", "3"),
+        ("2.5e3", "2500"),
+    ],
+)
+def test_calculator_evaluates_arithmetic(expression, expected):
+    assert tool("calculator").invoke({"expression": expression}) == expected
+
+
+@pytest.mark.parametrize(
+    "expression, fragment",
+    [
+        ("__import__('os')", "not allowed"),
+        ("__import__('os').system('echo hi')", "not allowed"),
+        ("os", "unknown name 'os'"),
+        ("x + 1", "unknown name 'x'"),
+        ("(1).real", "not allowed"),
+        ("().__class__.__bases__", "not allowed"),
+        ("'a' * 3", "only numbers"),
+        ("lambda: 1", "not allowed"),
+        ("[i for i in range(10)]", "not allowed"),
+        ("open('/etc/passwd')", "not allowed"),
+        ("sqrt(x=4)", "plain numbers"),
+        ("9 ** 9 ** 9", "too large"),
+        ("2 ** 100000", "too large"),
+        ("10 ** 5000", "too large"),
+        ("1e308 * 10", "finite"),
+        ("1 / 0", "division by zero"),
+        ("sqrt(-1)", "math error"),
+        ("(1 + 2", "cannot parse"),
+        ("1 < 2", "not allowed"),
+        ("True + 1", "only numbers"),
+        ("", "give an arithmetic expression"),
+        ("1" + "+1" * 400, "longer than"),
+    ],
+)
+def test_calculator_refuses_anything_but_arithmetic(expression, fragment):
+    started = time.perf_counter()
+    result = tool("calculator").invoke({"expression": expression})
+    assert result.startswith("Error: ")
+    assert fragment in result
+    assert time.perf_counter() - started < 1.0  # refusals are instant: no DoS by big powers
+
+
+def test_calculator_python_function_raises_tool_exception():
+    from langchain_core.tools import ToolException
+
+    from duma.plugins.tools.calculator import calculate
+
+    assert calculate("17% of 2,340") == "397.8"
+    with pytest.raises(ToolException, match="unknown name"):
+        calculate("os")
+
+
+# --- dates --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fixed_today(monkeypatch):
+    monkeypatch.setenv("DUMA_TODAY", "2024-03-01")
+
+
+def test_today_uses_the_fixed_clock(fixed_today):
+    assert tool("today").invoke({}) == "2024-03-01 (Friday)"
+
+
+def test_date_tools(fixed_today):
+    assert tool("date_diff").invoke({"start": "2024-01-01", "end": "2024-03-01"}) == 60
+    assert tool("date_diff").invoke({"start": "today", "end": "2024-12-25"}) == 299
+    assert tool("date_diff").invoke({"start": "2024-03-01", "end": "2024-01-01"}) == -60
+    assert tool("date_diff").invoke({"start": "March 1, 2024", "end": "2025/03/01"}) == 365
+    assert tool("weekday").invoke({"date": "2024-03-01"}) == "Friday"
+    assert tool("weekday").invoke({"date": "1 March 2024"}) == "Friday"
+    assert tool("weekday").invoke({"date": "2024年3月1日"}) == "Friday"
+    assert tool("weekday").invoke({"date": "tomorrow"}) == "Saturday"
+    assert tool("weekday").invoke({"date": "25/12/2024"}) == "Wednesday"
+    assert tool("add_days").invoke({"date": "2024-02-28", "days": 2}) == "2024-03-01"
+    assert tool("add_days").invoke({"date": "today", "days": "-1"}) == "2024-02-29"
+
+
+@pytest.mark.parametrize(
+    "name, args, fragment",
+    [
+        ("weekday", {"date": "2024-02-30"}, "not a valid date"),
+        ("weekday", {"date": "next tuesday"}, "cannot read"),
+        ("weekday", {"date": "03/04/2024"}, "ambiguous"),
+        ("weekday", {"date": ""}, "give a date"),
+        ("add_days", {"date": "2024-03-01", "days": "many"}, "invalid arguments for add_days"),
+        ("add_days", {"date": "9999-12-31", "days": 1}, "outside years"),
+        ("date_diff", {"start": "2024-03-01"}, "end"),
+    ],
+)
+def test_date_tools_report_bad_arguments(fixed_today, name, args, fragment):
+    result = tool(name).invoke(args)
+    assert isinstance(result, str) and result.startswith("Error: ")
+    assert fragment in result
+
+
+def test_bad_fixed_clock_is_reported(monkeypatch):
+    monkeypatch.setenv("DUMA_TODAY", "soon")
+    assert tool("today").invoke({}).startswith("Error: DUMA_TODAY")
+
+
+# --- units --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, source, target, expected",
+    [
+        (5, "km", "mi", "5 km = 3.106856 mi"),
+        (100, "°C", "°F", "100 °C = 212 °F"),
+        (98.6, "F", "C", "98.6 F = 37 C"),
+        (0, "K", "celsius", "0 K = -273.15 celsius"),
+        (-40, "C", "F", "-40 C = -40 F"),
+        (12, "inches", "cm", "12 inches = 30.48 cm"),
+        (1, "lb", "g", "1 lb = 453.5924 g"),
+        (1, "gallon", "l", "1 gallon = 3.785412 l"),
+        (2, "hours", "min", "2 hours = 120 min"),
+        (100, "km/h", "m/s", "100 km/h = 27.77778 m/s"),
+        (1, "GiB", "MiB", "1 GiB = 1024 MiB"),
+        (1, "GB", "MB", "1 GB = 1000 MB"),
+        (100, "Mbit", "MB", "100 Mbit = 12.5 MB"),
+        (8, "b", "B", "8 b = 1 B"),
+    ],
+)
+def test_convert_units(value, source, target, expected):
+    assert tool("convert_units").invoke({"value": value, "from_unit": source, "to_unit": target}) == expected
+
+
+@pytest.mark.parametrize(
+    "value, source, target, fragment",
+    [
+        (1, "kg", "m", "cannot convert mass (kg) to length (m)"),
+        (1, "parsec", "m", "unknown unit 'parsec'"),
+        (1, "C", "kg", "cannot convert temperature"),
+        (-300, "C", "K", "below absolute zero"),
+        ("five", "m", "km", "invalid arguments for convert_units"),
+    ],
+)
+def test_convert_units_reports_bad_arguments(value, source, target, fragment):
+    result = tool("convert_units").invoke({"value": value, "from_unit": source, "to_unit": target})
+    assert result.startswith("Error: ") and fragment in result
+
+
+# --- knowledge ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query, best_file",
+    [
+        ("how many days do I have to return a product for a refund?", "returns-and-warranty.md"),
+        ("what does error E1 on the kettle mean", "troubleshooting.md"),
+        ("who is the CEO of Lumora", "company.md"),
+        ("how much does delivery to Canada cost", "shipping.txt"),
+        ("price of the Tidal blender", "products.md"),
+        ("保修期多久", "faq-zh.md"),
+    ],
+)
+def test_search_knowledge_ranks_the_right_file_first(query, best_file):
+    from duma.plugins.tools import make_knowledge_tool
+
+    result = make_knowledge_tool(EXAMPLE_KB).invoke({"query": query})
+    assert result.splitlines()[0].startswith(f"[{best_file}]"), result
+
+
+def test_search_knowledge_reads_the_configured_folder(monkeypatch):
+    assert "No knowledge base is configured" in tool("search_knowledge").invoke({"query": "warranty"})
+    monkeypatch.setenv("DUMA_AGENT__KNOWLEDGE_DIR", str(EXAMPLE_KB))
+    result = tool("search_knowledge").invoke({"query": "warranty years"})
+    assert result.startswith("[returns-and-warranty.md]")
+
+
+def test_search_knowledge_bad_queries_and_folders(tmp_path):
+    from duma.plugins.tools import make_knowledge_tool
+
+    assert make_knowledge_tool(EXAMPLE_KB).invoke({"query": "  "}).startswith("Error: give a search query")
+    assert "No passage" in make_knowledge_tool(EXAMPLE_KB).invoke({"query": "quantum chromodynamics"})
+    missing = make_knowledge_tool(tmp_path / "nope").invoke({"query": "x"})
+    assert missing.startswith("Error: ") and "does not exist" in missing
+    assert "no .md or .txt files" in make_knowledge_tool(tmp_path).invoke({"query": "x"})
+    assert "No knowledge base" in make_knowledge_tool(None).invoke({"query": "x"})
+
+
+def test_knowledge_index_is_cached_and_rebuilt_when_files_change(tmp_path):
+    from duma.plugins.tools.knowledge import load_index, search_folder
+
+    (tmp_path / "a.md").write_text("# Alpha\n\nThe alpha widget is blue.\n", encoding="utf-8")
+    first = load_index(tmp_path)
+    assert load_index(tmp_path) is first
+    assert "[a.md]" in search_folder(tmp_path, "widget colour blue")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "b.txt").write_text("The beta gadget is green.\n", encoding="utf-8")
+    second = load_index(tmp_path)
+    assert second is not first
+    assert search_folder(tmp_path, "green gadget").startswith("[notes/b.txt]")
+    stat = (tmp_path / "a.md").stat()
+    (tmp_path / "a.md").write_text("# Alpha\n\nThe alpha widget is red.\n", encoding="utf-8")
+    os.utime(tmp_path / "a.md", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10_000_000))
+    assert "red" in search_folder(tmp_path, "alpha widget")
+
+
+def test_bm25_and_tokenizer():
+    from duma.plugins.tools.knowledge import BM25, split_chunks, tokenize
+
+    assert tokenize("The Kettle's E1 error") == ["kettle's", "e1", "error"]
+    assert tokenize("保修三年") == ["保", "修", "三", "年", "保修", "修三", "三年"]
+    bm25 = BM25([["apple", "pie"], ["apple", "apple", "tart"], ["banana"]])
+    scores = bm25.scores(["apple"])
+    assert scores[1] > scores[0] > 0 == scores[2]
+    chunks = split_chunks("# Title\n\nFirst paragraph.\n\nSecond one.", "f.md")
+    assert [c.text for c in chunks] == ["Title: First paragraph.", "Title: Second one."]
