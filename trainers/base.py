@@ -479,6 +479,7 @@ class Trainer:
             optimizer, lr_lambda(t.schedule, warmup, total, t.min_lr_ratio))
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                config=self.deepspeed_config())
+        self.engine = engine  # kept for callers that inspect the trained model
         start = self._maybe_resume(engine) if self.resume else 0
         log = _Log(self.out / LOG_FILE, self.rank == 0)
         if self.rank == 0:
@@ -512,9 +513,12 @@ class Trainer:
                     engine.backward(loss)
                     engine.step()
                     loss_sum += loss.detach().float()
-                if self.world > 1:
-                    dist.all_reduce(loss_sum)
-                step_loss = loss_sum.item() / n
+                rank_losses = [loss_sum.item() / t.grad_accum]
+                if self.world > 1:  # every process's loss, so the log shows that all of them ran
+                    gathered = [torch.zeros(1) for _ in range(self.world)]
+                    dist.all_gather(gathered, loss_sum)
+                    rank_losses = [g.item() / t.grad_accum for g in gathered]
+                step_loss = sum(rank_losses) / self.world
                 elapsed = time.perf_counter() - began
                 all_rows = [self.train_rows[i] for b in step_batches for i in b]
                 tokens = sum(len(r) for r in all_rows)
@@ -527,7 +531,8 @@ class Trainer:
                 if done % t.log_every == 0 or done == total:
                     log.write({"event": "step", "step": done, "epoch": epoch, "loss": step_loss, "lr": lr,
                                "tokens": tokens, "tokens_per_s": tokens / max(elapsed, 1e-9),
-                               "samples": sorted(i for r in all_rows for i in r.ids)})
+                               "samples": sorted(i for r in all_rows for i in r.ids),
+                               **({"rank_losses": rank_losses} if self.world > 1 else {})})
                 progress.update(done, step_loss, tokens / max(elapsed, 1e-9))
                 if t.save_every and done % t.save_every == 0 and done != total:
                     self._save_checkpoint(engine, done, epoch)
