@@ -1,18 +1,33 @@
 """Training-data records (validated with pydantic) and the data-source interface.
 
-A data source reads one file format into records; sources are registered through
-``register_data_sources``. Readers stream: a large file is never loaded whole.
+A data source reads one record shape (``belle``, ``alpaca``, ``text``...) into records; sources
+are registered through ``register_data_sources``. Readers stream: a large file is never loaded
+whole. The file format is picked per file:
+
+* ``.parquet``: Parquet, read one record batch at a time (needs ``pyarrow``);
+* ``.txt`` / ``.md``: plain text (only the ``text`` source reads it);
+* anything else: a JSON list if the first non-blank character is ``[``, otherwise JSON Lines
+  (BELLE ships JSON Lines files named ``.json``).
+
+Every bad record is reported as ``file:line: field: problem``. The line is the JSONL line, the
+line where a JSON list item starts, or the row number of a Parquet file.
+
+The entry point for readers (the trainers, ``duma data``) is :func:`iter_records`.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import IO, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from duma.errors import DumaError
 from duma.types import Message
 
 
@@ -71,12 +86,450 @@ class InvalidRecord(Exception):
         self.file, self.line, self.field, self.problem, self.raw = file, line, field, problem, raw
 
 
+class InvalidDataError(DumaError):
+    """Raised by :func:`iter_records` on the first bad record (``invalid`` says which)."""
+
+    def __init__(self, invalid: InvalidRecord, hint: str | None = None) -> None:
+        super().__init__(str(invalid), hint)
+        self.invalid = invalid
+
+
+class RecordProblem(ValueError):
+    """Raised by :meth:`JsonRecordSource.parse` for a bad field (``field: problem``)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field, self.problem = field, problem
+
+
 class DataSource(ABC):
     """Reads one format (``belle``, ``alpaca``, ``text``...) into records of one kind."""
 
     name: ClassVar[str]
     kind: ClassVar[RecordKind]
+    description: ClassVar[str] = ""
+    # The fields one record has, shown when a record lacks them (wrong source picked).
+    expected_fields: ClassVar[str] = ""
 
     @abstractmethod
     def read(self, path: Path) -> Iterator[Located | InvalidRecord]:
         """Yield records in file order, or an :class:`InvalidRecord` for each bad one."""
+
+    def accepts(self, raw: Any) -> bool:
+        """Whether one raw item (a parsed JSON value) is a valid record of this source; used
+        to suggest the right source when a file was read with the wrong one."""
+        return False
+
+    def to_raw(self, record: Record) -> dict[str, Any]:
+        """The record in this source's shape (for ``duma data convert``); optional."""
+        raise DumaError(f"data source '{self.name}' cannot write records",
+                        "pick another output format with --to")
+
+
+# ----------------------------------------------------------------------------- file formats
+
+FileFormat = Literal["jsonl", "json", "parquet", "txt"]
+TEXT_SUFFIXES = (".txt", ".md")
+_CHUNK_CHARS = 1 << 20  # the JSON-list reader's read size: memory stays ~ chunk + one item
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def detect_format(path: Path) -> FileFormat:
+    """The file format of ``path``, from its suffix, else from its first non-blank character."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return "parquet"
+    if suffix in TEXT_SUFFIXES:
+        return "txt"
+    with open(path, "rb") as fh:
+        head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return "json" if head.startswith(b"[") else "jsonl"
+
+
+def check_readable(path: Path) -> None:
+    """One-line errors for a missing file or a folder."""
+    if not path.exists():
+        raise DumaError(f"data file {path} does not exist", "check the path")
+    if path.is_dir():
+        raise DumaError(f"data file {path} is a folder", "pass the data files themselves")
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    # Binary lines so that a bad byte is reported at its own line.
+    with open(path, "rb") as fh:
+        for line_no, raw_line in enumerate(fh, 1):
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield line_no, RecordProblem("json", f"not UTF-8 text ({exc.reason})")
+                continue
+            if line_no == 1:
+                line = line.lstrip("\ufeff")
+            if not line.strip():
+                continue
+            try:
+                yield line_no, json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield line_no, RecordProblem("json", f"not valid JSON ({exc.msg} at column {exc.colno})")
+
+
+def _iter_json_list(path: Path) -> Iterator[tuple[int, Any]]:
+    """The items of a top-level JSON list, one at a time, with the line each starts on.
+
+    ``raw_decode`` parses one item from a buffer of ~1 MB chunks, so a multi-GB file streams.
+    A syntax error ends the file (a JSON list cannot be resynchronised).
+    """
+    decoder = json.JSONDecoder()
+    with open(path, encoding="utf-8-sig", errors="strict") as fh:
+        buf, pos, eof = "", 0, False
+        line_base = 1  # the line number of buf[0]
+
+        def more() -> None:
+            nonlocal buf, pos, eof, line_base
+            if pos > _CHUNK_CHARS:  # drop what was consumed
+                line_base += buf.count("\n", 0, pos)
+                buf, pos = buf[pos:], 0
+            try:
+                chunk = fh.read(_CHUNK_CHARS)
+            except UnicodeDecodeError as exc:
+                raise DumaError(f"{path}: not UTF-8 text ({exc.reason})", "re-encode the file as UTF-8") from None
+            eof = not chunk
+            buf += chunk
+
+        def skip_blank() -> str:
+            """The next non-blank character ("" at the end of the file)."""
+            nonlocal pos
+            while True:
+                pos = _WHITESPACE.match(buf, pos).end()  # type: ignore[union-attr]
+                if pos < len(buf):
+                    return buf[pos]
+                if eof:
+                    return ""
+                more()
+
+        def line_at(p: int) -> int:
+            return line_base + buf.count("\n", 0, p)
+
+        if skip_blank() != "[":
+            yield line_at(pos), RecordProblem("json", "expected a JSON list of records ('[' ...)")
+            return
+        pos += 1
+        expect_item = True
+        first = True
+        while True:
+            ch = skip_blank()
+            if ch == "":
+                yield line_at(pos), RecordProblem("json", "the JSON list is not closed (missing ']')")
+                return
+            if ch == "]" and (first or not expect_item):
+                return
+            if not expect_item:
+                if ch != ",":
+                    yield line_at(pos), RecordProblem("json", f"expected ',' or ']' between list items, found {ch!r}")
+                    return
+                pos += 1
+                expect_item = True
+                continue
+            start = pos
+            while True:
+                try:
+                    item, end = decoder.raw_decode(buf, start)
+                except json.JSONDecodeError as exc:
+                    if not eof:
+                        more()
+                        start = pos
+                        continue
+                    yield line_at(start), RecordProblem("json", f"not valid JSON ({exc.msg})")
+                    return
+                if end == len(buf) and not eof:  # a number may continue in the next chunk
+                    more()
+                    start = pos
+                    continue
+                break
+            yield line_at(start), item
+            pos, expect_item, first = end, False, False
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[int, Any]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DumaError(f"reading {path} needs pyarrow", "pip install pyarrow") from None
+    try:
+        reader = pq.ParquetFile(str(path))
+    except Exception as exc:
+        raise DumaError(f"{path}: not a readable Parquet file ({_first_line(str(exc))})") from None
+    row = 0
+    for batch in reader.iter_batches(batch_size=1024):
+        for item in batch.to_pylist():
+            row += 1
+            yield row, item
+
+
+def _iter_text_paragraphs(path: Path) -> Iterator[tuple[int, Any]]:
+    """One ``{"text"}`` item per paragraph (lines up to a blank line), with its first line."""
+    lines: list[str] = []
+    start = 0
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if line.strip():
+                if not lines:
+                    start = line_no
+                lines.append(line.rstrip("\r\n"))
+            elif lines:
+                yield start, {"text": "\n".join(lines)}
+                lines = []
+    if lines:
+        yield start, {"text": "\n".join(lines)}
+
+
+def iter_raw(path: Path, *, allow_text: bool = False) -> Iterator[tuple[int, Any]]:
+    """``(line, item)`` for each raw item of a file (a parsed JSON value, a Parquet row as a
+    dict), or ``(line, RecordProblem)`` where the item cannot even be parsed."""
+    check_readable(path)
+    fmt = detect_format(path)
+    if fmt == "txt":
+        if not allow_text:
+            raise DumaError(f"{path}: plain-text files are read only by the 'text' source",
+                            "use --format text, or convert the file to JSON Lines")
+        return _iter_text_paragraphs(path)
+    return {"jsonl": _iter_jsonl, "json": _iter_json_list, "parquet": _iter_parquet}[fmt](path)
+
+
+# ----------------------------------------------------------------------------- JSON sources
+
+def problem_of(exc: ValidationError, prefix: str = "") -> RecordProblem:
+    """The first pydantic error as ``field: problem`` (``field`` is a dotted path)."""
+    err = exc.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in err.get("loc", ()))
+    field_path = ".".join(p for p in (prefix, loc) if p) or "record"
+    msg = err.get("msg", "invalid")
+    if err.get("type") == "missing":
+        msg = "missing"
+    elif msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    return RecordProblem(field_path, msg)
+
+
+class JsonRecordSource(DataSource):
+    """A source whose files hold one JSON object per record (JSON Lines, a JSON list or
+    Parquet rows). Subclasses implement :meth:`parse`."""
+
+    reads_plain_text: ClassVar[bool] = False
+
+    @abstractmethod
+    def parse(self, raw: dict[str, Any]) -> list[Record]:
+        """The records in one raw item (usually one); raise :class:`RecordProblem` or a
+        pydantic ``ValidationError`` for a bad item."""
+
+    def parse_checked(self, raw: Any) -> list[Record]:
+        """:meth:`parse` with every failure turned into a :class:`RecordProblem`."""
+        if not isinstance(raw, dict):
+            raise RecordProblem("record", f"expected a JSON object, got {type(raw).__name__}")
+        try:
+            return self.parse(raw)
+        except ValidationError as exc:
+            raise problem_of(exc) from None
+        except RecordProblem:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise RecordProblem("record", _first_line(str(exc)) or type(exc).__name__) from None
+
+    def accepts(self, raw: Any) -> bool:
+        try:
+            return bool(self.parse_checked(raw))
+        except RecordProblem:
+            return False
+
+    def read(self, path: Path) -> Iterator[Located | InvalidRecord]:
+        file = str(path)
+        for line, raw in iter_raw(path, allow_text=self.reads_plain_text):
+            if isinstance(raw, RecordProblem):
+                yield InvalidRecord(file, line, raw.field, raw.problem, None)
+                continue
+            try:
+                records = self.parse_checked(raw)
+            except RecordProblem as exc:
+                problem = exc.problem
+                if problem == "missing" and self.expected_fields:
+                    problem = f"missing ({self.name} records have {self.expected_fields})"
+                yield InvalidRecord(file, line, exc.field, problem, raw)
+                continue
+            for record in records:
+                yield Located(record=record, file=file, line=line)
+
+
+# ----------------------------------------------------------------------------- reading
+
+@dataclass
+class ReadStats:
+    """Counts of one read, filled in by :func:`iter_records` as it streams."""
+
+    files: int = 0
+    records: int = 0
+    invalid: int = 0
+    rejects_path: Path | None = None
+    invalid_by_field: dict[str, int] = field(default_factory=dict)
+
+
+def get_source(name: str) -> DataSource:
+    """An instance of the data source registered as ``name`` (one-line error if unknown)."""
+    from duma import host
+
+    obj = host.get("data_source", name)
+    return obj() if isinstance(obj, type) else obj
+
+
+def source_names() -> list[str]:
+    from duma import host
+
+    return sorted(host.components("data_source"))
+
+
+def suggest_source(raw: Any, exclude: str) -> str | None:
+    """The name of another registered source that accepts ``raw``, if any."""
+    if raw is None:
+        return None
+    from duma import host
+
+    for name, comp in sorted(host.components("data_source").items()):
+        if name == exclude:
+            continue
+        try:
+            source = comp.obj() if isinstance(comp.obj, type) else comp.obj
+            if source.accepts(raw):
+                return name
+        except Exception:  # a third-party source's bug must not hide the real error
+            continue
+    return None
+
+
+def _reject_line(invalid: InvalidRecord) -> str:
+    return json.dumps({"file": invalid.file, "line": invalid.line, "field": invalid.field,
+                       "problem": invalid.problem, "error": str(invalid), "record": invalid.raw},
+                      ensure_ascii=False, default=str)
+
+
+def iter_located(source_name: str, paths: list[Path] | Path, *, skip_invalid: bool = False,
+                 rejects_path: Path | None = None, stats: ReadStats | None = None) -> Iterator[Located]:
+    """Like :func:`iter_records`, with each record's file and line."""
+    source = get_source(source_name)
+    files = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    for path in files:  # fail before reading anything
+        check_readable(path)
+    stats = stats if stats is not None else ReadStats()
+    rejects: IO[str] | None = None
+    try:
+        for path in files:
+            stats.files += 1
+            seen_valid = False
+            for item in source.read(path):
+                if isinstance(item, Located):
+                    seen_valid = True
+                    stats.records += 1
+                    yield item
+                    continue
+                stats.invalid += 1
+                stats.invalid_by_field[item.field] = stats.invalid_by_field.get(item.field, 0) + 1
+                if not skip_invalid:
+                    hint = None
+                    if not seen_valid:  # a wrong --format shows on the first record
+                        other = suggest_source(item.raw, exclude=source.name)
+                        if other:
+                            hint = f"this looks like '{other}' data: use source '{other}'"
+                    raise InvalidDataError(item, hint)
+                if rejects_path is not None:
+                    if rejects is None:
+                        Path(rejects_path).parent.mkdir(parents=True, exist_ok=True)
+                        rejects = open(rejects_path, "w", encoding="utf-8")
+                        stats.rejects_path = Path(rejects_path)
+                    rejects.write(_reject_line(item) + "\n")
+                    rejects.flush()
+    finally:
+        if rejects is not None:
+            rejects.close()
+
+
+def iter_records(source_name: str, paths: list[Path] | Path, *, skip_invalid: bool = False,
+                 rejects_path: Path | None = None, stats: ReadStats | None = None) -> Iterator[Record]:
+    """Stream the validated records of ``paths`` read with the source ``source_name``.
+
+    The first bad record raises :class:`InvalidDataError` (a ``DumaError``) reading
+    ``file:line: field: problem``; when the first record of a file is bad and another source
+    would accept it, the hint names that source. With ``skip_invalid`` bad records are counted
+    in ``stats`` (pass a :class:`ReadStats` to see them) and written to ``rejects_path`` as
+    JSON Lines (``file``, ``line``, ``field``, ``problem``, ``error``, ``record``).
+    """
+    for located in iter_located(source_name, paths, skip_invalid=skip_invalid,
+                                rejects_path=rejects_path, stats=stats):
+        yield located.record
+
+
+# ----------------------------------------------------------------------------- writing
+
+class RecordWriter:
+    """Writes raw items (dicts) to a file in the format its suffix names: ``.jsonl`` (and any
+    other suffix) JSON Lines, ``.json`` a JSON list, ``.parquet`` Parquet (buffered whole)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        suffix = self.path.suffix.lower()
+        self.format: FileFormat = "json" if suffix == ".json" else "parquet" if suffix == ".parquet" else "jsonl"
+        self.count = 0
+        self._rows: list[dict[str, Any]] = []
+        self._fh: IO[str] | None = None
+        if self.format != "parquet":
+            self._fh = open(self.path, "w", encoding="utf-8")
+            if self.format == "json":
+                self._fh.write("[")
+
+    def write(self, item: dict[str, Any]) -> None:
+        if self.format == "parquet":
+            self._rows.append(item)
+        else:
+            assert self._fh is not None
+            text = json.dumps(item, ensure_ascii=False)
+            if self.format == "json":
+                self._fh.write(("\n" if self.count == 0 else ",\n") + text)
+            else:
+                self._fh.write(text + "\n")
+        self.count += 1
+
+    def write_all(self, items: Iterable[dict[str, Any]]) -> None:
+        for item in items:
+            self.write(item)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            if self.format == "json":
+                self._fh.write("\n]\n")
+            self._fh.close()
+            self._fh = None
+        elif self.format == "parquet":
+            try:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+            except ImportError:
+                raise DumaError(f"writing {self.path} needs pyarrow", "pip install pyarrow") from None
+            pq.write_table(pa.Table.from_pylist(self._rows), str(self.path))
+            self._rows = []
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def record_text(record: Record) -> str:
+    """All the text of a record (for statistics and de-duplication)."""
+    if isinstance(record, Conversation):
+        return "\n".join(f"{m.role}: {m.content}" for m in record.messages)
+    if isinstance(record, TextRecord):
+        return record.text
+    return f"{record.prompt}\n{record.chosen}\n{record.rejected}"
