@@ -175,3 +175,234 @@ def test_help_does_not_import_torch_rich_or_prompt_toolkit() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "--show-slow" in done.stdout
+
+
+# --------------------------------------------------------------------------- the real agent, scripted
+
+
+class ScriptedBackendPlugin:
+    """Registers duma.testing.ScriptedBackend in-process (a subprocess cannot select it)."""
+
+    @staticmethod
+    def register_backends(register) -> None:
+        from duma.testing import ScriptedBackend
+
+        register(ScriptedBackend)
+
+
+@pytest.fixture
+def scripted() -> Iterator[list[str]]:
+    """Use the scripted backend for the top-level model; returns the argument list that
+    selects it with two replies."""
+    import duma
+    from duma import host
+    from duma.cli import load_plugin_commands
+    from duma.models import clear_backends
+
+    load_plugin_commands()
+    plugin = ScriptedBackendPlugin()
+    plugin.register_backends = duma.hookimpl(ScriptedBackendPlugin.register_backends)
+    host.register_plugin(plugin, "scripted-test")
+    clear_backends()
+    yield ["--backend", "scripted", "-m", json.dumps(["reply one", "reply two"])]
+    clear_backends()
+
+
+def run_fresh(args: list[str], input: str | None = None) -> tuple[int, str, str]:
+    """``run_duma`` as a new process would: loaded backends are cached per process, so a
+    scripted backend would otherwise go on with the next reply."""
+    from duma.models import clear_backends
+
+    clear_backends()
+    return run_duma(args, input)
+
+
+def logged(duma_home: Path) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Every logged conversation, oldest first, as (id, [(role, content), ...])."""
+    from duma.logstore import LogStore
+
+    store = LogStore(duma_home / "logs.db")
+    try:
+        return [(s.id, [(m.role, m.content) for m in store.messages(s.id)])
+                for s in reversed(store.conversations(limit=100))]
+    finally:
+        store.close()
+
+
+def test_piped_chat_prints_one_reply_per_line_and_logs(scripted: list[str], duma_home: Path) -> None:
+    code, out, err = run_fresh(["chat", *scripted], input="hello\n\n   \nsecond question\n")
+    assert code == 0, err
+    assert out == "reply one\nreply two\n"  # replies only: no prompt, banner or ANSI
+    [(cid, messages)] = logged(duma_home)
+    assert messages == [("user", "hello"), ("assistant", "reply one"),
+                        ("user", "second question"), ("assistant", "reply two")]
+
+
+def test_chat_multi_line_and_exit(scripted: list[str], duma_home: Path) -> None:
+    code, out, err = run_fresh(["chat", *scripted], input="!multi\nline a\n\nline b\n!end\nexit\nnever sent\n")
+    assert code == 0, err
+    assert out == "reply one\n"
+    [(_cid, messages)] = logged(duma_home)
+    assert messages == [("user", "line a\n\nline b"), ("assistant", "reply one")]
+
+
+def test_chat_continue_cid_and_no_log(scripted: list[str], duma_home: Path) -> None:
+    run_fresh(["chat", *scripted], input="first\n")
+    run_fresh(["chat", *scripted], input="other conversation\n")
+    [(first, _), (second, _)] = logged(duma_home)
+    code, out, err = run_fresh(["chat", *scripted, "--cid", first], input="back to the first\n")
+    assert code == 0 and out == "reply one\n", err
+    code, out, err = run_fresh(["chat", *scripted, "-c"], input="and again\n")
+    assert code == 0, err
+    # -c continues the conversation last written to: the first one, since --cid wrote to it.
+    conversations = dict(logged(duma_home))
+    assert [m[1] for m in conversations[first]] == ["first", "reply one", "back to the first", "reply one",
+                                                     "and again", "reply one"]
+    assert [m[1] for m in conversations[second]] == ["other conversation", "reply one"]
+    code, out, err = run_fresh(["chat", *scripted, "-c", "-n"], input="not logged\n")
+    assert code == 0 and out == "reply one\n", err
+    assert all("not logged" not in c for m in logged(duma_home) for _, c in m[1])
+
+    code, out, err = run_fresh(["chat", *scripted, "--cid", "nope"], input="x\n")
+    assert code == 1 and out == "" and err.count("\n") == 1 and "unknown conversation ID 'nope'" in err
+
+
+def test_no_log_creates_no_database(scripted: list[str], duma_home: Path) -> None:
+    code, out, err = run_fresh(["chat", *scripted, "-n"], input="hello\n")
+    assert code == 0 and out == "reply one\n", err
+    code, out, err = run_fresh(["prompt", *scripted, "-n", "hello"])
+    assert code == 0 and out == "reply one\n", err
+    assert not (duma_home / "logs.db").exists()
+    code, out, err = run_fresh(["chat", *scripted, "-c"], input="hello\n")
+    assert code == 1 and "no logged conversation to continue" in err
+
+
+def test_prompt_answers_once_from_argument_or_stdin(scripted: list[str], duma_home: Path) -> None:
+    code, out, err = run_fresh(["prompt", *scripted, "Name three primes."])
+    assert code == 0 and out == "reply one\n", err
+    code, out, err = run_fresh(["prompt", *scripted, "-"], input="from stdin\n")
+    assert code == 0 and out == "reply one\n", err
+    code, out, err = run_fresh(["prompt", *scripted], input="no argument\n")
+    assert code == 0 and out == "reply one\n", err
+    users = [c for _cid, m in logged(duma_home) for r, c in m if r == "user"]
+    assert sorted(users) == sorted(["Name three primes.", "from stdin", "no argument"])
+    code, out, err = run_fresh(["prompt", *scripted, "-"], input="  \n")
+    assert code == 2 and "TEXT: the prompt is empty" in err
+
+
+def test_interactive_chat_streams_markdown(scripted: list[str], duma_home: Path, monkeypatch) -> None:
+    """The terminal mode, with the terminal faked: banner, streamed reply, Markdown, exit."""
+    from rich.console import Console
+
+    monkeypatch.setattr(chat, "stdin_is_terminal", lambda: True)
+    monkeypatch.setattr(chat, "terminal_line_reader", lambda: chat.stream_line_reader(sys.stdin))
+    monkeypatch.setattr(chat, "make_console",
+                        lambda: Console(file=sys.stdout, force_terminal=True, width=80, color_system="standard"))
+    args = ["chat", "--backend", "scripted", "-m", json.dumps(["Some **bold** words", "second"])]
+    code, out, err = run_fresh(args, input="hello\nquit\n")
+    assert code == 0, err
+    text = strip_ansi(out)
+    assert "duma chat" in text and "exit" in text  # the banner
+    assert "Some bold words" in text and "**" not in text.split("Some bold words")[-1]
+    assert "\x1b[1m" in out and "second" not in text
+
+
+# --------------------------------------------------------------------------- real processes, tiny model
+
+
+def duma_process(args: list[str], input: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m duma ...`` as a user runs it, stdin piped; DUMA_HOME is the test's."""
+    return subprocess.run([sys.executable, "-m", "duma", *args], input=input, capture_output=True, text=True,
+                          env=dict(os.environ), timeout=timeout)
+
+
+TINY_OPTIONS = ["-o", "max_tokens", "12"]
+
+
+def test_piped_chat_on_the_tiny_model_continue_and_logs(tiny_model: Path, duma_home: Path) -> None:
+    first = duma_process(["chat", "-m", str(tiny_model), *TINY_OPTIONS],
+                         input="What is the capital of France?\n\nAnd of Germany?\n")
+    assert first.returncode == 0, first.stderr
+    listed = duma_process(["logs", "list", "--json"])
+    [conversation] = json.loads(listed.stdout)
+    assert conversation["messages"] == 4
+    shown = json.loads(duma_process(["logs", "show", "--json"]).stdout)
+    assert shown["id"] == conversation["id"]
+    replies = [m["content"] for m in shown["messages"] if m["role"] == "assistant"]
+    assert [m["content"] for m in shown["messages"] if m["role"] == "user"] == [
+        "What is the capital of France?", "And of Germany?"]
+    # Exactly the two replies, each ended by one newline: nothing else on standard output.
+    assert first.stdout == "".join(r.rstrip("\n") + "\n" for r in replies)
+    assert "\x1b[" not in first.stdout
+
+    second = duma_process(["chat", "-m", str(tiny_model), *TINY_OPTIONS, "-c"], input="Thanks!\n")
+    assert second.returncode == 0, second.stderr
+    shown = json.loads(duma_process(["logs", "show", conversation["id"], "--json"]).stdout)
+    assert [m["role"] for m in shown["messages"]] == ["user", "assistant"] * 3
+    assert shown["messages"][4]["content"] == "Thanks!"
+    assert len(json.loads(duma_process(["logs", "list", "--json"]).stdout)) == 1
+
+    unknown = duma_process(["chat", "-m", str(tiny_model), "--cid", "does-not-exist"], input="hi\n")
+    assert unknown.returncode == 1 and unknown.stdout == ""
+    assert unknown.stderr.strip() == unknown.stderr.strip().splitlines()[0]
+    assert "unknown conversation ID 'does-not-exist'" in unknown.stderr
+
+
+def test_no_log_on_the_tiny_model_writes_nothing(tiny_model: Path, duma_home: Path) -> None:
+    done = duma_process(["chat", "-n", "-m", str(tiny_model), *TINY_OPTIONS], input="hello\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.endswith("\n")
+    assert not (duma_home / "logs.db").exists()
+
+
+def _wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def test_killed_mid_turn_keeps_the_log_intact(tiny_model: Path, duma_home: Path) -> None:
+    database = duma_home / "logs.db"
+
+    def logged_rows() -> list[tuple[str, str]]:
+        if not database.exists():
+            return []
+        try:
+            db = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=1)
+            try:
+                return db.execute("SELECT role, content FROM messages ORDER BY id").fetchall()
+            finally:
+                db.close()
+        except sqlite3.OperationalError:
+            return []  # the writer is creating the database right now
+
+    proc = subprocess.Popen([sys.executable, "-m", "duma", "chat", "-m", str(tiny_model),
+                             "-o", "max_tokens", "1000", "-o", "temperature", "1.5", "-o", "seed", "1"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ))
+    try:
+        proc.stdin.write("first turn\n")
+        proc.stdin.flush()
+        _wait_for(lambda: len(logged_rows()) >= 2, 240, "the first turn")
+        proc.stdin.write("the turn that gets killed\n")
+        proc.stdin.flush()
+        _wait_for(lambda: len(logged_rows()) >= 3, 60, "the second user message")
+        proc.send_signal(signal.SIGKILL)  # while it generates (or just after)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    db = sqlite3.connect(str(database))
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        rows = db.execute("SELECT role, content FROM messages ORDER BY id").fetchall()
+    finally:
+        db.close()
+    assert [r[0] for r in rows[:3]] == ["user", "assistant", "user"]
+    assert rows[0][1] == "first turn" and rows[2][1] == "the turn that gets killed"
+    listed = duma_process(["logs", "show", "--json"])
+    assert listed.returncode == 0 and json.loads(listed.stdout)["messages"][2]["content"] == "the turn that gets killed"
