@@ -117,7 +117,10 @@ def logs_show(conversation_id: str | None, latest: bool, as_json: bool) -> None:
     console.print(f"[bold]Conversation {conversation_id}[/bold]{model}")
     for m in messages:
         when = format_time(m.created)
-        console.print(f"\n[bold]{m.role}[/bold] [dim]{when}[/dim]")
+        kind = m.meta.get("kind")
+        # The agent tags interim replies and slow-mind results; plain replies need no label.
+        label = f"{m.role} ({kind})" if kind and kind not in (m.role, "reply") else m.role
+        console.print(f"\n[bold]{label}[/bold] [dim]{when}[/dim]")
         console.print(Markdown(m.content) if m.role == "assistant" else m.content, markup=False)
 
 
