@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from duma import __version__, host
-from duma.errors import DumaError
+from duma.errors import DumaError, PluginError
 
 
 class CliState:
@@ -44,40 +44,66 @@ pass_state = click.make_pass_decorator(CliState, ensure=True)
 @click.version_option(__version__, prog_name="duma")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="DUMA_CONFIG",
               help="YAML configuration file (or DUMA_CONFIG).")
+@click.option("-S", "--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Set a configuration key, e.g. -S agent.router=rules (repeatable).")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
+def cli(ctx: click.Context, config_path: str | None, settings: tuple[str, ...], debug: bool) -> None:
     """duma: fast/slow conversational agents on open LLMs."""
-    ctx.obj = CliState(config_path, debug)
+    ctx.obj = CliState(config_path, debug, parse_settings(settings))
 
 
-@cli.command(name="plugins")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
-def plugins_command(as_json: bool) -> None:
-    """List plugins: version, source, hooks implemented and components registered."""
+def parse_settings(settings: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``("agent.router=rules", ...)`` -> nested overrides. Values stay text here;
+    ``load_config`` reads them as YAML where the key does not take text (``6``, ``[a, b]``)."""
+    overrides: dict[str, Any] = {}
+    if not settings:
+        return overrides
+    from duma.config import set_path  # pydantic and yaml load only when needed
+
+    for item in settings:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise click.BadParameter(f"'{item}' is not KEY=VALUE (e.g. agent.router=rules)",
+                                     param_hint="'-S' / '--set'")
+        set_path(overrides, key, value, parse=False)
+    return overrides
+
+
+def plugin_rows() -> list[dict[str, Any]]:
+    """One row per plugin: name, version, source, hooks implemented, components by kind."""
     from duma.hookspecs import COMPONENT_HOOKS
 
-    pm = host.plugin_manager()
     by_plugin: dict[str, dict[str, list[str]]] = {}
     for kind in COMPONENT_HOOKS:
         for comp in host.components(kind).values():
             by_plugin.setdefault(comp.plugin, {}).setdefault(kind, []).append(comp.name)
     rows = []
     for info in host.plugins():
-        module = pm.get_plugin(info.name)
-        hooks = sorted(impl.name for impl in pm.get_hookcallers(module) or []) if module else []
-        rows.append({
+        row: dict[str, Any] = {
             "name": info.name,
             "version": info.version,
             "source": info.source,
-            "hooks": hooks,
+            "hooks": host.hooks_of(info.name),
             "components": {k: sorted(v) for k, v in sorted(by_plugin.get(info.name, {}).items())},
-            **({"error": info.error} if info.error else {}),
-        })
+        }
+        if info.error:
+            row["error"] = info.error
+        rows.append(row)
+    return rows
+
+
+@cli.command(name="plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def plugins_command(as_json: bool) -> None:
+    """List plugins: version, source, hooks implemented and components registered."""
+    rows = plugin_rows()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="duma plugins")
@@ -86,8 +112,8 @@ def plugins_command(as_json: bool) -> None:
     for r in rows:
         comps = "\n".join(f"{k}: {', '.join(v)}" for k, v in r["components"].items())
         if r.get("error"):
-            comps = f"[red]failed: {r['error']}[/red]"
-        table.add_row(r["name"], r["version"] or "", r["source"], "\n".join(r["hooks"]), comps)
+            comps = f"[red]failed: {escape(r['error'])}[/red]"
+        table.add_row(escape(r["name"]), escape(r["version"] or ""), r["source"], "\n".join(r["hooks"]), comps)
     Console().print(table)
 
 
@@ -122,12 +148,32 @@ _commands_loaded = False
 
 
 def load_plugin_commands() -> click.Group:
-    """Let plugins add their commands (once per process)."""
+    """Let plugins add their commands (once per process). A plugin that raises is skipped
+    with a warning; two plugins adding the same command name is an error naming both."""
     global _commands_loaded
-    if not _commands_loaded:
-        _commands_loaded = True
-        host.call_hook_isolated("register_commands", cli=cli)
+    if _commands_loaded:
+        return cli
+    _commands_loaded = True
+    owners = {name: "duma (core)" for name in cli.commands}
+    for plugin, function in host.hook_implementations("register_commands"):
+        before = dict(cli.commands)
+        if not host.run_isolated(plugin, "register_commands", function, cli=cli):
+            # Keep nothing half-registered by a plugin whose hook failed.
+            cli.commands.clear()
+            cli.commands.update(before)
+            continue
+        for name, command in cli.commands.items():
+            if name in before and before[name] is not command:
+                raise PluginError(
+                    f"command '{name}' is registered by both {_owner_label(owners[name])} and plugin '{plugin}'",
+                    "uninstall one of them or limit plugins with DUMA_PLUGINS",
+                )
+            owners.setdefault(name, plugin)
     return cli
+
+
+def _owner_label(owner: str) -> str:
+    return owner if owner == "duma (core)" else f"plugin '{owner}'"
 
 
 def _debug_requested(argv: list[str]) -> bool:

@@ -70,65 +70,143 @@ class DumaConfig(Strict):
         return own if own is not None else MindConfig(**self.model.model_dump())
 
 
-def format_validation_error(exc: ValidationError, source: str | None = None) -> str:
-    """One line per problem: ``source: key.path: message``; the first problem first."""
+KeyPath = tuple[str, ...]
+Origins = dict[KeyPath, str]
+"""Where each configured key path came from: ``cfg.yaml:3``, ``environment DUMA_X__Y``..."""
+
+
+def _origin_of(loc: tuple[Any, ...], origins: Origins | None) -> str | None:
+    """The source of the longest configured prefix of an error location."""
+    if not origins:
+        return None
+    parts = tuple(str(p) for p in loc)
+    for n in range(len(parts), 0, -1):
+        if parts[:n] in origins:
+            return origins[parts[:n]]
+    return None
+
+
+def _error_message(err: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "literal_error" and "expected" in err.get("ctx", {}):
+        msg = f"must be one of {err['ctx']['expected']}"
+    else:
+        msg = err["msg"]
+    if "input" in err and not isinstance(err["input"], (dict, list, BaseModel)):
+        msg += f" (got {err['input']!r})"
+    return msg
+
+
+def format_validation_error(exc: ValidationError, source: str | None = None,
+                            origins: Origins | None = None) -> str:
+    """One line per problem: ``source: key.path: message``; the first problem first.
+
+    ``origins`` names the source of each key path (file:line, environment variable, command
+    line); ``source`` is used for keys it does not cover.
+    """
     lines = []
     for err in exc.errors():
         path = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif err["type"] == "literal_error" and "expected" in err.get("ctx", {}):
-            msg = f"must be one of {err['ctx']['expected']}"
-        where = f"{source}: " if source else ""
-        lines.append(f"{where}{path}: {msg}")
+        where = _origin_of(err["loc"], origins) or source
+        lines.append(f"{where + ': ' if where else ''}{path}: {_error_message(err)}")
     return "; ".join(lines)
 
 
-def validate_model(model: type[BaseModel], data: Any, source: str | None = None) -> Any:
+def validate_model(model: type[BaseModel], data: Any, source: str | None = None,
+                   origins: Origins | None = None) -> Any:
     """Validate ``data`` against ``model``; a :class:`ConfigError` names the key paths."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source), _allowed_hint(model, exc)) from None
+        raise ConfigError(format_validation_error(exc, source, origins), _allowed_hint(model, exc)) from None
 
 
 def _allowed_hint(model: type[BaseModel], exc: ValidationError) -> str:
     err = exc.errors()[0]
     if err["type"] == "extra_forbidden":
-        parent = err["loc"][:-1]
-        sub: Any = model
-        for part in parent:
-            field = getattr(sub, "model_fields", {}).get(part)
-            if field is None:
-                break
-            sub = field.annotation
-        keys = sorted(getattr(sub, "model_fields", {}))
+        keys = sorted(getattr(_submodel(model, err["loc"][:-1]), "model_fields", {}))
         if keys:
             return "allowed keys: " + ", ".join(keys)
     return "see 'duma config schema' for what is allowed"
 
 
+def _submodel(model: Any, path: tuple[Any, ...]) -> Any:
+    """The pydantic model class at ``path`` (``X | None`` unwrapped), or None."""
+    sub: Any = model
+    for part in path:
+        fields = getattr(sub, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        sub = _unwrap_optional(fields[part].annotation)
+    return sub
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    for arg in getattr(annotation, "__args__", ()) or ():
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return annotation
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping; errors name the file and line."""
+    return read_yaml_with_lines(path)[0]
+
+
+def read_yaml_with_lines(path: Path) -> tuple[dict[str, Any], Origins]:
+    """A YAML mapping and ``path:line`` for every key path in it; errors name file and line."""
+    path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist", "check the path given to --config or DUMA_CONFIG")
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder", "give the path of a YAML file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}", "check the file's permissions and encoding") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{where}: invalid YAML: {problem}", "fix the syntax at that line") from None
+    finally:
+        loader.dispose()
     if data is None:
-        return {}
+        return {}, {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys", "see 'duma config show' for the layout")
-    return data
+    origins: Origins = {}
+    _node_lines(node, (), str(path), origins)
+    return data, origins
 
 
-def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``a.b.c`` in nested dicts; values given as strings are parsed as YAML scalars."""
+def _node_lines(node: Any, prefix: KeyPath, path: str, origins: Origins) -> None:
+    if not isinstance(node, yaml.MappingNode):
+        return
+    for key_node, value_node in node.value:
+        key = prefix + (str(key_node.value),)
+        origins[key] = f"{path}:{key_node.start_mark.line + 1}"
+        _node_lines(value_node, key, path, origins)
+
+
+def _parse_scalar(value: str) -> Any:
+    """Environment and flag values are YAML scalars: ``6``, ``true``, ``[a, b]``, ``null``."""
+    if value == "":
+        return ""
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def set_path(data: dict[str, Any], dotted: str, value: Any, *, parse: bool = True) -> None:
+    """Set ``a.b.c`` in nested dicts; with ``parse``, string values are read as YAML scalars
+    (``load_config`` reads unparsed strings itself: as text where the key takes text)."""
     keys = dotted.split(".")
     node = data
     for key in keys[:-1]:
@@ -137,27 +215,57 @@ def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
             nxt = {}
             node[key] = nxt
         node = nxt
-    if isinstance(value, str):
-        try:
-            value = yaml.safe_load(value) if value != "" else ""
-        except yaml.YAMLError:
-            pass
-    node[keys[-1]] = value
+    node[keys[-1]] = _parse_scalar(value) if parse and isinstance(value, str) else value
+
+
+def _top_level_scalar_keys() -> set[str]:
+    """Top-level keys that are not sections (``log_level``): ``DUMA_LOG_LEVEL`` sets them."""
+    return {name for name, f in DumaConfig.model_fields.items()
+            if not (isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel))}
+
+
+def _env_key(name: str) -> str | None:
+    if not name.startswith(ENV_PREFIX):
+        return None
+    rest = name[len(ENV_PREFIX):].lower()
+    if ENV_NESTING in rest:
+        return rest.replace(ENV_NESTING, ".")
+    return rest if rest in _top_level_scalar_keys() else None
 
 
 def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """``DUMA_AGENT__ROUTER=rules`` -> ``{"agent": {"router": "rules"}}``; variables without
-    ``__`` (DUMA_HOME, DUMA_CONFIG, DUMA_PLUGINS...) are not configuration keys."""
-    environ = dict(os.environ) if environ is None else environ
+    """``DUMA_AGENT__ROUTER=rules`` -> ``{"agent": {"router": "rules"}}``; ``DUMA_LOG_LEVEL``
+    sets the top-level ``log_level``. Other variables without ``__`` (DUMA_HOME, DUMA_CONFIG,
+    DUMA_PLUGINS...) are not configuration keys."""
     out: dict[str, Any] = {}
-    for name, value in environ.items():
-        if name.startswith(ENV_PREFIX) and ENV_NESTING in name:
-            dotted = name[len(ENV_PREFIX):].lower().replace(ENV_NESTING, ".")
+    for name, value in (dict(os.environ) if environ is None else environ).items():
+        dotted = _env_key(name)
+        if dotted:
             set_path(out, dotted, value)
     return out
 
 
+def _env_layer(environ: dict[str, str]) -> tuple[dict[str, Any], Origins, dict[KeyPath, str]]:
+    out: dict[str, Any] = {}
+    origins: Origins = {}
+    raw: dict[KeyPath, str] = {}
+    for name in sorted(environ):
+        dotted = _env_key(name)
+        if dotted:
+            set_path(out, dotted, environ[name], parse=False)
+            origins[tuple(dotted.split("."))] = f"environment {name}"
+            raw[tuple(dotted.split("."))] = environ[name]
+    return out, origins, raw
+
+
+def _leaf_paths(data: Any, prefix: KeyPath = ()) -> list[KeyPath]:
+    if isinstance(data, dict) and data:
+        return [p for k, v in data.items() for p in _leaf_paths(v, prefix + (str(k),))]
+    return [prefix] if prefix else []
+
+
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge two nested dicts; ``override`` wins."""
     out = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
@@ -167,20 +275,73 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _read_text_values(data: dict[str, Any], exc: ValidationError, raw: dict[KeyPath, str]) -> bool:
+    """Values typed as text (environment variables, ``-S key=value``) are used as text where
+    the key takes text; where validation rejects them, read them as YAML (``6``, ``true``,
+    ``null``, ``[a, b]``, ``{k: v}``) and, for lists, also as ``a,b``. Returns True when
+    something changed and validation is worth retrying."""
+    changed = False
+    for err in exc.errors():
+        loc = tuple(str(p) for p in err["loc"])
+        text = raw.pop(loc, None)
+        if text is None:
+            continue
+        value = _parse_scalar(text)
+        if err["type"] == "list_type" and isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if value == text:
+            continue
+        node = data
+        for key in loc[:-1]:
+            node = node[key]
+        node[loc[-1]] = value
+        changed = True
+    return changed
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
     environ: dict[str, str] | None = None,
+    *,
+    overrides_source: str = "command line",
 ) -> DumaConfig:
-    """Layered configuration: YAML file, then environment, then ``overrides`` (CLI flags)."""
+    """Layered configuration: YAML file, then environment, then ``overrides`` (CLI flags).
+
+    Errors name where the bad value came from: ``cfg.yaml:3``, ``environment
+    DUMA_AGENT__MAX_SLOW_STEPS`` or ``overrides_source``, then the key path.
+    """
     environ = dict(os.environ) if environ is None else environ
     path = path or environ.get("DUMA_CONFIG") or None
-    data: dict[str, Any] = read_yaml(Path(path)) if path else {}
-    source = str(path) if path else None
-    data = merge(data, env_overrides(environ))
+    data: dict[str, Any] = {}
+    origins: Origins = {}
+    if path:
+        data, origins = read_yaml_with_lines(Path(path))
+    env_data, env_origins, raw = _env_layer(environ)
+    data = merge(data, env_data)
+    origins.update(env_origins)
     if overrides:
         data = merge(data, overrides)
-    return validate_model(DumaConfig, data, source)
+        for key in _leaf_paths(overrides):
+            origins[key] = overrides_source
+            raw.pop(key, None)
+            value = _get_path(overrides, key)
+            if isinstance(value, str):
+                raw[key] = value
+    while True:
+        try:
+            return DumaConfig.model_validate(data)
+        except ValidationError as exc:
+            if not _read_text_values(data, exc, raw):
+                break
+    return validate_model(DumaConfig, data, str(path) if path else None, origins)
+
+
+def _get_path(data: dict[str, Any], key: KeyPath) -> Any:
+    node: Any = data
+    for part in key:
+        node = node[part]
+    return node
 
 
 def config_from(value: str | Path | dict[str, Any] | DumaConfig | None) -> DumaConfig:
