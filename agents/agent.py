@@ -1,0 +1,483 @@
+"""The DUMA agent's Python API: one :class:`Agent` serves many conversations.
+
+A turn: the user message is logged, the router (or the fast mind's own ``Invoke[...]``)
+decides whether the slow mind runs, the fast mind's reply streams to the user, and on a
+handoff the slow mind's result goes back to the fast mind, which writes the final reply.
+Every turn yields the events of :mod:`duma.events`; ``chat`` collects them into a
+:class:`Reply`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from duma.backend import Backend
+from duma.config import DumaConfig, MindConfig, config_from, format_validation_error
+from duma.errors import DumaError
+from duma.events import (ErrorEvent, Event, FastDone, FastToken, FinalDone, FinalToken, Notice,
+                         SlowDone, SlowStep)
+from duma.logstore import LoggedMessage, LogStore
+from duma.routing import RouteDecision, RouteInput, Router
+from duma.types import GenerationOptions, Message, ModelSpec, Usage
+
+from . import fast_mind, protocol
+from .slow_mind import SlowMind
+
+OptionsLike = GenerationOptions | dict[str, Any] | None
+
+
+class Reply(BaseModel):
+    """The outcome of one turn (``Agent.chat``)."""
+
+    text: str = Field(description="The reply the user keeps for this turn.")
+    conversation_id: str
+    interim: str | None = Field(None, description="The fast mind's interim reply when the slow mind ran.")
+    slow_ran: bool = False
+    slow_finished: bool | None = None
+    router: str | None = None
+    router_score: float | None = None
+    steps: list[SlowStep] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    first_token_s: float | None = None
+    total_s: float = 0.0
+    events: list[Event] = Field(default_factory=list)
+
+    @classmethod
+    def from_events(cls, events: list[Any], conversation_id: str) -> Reply:
+        """Collect a turn's events; an ``error`` event raises :class:`DumaError`."""
+        for ev in events:
+            if isinstance(ev, ErrorEvent):
+                raise DumaError(ev.message)
+        fast = next((e for e in events if isinstance(e, FastDone)), None)
+        slow = next((e for e in events if isinstance(e, SlowDone)), None)
+        final = next((e for e in events if isinstance(e, FinalDone)), None)
+        if final is None:
+            raise DumaError("the turn ended without a reply")
+        return cls(
+            text=final.text, conversation_id=conversation_id,
+            interim=fast.text if fast is not None and final.slow_ran else None,
+            slow_ran=final.slow_ran, slow_finished=slow.finished if slow else None,
+            router=fast.router if fast else None, router_score=fast.router_score if fast else None,
+            steps=[e for e in events if isinstance(e, SlowStep)], usage=final.usage,
+            first_token_s=final.first_token_s, total_s=final.total_s, events=events,
+        )
+
+
+class FastMindDecides(Router):
+    """The ``duma`` router: the fast mind's own ``Invoke[...]`` decides. Built in here as a
+    fallback for when no plugin registers a router named ``duma``."""
+
+    name = "duma"
+    defers_to_fast_mind = True
+
+    def score(self, turn: RouteInput) -> float:
+        return 0.0
+
+    def route(self, turn: RouteInput) -> RouteDecision:
+        return RouteDecision(slow=None, score=None)
+
+
+def load_backend(spec: ModelSpec) -> Backend:
+    """The (process-wide cached) backend for a model spec."""
+    try:
+        from duma.models import load_backend as cached_loader
+    except ImportError:  # the loader is not there: construct directly
+        from duma import host
+
+        return host.get("backend", spec.backend)(spec)
+    return cached_loader(spec)
+
+
+def load_router(name: str, options: dict[str, Any]) -> Router:
+    from duma import host
+
+    try:
+        found = host.get("router", name)
+    except DumaError:
+        if name != FastMindDecides.name:
+            raise
+        found = FastMindDecides
+    return found(options) if isinstance(found, type) else found
+
+
+def load_tools(names: list[str] | None) -> dict[str, Any]:
+    """The registered tools, limited to ``names`` when given (unknown names are an error)."""
+    from duma import host
+
+    registered = {name: comp.obj for name, comp in host.components("tool").items()}
+    if names is None:
+        return registered
+    missing = [n for n in names if n not in registered]
+    if missing:
+        known = ", ".join(sorted(registered)) or "none"
+        raise DumaError(f"unknown tool(s) in agent.tools: {', '.join(missing)}",
+                        f"known tools: {known}; see 'duma plugins'")
+    return {n: registered[n] for n in names}
+
+
+def model_label(spec: ModelSpec) -> str:
+    return f"{spec.model}+{spec.adapter}" if spec.adapter else spec.model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+class Agent:
+    """The DUMA agent. Thread-safe: one instance serves many conversations at once.
+
+    ``Agent.from_config(...)`` is the public constructor; ``Agent(config, fast_backend=...,
+    slow_backend=..., router=..., tools=...)`` injects components (tests, embedding).
+    """
+
+    def __init__(self, config: DumaConfig | dict[str, Any] | str | Path | None = None, *,
+                 log_store: LogStore | None = None, log: bool = True,
+                 fast_backend: Backend | None = None, slow_backend: Backend | None = None,
+                 router: Router | None = None, tools: dict[str, Any] | None = None) -> None:
+        self.config = config_from(config)
+        agent_cfg = self.config.agent
+        self.fast_spec: MindConfig = self.config.mind("fast")
+        self.slow_spec: MindConfig = self.config.mind("slow")
+        if log_store is not None:
+            self.log_store = log_store
+        elif log and self.config.logging.enabled:
+            self.log_store = LogStore(self.config.logging.database)
+        else:
+            self.log_store = LogStore(":memory:")  # nothing written to disk
+        self.router = router if router is not None else load_router(agent_cfg.router, agent_cfg.router_options)
+        self.router_name = getattr(self.router, "name", type(self.router).__name__)
+        self.tools = tools if tools is not None else load_tools(agent_cfg.tools)
+        self._fast_backend = fast_backend
+        self._slow_backend = slow_backend
+        self._load_lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, config: DumaConfig | dict[str, Any] | str | Path | None = None, *,
+                    log_store: LogStore | None = None, log: bool = True) -> Agent:
+        """An agent from a config object, a dict of overrides, a YAML path or None (defaults
+        and environment). ``log=False`` keeps conversations in memory only."""
+        return cls(config, log_store=log_store, log=log)
+
+    # ------------------------------------------------------------------ components
+    def load(self) -> None:
+        """Load both minds' backends now (otherwise the first turn does it). Minds on the same
+        model share one loaded copy (``duma.models.load_backend`` caches per spec)."""
+        with self._load_lock:
+            if self._fast_backend is None:
+                self._fast_backend = load_backend(self.fast_spec)
+            if self._slow_backend is None:
+                self._slow_backend = load_backend(self.slow_spec)
+
+    @property
+    def fast_backend(self) -> Backend:
+        self.load()
+        assert self._fast_backend is not None
+        return self._fast_backend
+
+    @property
+    def slow_backend(self) -> Backend:
+        self.load()
+        assert self._slow_backend is not None
+        return self._slow_backend
+
+    # ------------------------------------------------------------------ conversations
+    def new_conversation(self, name: str | None = None) -> str:
+        return self.log_store.new_conversation(model=model_label(self.fast_spec), name=name)
+
+    def _check_conversation(self, conversation_id: str) -> None:
+        if not self.log_store.exists(conversation_id):
+            raise DumaError(f"conversation {conversation_id} does not exist",
+                            "list them with `duma logs list`")
+
+    def history(self, conversation_id: str, *, internal: bool = False) -> list[Message]:
+        """The conversation as the user saw it (``internal=True`` adds the slow mind's results
+        as system messages)."""
+        self._check_conversation(conversation_id)
+        logged = self.log_store.messages(conversation_id)
+        if internal:
+            return [m.as_message() for m in logged]
+        return fast_mind.visible_history(logged)
+
+    def _conversation_lock(self, conversation_id: str) -> threading.Lock:
+        with self._locks_lock:
+            return self._locks.setdefault(conversation_id, threading.Lock())
+
+    def _fast_options(self, options: OptionsLike) -> GenerationOptions:
+        base = self.fast_spec.options
+        if options is None:
+            merged = base
+        elif isinstance(options, GenerationOptions):
+            merged = options
+        else:
+            try:
+                merged = GenerationOptions.model_validate({**base.model_dump(), **dict(options)})
+            except ValidationError as exc:
+                raise DumaError(f"bad generation options: {format_validation_error(exc)}",
+                                "see GenerationOptions for the allowed keys") from None
+        stop = list(dict.fromkeys([*merged.stop, *protocol.FAST_STOP]))
+        return merged.model_copy(update={"stop": stop})
+
+    # ------------------------------------------------------------------ turns
+    def stream(self, text: str, conversation_id: str | None = None, *, system: str | None = None,
+               options: OptionsLike = None) -> Iterator[Event]:
+        """Run one turn, yielding its events as they happen (every event carries the
+        conversation id). An unknown conversation or bad options raise :class:`DumaError`
+        here; a failure during the turn (e.g. an empty message) is an ``error`` event."""
+        fast_options = self._fast_options(options)
+        if conversation_id is None:
+            conversation_id = self.new_conversation()
+        else:
+            self._check_conversation(conversation_id)
+        if not text or not text.strip():
+            return iter([ErrorEvent(conversation_id=conversation_id, message="empty message")])
+        self.load()
+        return self._turn(text, conversation_id, system, fast_options)
+
+    def chat(self, text: str, conversation_id: str | None = None, *, system: str | None = None,
+             options: OptionsLike = None) -> Reply:
+        """Run one turn and return its :class:`Reply` (an ``error`` event raises DumaError)."""
+        events = list(self.stream(text, conversation_id, system=system, options=options))
+        cid = events[0].conversation_id if events else conversation_id
+        return Reply.from_events(events, cid or "")
+
+    async def astream(self, text: str, conversation_id: str | None = None, *,
+                      system: str | None = None, options: OptionsLike = None) -> AsyncIterator[Event]:
+        """:meth:`stream` for asyncio: the turn runs in a worker thread, events arrive through
+        a queue, so the event loop is never blocked."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        cancelled = threading.Event()
+        end = object()
+
+        def put(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the event loop is closed: nobody is listening
+                cancelled.set()
+
+        def work() -> None:
+            events: Iterator[Event] | None = None
+            try:
+                events = self.stream(text, conversation_id, system=system, options=options)
+                for ev in events:
+                    if cancelled.is_set():
+                        break
+                    put(ev)
+            except BaseException as exc:  # handed to the awaiting task
+                put(_Raised(exc))
+            finally:
+                close = getattr(events, "close", None)
+                if close:
+                    close()
+                put(end)
+
+        threading.Thread(target=work, name="duma-turn", daemon=True).start()
+        try:
+            while True:
+                item = await queue.get()
+                if item is end:
+                    return
+                if isinstance(item, _Raised):
+                    raise item.exc
+                yield item
+        finally:
+            cancelled.set()
+
+    async def achat(self, text: str, conversation_id: str | None = None, *,
+                    system: str | None = None, options: OptionsLike = None) -> Reply:
+        events = [ev async for ev in self.astream(text, conversation_id, system=system, options=options)]
+        cid = events[0].conversation_id if events else conversation_id
+        return Reply.from_events(events, cid or "")
+
+    def _turn(self, text: str, cid: str, system: str | None, options: GenerationOptions) -> Iterator[Event]:
+        # Every event of this turn is stamped with the conversation id.
+        try:
+            with self._conversation_lock(cid):
+                yield from _Turn(self, text, cid, system, options).run()
+        except DumaError as exc:
+            yield ErrorEvent(conversation_id=cid, message=str(exc))
+        except Exception as exc:  # a backend or tool failure ends this turn, not the process
+            yield ErrorEvent(conversation_id=cid, message=f"{type(exc).__name__}: {_first_line(exc)}")
+
+
+class _Raised:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class _Turn:
+    """One turn of one conversation (runs under that conversation's lock)."""
+
+    def __init__(self, agent: Agent, text: str, cid: str, system: str | None,
+                 options: GenerationOptions) -> None:
+        self.agent = agent
+        self.text = text
+        self.cid = cid
+        self.system = system
+        self.store = agent.log_store
+        self.cfg = agent.config.agent
+        self.fast = agent.fast_backend
+        self.options = fast_mind.cap_max_tokens(self.fast, options)
+        self.started = time.perf_counter()
+        self.first_token_s: float | None = None
+        self.usage = Usage()
+
+    def _add_usage(self, usage: Usage) -> None:
+        self.usage = Usage(prompt_tokens=self.usage.prompt_tokens + usage.prompt_tokens,
+                           completion_tokens=self.usage.completion_tokens + usage.completion_tokens)
+
+    def _mark_first_token(self) -> None:
+        if self.first_token_s is None:
+            self.first_token_s = time.perf_counter() - self.started
+
+    def _log(self, role: str, content: str, meta: dict[str, Any], usage: Usage | None = None,
+             timed: bool = False) -> None:
+        self.store.add_message(
+            self.cid, Message(role=role, content=content),  # type: ignore[arg-type]
+            model=model_label(self.agent.fast_spec) if role == "assistant" else None,
+            options=self.options.model_dump() if role == "assistant" else None,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            first_token_s=self.first_token_s if timed else None,
+            total_s=time.perf_counter() - self.started if timed else None,
+            meta=meta)
+
+    def _fit(self, messages: list[Message]) -> tuple[list[Message], Notice | None]:
+        fitted = fast_mind.fit_to_context(self.fast, messages, self.options.max_tokens,
+                                          fast_mind.is_user_turn)
+        note = fitted.notice()
+        return fitted.messages, (Notice(conversation_id=self.cid, message=note) if note else None)
+
+    def run(self) -> Iterator[Event]:
+        cid = self.cid
+        history = self.store.messages(cid)
+        # Logged before generation starts: a killed process keeps the user's message.
+        self._log("user", self.text, {"kind": fast_mind.KIND_USER})
+
+        decision = self.agent.router.route(
+            RouteInput(text=self.text, history=fast_mind.visible_history(history)))
+        system_prompt = fast_mind.fast_system_prompt(self.agent.fast_spec.system_prompt, self.system)
+        context = fast_mind.build_context(system_prompt, history, self.text, self.cfg.memory_turns)
+        context, notice = self._fit(context)
+        if notice:
+            yield notice
+
+        fast_meta: dict[str, Any] = {"router": self.agent.router_name, "router_score": decision.score}
+        if decision.slow is True:
+            # The router already chose the slow mind: a fixed interim reply, no model call.
+            interim = fast_mind.INTERIM_TEMPLATE
+            self._mark_first_token()
+            yield FastToken(conversation_id=cid, text=interim)
+            invoke, parse_ok, raw, fast_usage, reply = True, True, None, Usage(), interim
+        else:
+            fast_pass = fast_mind.FastPass()
+            for delta in fast_mind.stream_fast(self.fast, context, self.options, fast_pass):
+                self._mark_first_token()
+                yield FastToken(conversation_id=cid, text=delta)
+            out = fast_pass.output
+            assert out is not None
+            # A router that decided "fast" overrides the fast mind's Invoke[...].
+            invoke = out.invoke if decision.slow is None else False
+            parse_ok, raw, fast_usage, reply = out.parse_ok, out.raw, fast_pass.usage, out.response
+            if invoke and not reply:
+                reply = fast_mind.INTERIM_TEMPLATE
+                self._mark_first_token()
+                yield FastToken(conversation_id=cid, text=reply)
+            elif not reply and not invoke:
+                reply = "(no reply)"  # the model wrote nothing usable
+                self._mark_first_token()
+                yield FastToken(conversation_id=cid, text=reply)
+        self._add_usage(fast_usage)
+        yield FastDone(conversation_id=cid, text=reply, invoke=invoke, router=self.agent.router_name,
+                       router_score=decision.score, parse_ok=parse_ok, raw=raw, usage=fast_usage,
+                       first_token_s=self.first_token_s)
+        fast_meta.update(invoke=invoke, parse_ok=parse_ok, raw=raw)
+
+        if not invoke:
+            self._log("assistant", reply, {"kind": fast_mind.KIND_REPLY, "slow_ran": False, **fast_meta},
+                      usage=self.usage, timed=True)
+            yield FinalDone(conversation_id=cid, text=reply, slow_ran=False, usage=self.usage,
+                            first_token_s=self.first_token_s, total_s=time.perf_counter() - self.started)
+            return
+
+        # Handoff: the interim reply is logged now, so it survives a kill during the slow mind.
+        self._log("assistant", reply, {"kind": fast_mind.KIND_INTERIM, **fast_meta}, usage=fast_usage)
+        slow_done: SlowDone | None = None
+        slow_steps = 0
+        for ev in self._run_slow(history):
+            if isinstance(ev, SlowDone):
+                slow_done = ev
+            else:
+                slow_steps += 1
+            yield ev
+        assert slow_done is not None
+        self._add_usage(slow_done.usage)
+        self._log("system", slow_done.result,
+                  {"kind": fast_mind.KIND_SLOW, "finished": slow_done.finished, "steps": slow_done.steps},
+                  usage=slow_done.usage)
+
+        final_context = [*context,
+                         Message(role="assistant", content=protocol.format_fast_output(reply, True)),
+                         Message(role="user", content=protocol.format_slow_mind(slow_done.result))]
+        final_context, notice = self._fit(final_context)
+        if notice:
+            yield notice
+        final_pass = fast_mind.FastPass()
+        for delta in fast_mind.stream_fast(self.fast, final_context, self.options, final_pass,
+                                           hold_raw=True):
+            yield FinalToken(conversation_id=cid, text=delta)
+        out = final_pass.output
+        assert out is not None
+        self._add_usage(final_pass.usage)
+        final_text = out.response
+        fallback = final_pass.held_back or not final_text
+        if fallback:
+            # Garbled final output: the user still gets the slow mind's result.
+            final_text = fallback_reply(slow_done, out.response)
+            yield FinalToken(conversation_id=cid, text=final_text)
+        self._log("assistant", final_text,
+                  {"kind": fast_mind.KIND_REPLY, "slow_ran": True, "slow_finished": slow_done.finished,
+                   "slow_steps": slow_done.steps, "final_parse_ok": out.parse_ok, "final_raw": out.raw,
+                   "fallback": fallback, **fast_meta},
+                  usage=self.usage, timed=True)
+        yield FinalDone(conversation_id=cid, text=final_text, slow_ran=True, usage=self.usage,
+                        first_token_s=self.first_token_s, total_s=time.perf_counter() - self.started)
+
+    def _run_slow(self, history: list[LoggedMessage]) -> Iterator[SlowStep | SlowDone]:
+        slow_backend = self.agent.slow_backend
+        slow = SlowMind(slow_backend, self.agent.tools, system_prompt=self.agent.slow_spec.system_prompt,
+                        options=fast_mind.cap_max_tokens(slow_backend, self.agent.slow_spec.options),
+                        max_steps=self.cfg.max_slow_steps, timeout_s=self.cfg.slow_timeout_s,
+                        tool_timeout_s=self.cfg.tool_timeout_s)
+        query = fast_mind.retrospect(history, self.text, self.cfg.memory_turns)
+
+        def fit(messages: list[Message]) -> list[Message]:
+            return fast_mind.fit_to_context(slow_backend, messages, slow.options.max_tokens,
+                                            lambda m: False, keep="end").messages
+
+        yield from slow.run(query, conversation_id=self.cid, fit=fit)
+
+
+def fallback_reply(slow_done: SlowDone, raw_reply: str) -> str:
+    """A reply built from the slow mind's result when the fast mind's final output is garbled
+    (kept as is when it already contains the result)."""
+    result = slow_done.result.strip()
+    raw_reply = raw_reply.strip()
+    if raw_reply and result and result in raw_reply:
+        return raw_reply
+    if slow_done.finished:
+        return f"Here is what I found: {result}"
+    return f"I could not finish looking into this. {result}"
+
+
+__all__ = ["Agent", "FastMindDecides", "Reply", "load_backend", "load_router", "load_tools"]
