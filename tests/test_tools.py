@@ -76,6 +76,8 @@ def test_importing_the_plugin_module_does_not_import_langchain():
         ("log(8, 2)", "3"),
         ("What is 3 × 4?", "12"),
         ("12 ÷ 4 =", "3"),
+        ("17 percent of 2,340", "397.8"),
+        ("3 x 4", "12"),
         ("2.5e3", "2500"),
     ],
 )
@@ -255,6 +257,9 @@ def test_search_knowledge_bad_queries_and_folders(tmp_path):
     assert missing.startswith("Error: ") and "does not exist" in missing
     assert "no .md or .txt files" in make_knowledge_tool(tmp_path).invoke({"query": "x"})
     assert "No knowledge base" in make_knowledge_tool(None).invoke({"query": "x"})
+    (tmp_path / "links.md").write_text("See [the manual](http://x) for the gizmo.", encoding="utf-8")
+    found = make_knowledge_tool(tmp_path).invoke({"query": "gizmo manual"})
+    assert found == "[links.md] See (the manual)(http://x) for the gizmo."  # brackets would end Obs[...]
 
 
 def test_knowledge_index_is_cached_and_rebuilt_when_files_change(tmp_path):
@@ -278,7 +283,8 @@ def test_knowledge_index_is_cached_and_rebuilt_when_files_change(tmp_path):
 def test_bm25_and_tokenizer():
     from duma.plugins.tools.knowledge import BM25, split_chunks, tokenize
 
-    assert tokenize("The Kettle's E1 error") == ["kettle's", "e1", "error"]
+    assert tokenize("The Kettle's E1 errors") == ["kettle", "e1", "error"]
+    assert tokenize("batteries and glass") == ["battery", "glass"]
     assert tokenize("保修三年") == ["保", "修", "三", "年", "保修", "修三", "三年"]
     bm25 = BM25([["apple", "pie"], ["apple", "apple", "tart"], ["banana"]])
     scores = bm25.scores(["apple"])

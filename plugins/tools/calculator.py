@@ -113,6 +113,8 @@ def normalize_expression(expression: str) -> str:
     text = text.rstrip("?=! \t").strip()
     for human, python in (("×", "*"), ("÷", "/"), ("−", "-"), ("–", "-"), ("^", "**"), ("，", ",")):
         text = text.replace(human, python)
+    text = re.sub(r"(\d)\s*(?:percent|per\s+cent|pct)\b", r"\1%", text, flags=re.IGNORECASE)
+    text = re.sub(r"(?<=\d)\s*[xX]\s*(?=[\d(])", "*", text)  # 3 x 4
     text = _strip_thousands_separators(text)
     text = _PERCENT_OF.sub(r"(\1/100)*", text)
     text = _PERCENT.sub(r"(\1/100)", text)

@@ -42,7 +42,8 @@ STOPWORDS = frozenset(
 
 
 def tokenize(text: str) -> list[str]:
-    """English words/numbers (lower-case, stop words dropped) and CJK unigrams + bigrams."""
+    """English words/numbers (lower-case, stop words dropped, plurals folded) and CJK unigrams
+    + bigrams."""
     tokens: list[str] = []
     for match in _TOKEN.finditer(text.lower()):
         word = match.group(0)
@@ -50,8 +51,18 @@ def tokenize(text: str) -> list[str]:
             tokens.extend(word)
             tokens.extend(word[i : i + 2] for i in range(len(word) - 1))
         elif word not in STOPWORDS:
-            tokens.append(word.replace("’", "'"))
+            tokens.append(_light_stem(word))
     return tokens
+
+
+def _light_stem(word: str) -> str:
+    """Fold possessives and plurals so that "kettles" and "kettle's" find "kettle"."""
+    word = re.sub(r"['’]s$", "", word)
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
 
 
 @dataclass
@@ -191,7 +202,8 @@ def load_index(folder: str | Path) -> KnowledgeIndex:
 
 
 def _shorten(text: str, limit: int = MAX_SHOWN_CHARS) -> str:
-    text = " ".join(text.split())
+    # Square brackets would be read as the end of Obs[...] by the protocol: show parentheses.
+    text = " ".join(text.split()).replace("[", "(").replace("]", ")")
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
