@@ -117,7 +117,8 @@ def register_commands(cli: Any) -> None:
                   help="Share of turns that should go to the slow mind, e.g. 0.3.")
     @click.option("-o", "--option", "options", type=(str, str), multiple=True, help=_OPTION_HELP)
     @click.option("--write", "write_path", type=click.Path(dir_okay=False), default=None,
-                  help="Also write agent.router and agent.router_options (with the threshold) into this YAML file.")
+                  help="Also write agent.router and agent.router_options (with the threshold) into this "
+                       "YAML config file, merging with what is there (comments are not kept).")
     @click.pass_context
     def router_calibrate(ctx: click.Context, data: str, router_name: str | None, slow_share: float,
                          options: tuple[tuple[str, str], ...], write_path: str | None) -> None:

@@ -29,6 +29,7 @@ DEFAULT_TOP_K = 3
 MAX_CHUNK_CHARS = 1200  # longer paragraphs are split at line or sentence ends
 MAX_SHOWN_CHARS = 700  # what one hit shows the slow mind
 MAX_FILE_BYTES = 5_000_000
+MAX_FILES = 10_000
 RELATIVE_CUTOFF = 0.3  # hits scoring under this share of the best hit are not shown
 
 _CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af"
@@ -159,12 +160,16 @@ class KnowledgeIndex:
 
 
 def _knowledge_files(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in KNOWLEDGE_SUFFIXES and not any(
+    """The .md/.txt files under ``folder`` (hidden ones skipped), at most ``MAX_FILES``."""
+    found = []
+    for p in folder.rglob("*"):
+        if p.suffix.lower() in KNOWLEDGE_SUFFIXES and p.is_file() and not any(
             part.startswith(".") for part in p.relative_to(folder).parts
-        )
-    )
+        ):
+            found.append(p)
+            if len(found) >= MAX_FILES:  # a knowledge_dir pointed at a home folder stays bounded
+                break
+    return sorted(found)
 
 
 def _signature(folder: Path, files: list[Path]) -> tuple[tuple[str, int, int], ...]:
