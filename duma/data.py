@@ -308,8 +308,13 @@ def problem_of(exc: ValidationError, prefix: str = "") -> RecordProblem:
     loc = ".".join(str(p) for p in err.get("loc", ()))
     field_path = ".".join(p for p in (prefix, loc) if p) or "record"
     msg = err.get("msg", "invalid")
-    if err.get("type") == "missing":
+    kind, ctx = err.get("type"), err.get("ctx") or {}
+    if kind == "missing":
         msg = "missing"
+    elif kind == "string_too_short" and ctx.get("min_length") == 1:
+        msg = "empty"
+    elif kind == "too_short":
+        msg = f"needs at least {ctx.get('min_length')} item{'s' * (ctx.get('min_length') != 1)}"
     elif msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     return RecordProblem(field_path, msg)
@@ -406,6 +411,30 @@ def suggest_source(raw: Any, exclude: str) -> str | None:
         except Exception:  # a third-party source's bug must not hide the real error
             continue
     return None
+
+
+# Tried in this order when no source is named: the more specific shapes first.
+DETECT_ORDER = ("belle", "sharegpt", "alpaca", "preference", "seed-tasks", "text")
+
+
+def detect_source(path: Path) -> str:
+    """The name of the source that reads ``path``, judged from its first item (``.db`` files
+    are duma chat logs, ``.txt``/``.md`` files plain text)."""
+    check_readable(path)
+    if path.suffix.lower() == ".db":
+        return "duma-logs"
+    if path.suffix.lower() in TEXT_SUFFIXES:
+        return "text"
+    first = next((raw for _, raw in iter_raw(path) if not isinstance(raw, RecordProblem)), None)
+    names = source_names()
+    for name in [n for n in DETECT_ORDER if n in names] + [n for n in names if n not in DETECT_ORDER]:
+        try:
+            if first is not None and get_source(name).accepts(first):
+                return name
+        except Exception:  # a third-party source's bug must not break detection
+            continue
+    raise DumaError(f"{path}: cannot tell which data source reads it",
+                    f"name one with --format (known: {', '.join(names)})")
 
 
 def _reject_line(invalid: InvalidRecord) -> str:
