@@ -1,0 +1,134 @@
+"""``duma train`` as users run it: one-line errors, a run killed with SIGKILL and resumed
+(every step exactly once, same weights as an uninterrupted run), and two processes over gloo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BELLE = REPO / "configs" / "examples" / "data" / "belle_tiny.jsonl"
+DUMA = [sys.executable, "-m", "duma"]
+# Launcher variables of an in-process run in this pytest process must not leak into children.
+_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".test-cache" / "torch_extensions"))
+    env.update(extra)
+    return env
+
+
+def write_config(path: Path, tiny_model: Path, out: Path, **training) -> Path:
+    cfg = {
+        "method": "sft", "model": str(tiny_model), "output_dir": str(out),
+        "data": {"source": "belle", "files": [str(BELLE)], "max_length": 96, "limit": 42, "eval_ratio": 0.1},
+        "training": {"epochs": 2, "batch_size": 4, "lr": 3e-3, "warmup_ratio": 0.1, "zero_stage": 2,
+                     "seed": 3, "progress": False, **training},
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def log_records(out: Path) -> list[dict]:
+    from duma.trainers.base import read_log
+
+    return read_log(out / "train_log.jsonl")
+
+
+def test_cli_errors_are_one_line(tiny_model, tmp_path):
+    cfg = write_config(tmp_path / "run.yaml", tiny_model, tmp_path / "out")
+    started = time.time()
+    res = subprocess.run([*DUMA, "train", str(cfg), "training.lrr=1"], capture_output=True, text=True,
+                         env=child_env(), cwd=tmp_path)
+    assert res.returncode == 2
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("Error: ") and "training.lrr: unknown key" in lines[-1]
+    assert "allowed keys:" in lines[-1] and "Traceback" not in res.stderr
+    assert "DeepSpeed" not in res.stderr + res.stdout and time.time() - started < 60
+    res = subprocess.run([*DUMA, "train", str(cfg), "method=ppo"], capture_output=True, text=True,
+                         env=child_env(), cwd=tmp_path)
+    assert res.returncode == 1 and "unknown trainer 'ppo'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "killed"
+    cfg = write_config(tmp_path / "run.yaml", tiny_model, out, save_every=3, keep_last=2)
+    # 38 training rows, batch 4: 10 steps an epoch, 20 in all; sleep so we can kill mid-run.
+    proc = subprocess.Popen([*DUMA, "train", str(cfg)], env=child_env(DUMA_TRAIN_STEP_SLEEP="0.3"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            done = [r for r in log_records(out) if r["event"] == "step"] if (out / "train_log.jsonl").exists() else []
+            if len(done) >= 11:
+                break
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed_at = max(r["step"] for r in log_records(out) if r["event"] == "step")
+    assert 11 <= killed_at < 20
+    assert not (out / "model.safetensors").exists()
+
+    res = subprocess.run([*DUMA, "train", str(cfg), "--resume"], capture_output=True, text=True,
+                         env=child_env(), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    records = log_records(out)
+    resume = [r for r in records if r["event"] == "resume"]
+    assert len(resume) == 1 and 9 <= resume[0]["step"] <= killed_at
+    step_recs = [r for r in records if r["event"] == "step"]
+    assert [r["step"] for r in step_recs] == list(range(1, 21))  # every step exactly once
+    for epoch in (0, 1):  # every training sample exactly once an epoch
+        seen = [i for r in step_recs if r["epoch"] == epoch for i in r["samples"]]
+        assert len(seen) == len(set(seen)) == 38
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts == ["step-18", "step-20"]  # the last two kept; no temporary folder left
+
+    clean = tmp_path / "clean"
+    write_config(tmp_path / "clean.yaml", tiny_model, clean)
+    res = subprocess.run([*DUMA, "train", str(tmp_path / "clean.yaml")], capture_output=True, text=True,
+                         env=child_env(), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    clean_steps = [r for r in log_records(clean) if r["event"] == "step"]
+    assert [r["samples"] for r in clean_steps] == [r["samples"] for r in step_recs]
+    for a, b in zip(clean_steps, step_recs):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
+    import torch
+
+    resumed, uninterrupted = load_file(str(out / "model.safetensors")), load_file(str(clean / "model.safetensors"))
+    assert resumed.keys() == uninterrupted.keys()
+    for key in resumed:
+        assert torch.allclose(resumed[key], uninterrupted[key], atol=1e-5), key
+
+
+def test_two_processes_over_gloo(tiny_model, tmp_path):
+    out = tmp_path / "two"
+    cfg = write_config(tmp_path / "run.yaml", tiny_model, out, max_steps=4, batch_size=2, save_every=2)
+    res = subprocess.run([*DUMA, "train", str(cfg), "--nproc", "2"], capture_output=True, text=True,
+                         env=child_env(), cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    records = log_records(out)
+    assert [r["world_size"] for r in records if r["event"] == "start"] == [2]
+    step_recs = [r for r in records if r["event"] == "step"]
+    assert [r["step"] for r in step_recs] == [1, 2, 3, 4]
+    for r in step_recs:  # both ranks ran a forward/backward on their own micro-batch
+        assert len(r["rank_losses"]) == 2 and r["rank_losses"][0] != r["rank_losses"][1]
+        assert len(r["samples"]) == len(set(r["samples"]))
+    assert len([r for r in records if r["event"] == "end"]) == 1
+    assert (out / "model.safetensors").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2", "step-4"]
+    summaries = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
+    assert len(summaries) == 1 and json.loads(summaries[0])["world_size"] == 2  # saved and reported once
