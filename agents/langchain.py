@@ -27,7 +27,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import ConfigDict
 
 from duma.errors import DumaError
-from duma.events import FastDone, FastToken, FinalToken
+from duma.events import FastToken, FinalToken
 from duma.types import Message
 
 from .agent import Agent, Reply
@@ -59,6 +59,27 @@ class DumaChatModel(BaseChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {"model": self.agent.fast_spec.model, "router": self.agent.router_name}
+
+    # ------------------------------------------------------------------ run config
+    # ``configurable`` is not handed to ``_generate``: carry its conversation id as a keyword.
+    @staticmethod
+    def _with_config(config: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        configurable = (config or {}).get("configurable") or {}
+        if CONVERSATION_KEY in configurable and CONVERSATION_KEY not in kwargs:
+            kwargs = {**kwargs, CONVERSATION_KEY: configurable[CONVERSATION_KEY]}
+        return kwargs
+
+    def invoke(self, input: Any, config: Any = None, **kwargs: Any) -> AIMessage:  # noqa: A002
+        return super().invoke(input, config, **self._with_config(config, kwargs))
+
+    async def ainvoke(self, input: Any, config: Any = None, **kwargs: Any) -> AIMessage:  # noqa: A002
+        return await super().ainvoke(input, config, **self._with_config(config, kwargs))
+
+    def stream(self, input: Any, config: Any = None, **kwargs: Any) -> Iterator[AIMessageChunk]:  # noqa: A002
+        return super().stream(input, config, **self._with_config(config, kwargs))
+
+    def astream(self, input: Any, config: Any = None, **kwargs: Any) -> AsyncIterator[AIMessageChunk]:  # noqa: A002
+        return super().astream(input, config, **self._with_config(config, kwargs))
 
     # ------------------------------------------------------------------ mapping
     def _turn(self, messages: list[BaseMessage], run_manager: Any, kwargs: dict[str, Any]
@@ -161,8 +182,6 @@ class _StreamState:
             text = ev.text if self.final_started else "\n\n" + ev.text
             self.final_started = True
             return ChatGenerationChunk(message=AIMessageChunk(content=text))
-        if isinstance(ev, FastDone) and not ev.invoke:
-            return None
         if ev.type == "final_done":
             return ChatGenerationChunk(message=AIMessageChunk(
                 content="", response_metadata={CONVERSATION_KEY: cid, "slow_ran": ev.slow_ran},
