@@ -206,13 +206,29 @@ def test_convert_units(value, source, target, expected):
 
 
 @pytest.mark.parametrize(
+    "args, expected",
+    [
+        ({"value": "5 km", "from_unit": "mi"}, "5 km = 3.106856 mi"),
+        ({"value": "5 km to mi"}, "5 km = 3.106856 mi"),
+        ({"value": "5 in to cm"}, "5 in = 12.7 cm"),
+        ({"value": "2,340 g in kg"}, "2340 g = 2.34 kg"),
+        ({"value": "-40 °C -> °F"}, "-40 °C = -40 °F"),
+    ],
+)
+def test_convert_units_reads_units_written_into_the_value(args, expected):
+    assert tool("convert_units").invoke(args) == expected
+
+
+@pytest.mark.parametrize(
     "value, source, target, fragment",
     [
         (1, "kg", "m", "cannot convert mass (kg) to length (m)"),
         (1, "parsec", "m", "unknown unit 'parsec'"),
         (1, "C", "kg", "cannot convert temperature"),
         (-300, "C", "K", "below absolute zero"),
-        ("five", "m", "km", "invalid arguments for convert_units"),
+        ("five", "m", "km", "'five' is not a number"),
+        ("5", "", "", "give a value, its unit and the unit to convert to"),
+        ([5], "m", "km", "invalid arguments for convert_units"),
     ],
 )
 def test_convert_units_reports_bad_arguments(value, source, target, fragment):

@@ -5,7 +5,7 @@ arguments map in this order):
 
 - ``calculator(expression)``
 - ``today()``, ``date_diff(start, end)``, ``weekday(date)``, ``add_days(date, days)``
-- ``convert_units(value, from_unit, to_unit)``
+- ``convert_units(value, from_unit, to_unit)`` (also ``convert_units(5 km, mi)``, ``convert_units(5 km to mi)``)
 - ``search_knowledge(query)``
 
 Errors: every tool's ``invoke`` returns an observation starting with ``"Error: "`` for bad

@@ -155,10 +155,37 @@ def convert(value: float, from_unit: str, to_unit: str) -> float:
     return result
 
 
-def convert_units(value: float, from_unit: str, to_unit: str) -> str:
-    """Convert a quantity between units, e.g. convert_units(5, km, mi) -> '5 km = 3.106856 mi'."""
-    result = convert(value, from_unit, to_unit)
-    return f"{format_number(value, 8)} {from_unit.strip()} = {format_number(result, 7)} {to_unit.strip()}"
+_QUANTITY = re.compile(
+    r"^\s*([-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+)\s*(.*?)\s*$", re.S
+)
+_TO = re.compile(r"\s+(?:to|into|in)\s+|\s*(?:->|→)\s*", re.IGNORECASE)
+
+
+def split_quantity(value: float | str) -> tuple[float, list[str]]:
+    """``5`` -> (5, []); ``"5 km"`` -> (5, ["km"]); ``"5 km to mi"`` -> (5, ["km", "mi"])."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value), []
+    match = _QUANTITY.match(str(value))
+    if match is None:
+        raise ToolException(f"{value!r} is not a number; e.g. convert_units(5, km, mi)")
+    number = float(match.group(1).replace(",", ""))
+    rest = match.group(2)
+    if not rest:
+        return number, []
+    return number, [u.strip() for u in _TO.split(rest, maxsplit=1) if u.strip()]
+
+
+def convert_units(value: float | str, from_unit: str = "", to_unit: str = "") -> str:
+    """Convert a quantity between units, e.g. convert_units(5, km, mi) -> '5 km = 3.106856 mi'.
+    The slow mind may also write the units into the value: convert_units(5 km, mi) or
+    convert_units(5 km to mi)."""
+    number, units = split_quantity(value)
+    units += [u.strip() for u in (from_unit, to_unit) if u and u.strip()]
+    if len(units) != 2:
+        raise ToolException("give a value, its unit and the unit to convert to, e.g. convert_units(5, km, mi)")
+    source, target = units
+    result = convert(number, source, target)
+    return f"{format_number(number, 8)} {source} = {format_number(result, 7)} {target}"
 
 
 convert_units_tool = make_tool(
