@@ -267,7 +267,8 @@ def _iter_parquet(path: Path) -> Iterator[tuple[int, Any]]:
     for batch in reader.iter_batches(batch_size=1024):
         for item in batch.to_pylist():
             row += 1
-            yield row, item
+            # A column a row does not have reads as null: treat it as absent, like in JSON.
+            yield row, {k: v for k, v in item.items() if v is not None}
 
 
 def _iter_text_paragraphs(path: Path) -> Iterator[tuple[int, Any]]:
@@ -545,7 +546,11 @@ class RecordWriter:
                 import pyarrow.parquet as pq
             except ImportError:
                 raise DumaError(f"writing {self.path} needs pyarrow", "pip install pyarrow") from None
-            pq.write_table(pa.Table.from_pylist(self._rows), str(self.path))
+            # from_pylist takes its columns from the first row: give every row all the keys
+            # (the reader drops the nulls again).
+            columns = list(dict.fromkeys(key for row in self._rows for key in row))
+            table = pa.Table.from_pylist([{k: row.get(k) for k in columns} for row in self._rows])
+            pq.write_table(table, str(self.path))
             self._rows = []
 
     def __enter__(self) -> RecordWriter:
