@@ -221,6 +221,15 @@ def test_bad_inputs_fail_before_training(tiny_model, tmp_path):
         _prepare(run_config(tiny_model, out, training={"offload_params": True}))
     with pytest.raises(DumaError, match="not found|not an HF model folder"):
         _prepare(run_config(tiny_model, out) | {"model": str(tmp_path / "nope")})
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(BELLE.read_text(encoding="utf-8").splitlines()[0] + "\n" + '{"conversations": 3}\n'
+                     + "\n".join(BELLE.read_text(encoding="utf-8").splitlines()[1:20]) + "\n", encoding="utf-8")
+    with pytest.raises(DumaError, match=r"mixed.jsonl:2"):
+        _prepare(run_config(tiny_model, out, data={"files": [str(mixed)]}))
+    skipping = _prepare(run_config(tiny_model, out, data={"files": [str(mixed)], "skip_invalid": True,
+                                                          "rejects_path": str(tmp_path / "rejects.jsonl")}))
+    assert skipping.stats.invalid == 1 and len(skipping.train_rows) == 20
+    assert (tmp_path / "rejects.jsonl").read_text().count("\n") == 1
     for e in (ConfigError, DumaError):
         assert "\n" not in str(e("x", "y"))
     # An output folder holding another run.
@@ -240,3 +249,11 @@ def test_cli_start_does_not_import_torch():
             "from duma import host; host.components('trainer'); "
             "import duma.trainers.runner; assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_overlong_samples_truncated_or_skipped_and_counted(tiny_model, tmp_path):
+    cut = _prepare(run_config(tiny_model, tmp_path / "a", data={"max_length": 40, "overlong": "truncate"}))
+    skip = _prepare(run_config(tiny_model, tmp_path / "b", data={"max_length": 40, "overlong": "skip"}))
+    assert cut.stats.truncated > 0 and all(len(r) <= 40 for r in cut.train_rows)
+    assert skip.stats.skipped_overlong == cut.stats.truncated
+    assert len(skip.train_rows) == len(cut.train_rows) - cut.stats.truncated + cut.stats.skipped_all_masked

@@ -66,26 +66,31 @@ class DataStats:
 
 # ----------------------------------------------------------------------------- data reading
 
-def read_records(data_cfg: Any) -> Iterator[Any]:
-    """Records (``duma.data`` models) from the configured source and files, in file order."""
+def read_records(data_cfg: Any, stats: DataStats | None = None) -> Iterator[Any]:
+    """Records (``duma.data`` models) from the configured source and files, in file order;
+    invalid records stop the run, or with ``data.skip_invalid`` are counted and skipped."""
     for path in data_cfg.files:
         if not Path(path).is_file():
             raise DumaError(f"data file {path} does not exist", "check data.files in the run config")
     from duma import data as duma_data
 
     iter_records = getattr(duma_data, "iter_records", None)
-    if iter_records is not None:
-        kwargs: dict[str, Any] = {"skip_invalid": data_cfg.skip_invalid}
-        if data_cfg.rejects_path is not None:
-            kwargs["rejects_path"] = data_cfg.rejects_path
-        count = 0
-        for item in iter_records(data_cfg.source, [Path(p) for p in data_cfg.files], **kwargs):
-            yield getattr(item, "record", item)
+    if iter_records is None:  # only while duma.data.iter_records is absent
+        yield from _read_records_fallback(data_cfg)
+        return
+    read_stats = duma_data.ReadStats()
+    count = 0
+    try:
+        for record in iter_records(data_cfg.source, [Path(p) for p in data_cfg.files],
+                                   skip_invalid=data_cfg.skip_invalid, rejects_path=data_cfg.rejects_path,
+                                   stats=read_stats):
+            yield record
             count += 1
             if data_cfg.limit and count >= data_cfg.limit:
                 return
-        return
-    yield from _read_records_fallback(data_cfg)  # until duma.data.iter_records lands
+    finally:
+        if stats is not None:
+            stats.invalid = read_stats.invalid
 
 
 def _read_records_fallback(data_cfg: Any) -> Iterator[Any]:
@@ -358,7 +363,7 @@ class Trainer:
 
         d = self.config.data
         out: list[Sample] = []
-        for record in read_records(d):
+        for record in read_records(d, self.stats):
             self.stats.records += 1
             if not isinstance(record, Conversation):
                 raise DumaError(f"data source '{d.source}' gives {type(record).__name__} records; "
@@ -574,7 +579,7 @@ class Trainer:
 
     def _stats_dict(self) -> dict[str, Any]:
         s = self.stats
-        return {"records": s.records, "truncated": s.truncated, "skipped_overlong": s.skipped_overlong,
+        return {"records": s.records, "invalid_skipped": s.invalid, "truncated": s.truncated, "skipped_overlong": s.skipped_overlong,
                 "skipped_all_masked": s.skipped_all_masked, "train_rows": s.train_rows,
                 "eval_rows": s.eval_rows, **s.extra}
 

@@ -63,7 +63,7 @@ class PTTrainer(Trainer):
 
     def texts(self, tokenizer: Any) -> list[str]:
         out = []
-        for record in read_records(self.config.data):
+        for record in read_records(self.config.data, self.stats):
             self.stats.records += 1
             out.append(record_text(tokenizer, record))
         return out

@@ -111,7 +111,7 @@ class VocabTrainer(PTTrainer):
         base = load_tokenizer(self.model_folder)
         cfg: VocabSettings = self.config.vocab  # type: ignore[attr-defined]
         self._texts = []
-        for record in read_records(self.config.data):
+        for record in read_records(self.config.data, self.stats):
             self.stats.records += 1
             self._texts.append(record_text(base, record))
         if cfg.heldout is not None:
