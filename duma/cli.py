@@ -108,7 +108,7 @@ def plugins_command(as_json: bool) -> None:
 
     table = Table(title="duma plugins")
     for col in ("name", "version", "source", "hooks", "components"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for r in rows:
         comps = "\n".join(f"{k}: {', '.join(v)}" for k, v in r["components"].items())
         if r.get("error"):
