@@ -231,12 +231,16 @@ def featurize(texts: Sequence[str], dim: int) -> SparseRows:
     rows: list[int] = []
     cols: list[int] = []
     vals: list[float] = []
+    hashed: dict[str, tuple[int, float]] = {}  # n-grams repeat a lot across turns
     for r, text in enumerate(texts):
         counts: dict[int, float] = {}
         for feature in text_features(text):
-            h = zlib.crc32(feature.encode("utf-8"))  # stable across processes, unlike hash()
-            index = h % dim
-            counts[index] = counts.get(index, 0.0) + (1.0 if (h >> 31) & 1 else -1.0)
+            found = hashed.get(feature)
+            if found is None:
+                h = zlib.crc32(feature.encode("utf-8"))  # stable across processes, unlike hash()
+                found = hashed[feature] = (h % dim, 1.0 if (h >> 31) & 1 else -1.0)
+            index, sign = found
+            counts[index] = counts.get(index, 0.0) + sign
         norm = math.sqrt(sum(v * v for v in counts.values())) or 1.0
         for index, value in counts.items():
             if value:
@@ -283,14 +287,18 @@ class TextClassifier:
         x = featurize(texts, dim)
         y = np.asarray(labels, dtype=np.float64)
         n = max(len(y), 1)
-        w = np.zeros(dim)
+        # Only buckets that occur get gradient (the others stay exactly 0 under L2), so
+        # optimise over those alone: much less work per step than over all ``dim`` buckets.
+        active, cols = np.unique(x.cols, return_inverse=True)
+        size = len(active)
+        w = np.zeros(size)
         b = float(np.log((y.mean() + 1e-3) / (1 - y.mean() + 1e-3))) if len(y) else 0.0
-        m_w, v_w, m_b, v_b = np.zeros(dim), np.zeros(dim), 0.0, 0.0
+        m_w, v_w, m_b, v_b = np.zeros(size), np.zeros(size), 0.0, 0.0
         beta1, beta2, eps = 0.9, 0.999, 1e-8
         for step in range(1, epochs + 1):
-            z = np.bincount(x.rows, weights=x.vals * w[x.cols], minlength=x.n) + b
+            z = np.bincount(x.rows, weights=x.vals * w[cols], minlength=x.n) + b
             error = _sigmoid(z) - y
-            grad_w = np.bincount(x.cols, weights=x.vals * error[x.rows], minlength=dim) / n + l2 * w
+            grad_w = np.bincount(cols, weights=x.vals * error[x.rows], minlength=size) / n + l2 * w
             grad_b = float(error.mean())
             m_w = beta1 * m_w + (1 - beta1) * grad_w
             v_w = beta2 * v_w + (1 - beta2) * grad_w**2
@@ -300,7 +308,9 @@ class TextClassifier:
             w -= learning_rate * (m_w / correction1) / (np.sqrt(v_w / correction2) + eps)
             b -= learning_rate * (m_b / correction1) / (math.sqrt(v_b / correction2) + eps)
         meta = {"epochs": epochs, "learning_rate": learning_rate, "l2": l2, "n_train": len(y)}
-        return cls(w.astype(np.float32), b, meta)
+        weights = np.zeros(dim, dtype=np.float32)
+        weights[active] = w
+        return cls(weights, b, meta)
 
     def save(self, path: str | Path) -> Path:
         """One ``.npz`` file: float32 weights, the bias and JSON metadata (no pickle)."""
