@@ -152,7 +152,7 @@ class RulesRouter(Router):
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         parsed: RulesOptions = parse_router_options(RulesOptions, options, self.name)
-        super().__init__(parsed.model_dump(exclude_none=True))
+        super().__init__(parsed.model_dump(exclude_unset=True))
         patterns, keywords = list(parsed.patterns or []), list(parsed.keywords or [])
         own_rules = bool(patterns or keywords)
         compiled: list[re.Pattern[str]] = []
@@ -378,7 +378,7 @@ class ClassifierRouter(Router):
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         parsed: ClassifierOptions = parse_router_options(ClassifierOptions, options, self.name)
-        super().__init__(parsed.model_dump(exclude_none=True))
+        super().__init__(parsed.model_dump(exclude_unset=True))
         self.path = parsed.path or default_model_path()
         self.model = load_classifier(self.path)
 
