@@ -31,6 +31,7 @@ from . import fast_mind, protocol
 from .slow_mind import SlowMind
 
 OptionsLike = GenerationOptions | dict[str, Any] | None
+KNOWLEDGE_TOOL = "search_knowledge"
 
 
 class Reply(BaseModel):
@@ -107,11 +108,20 @@ def load_router(name: str, options: dict[str, Any]) -> Router:
     return found(options) if isinstance(found, type) else found
 
 
-def load_tools(names: list[str] | None) -> dict[str, Any]:
-    """The registered tools, limited to ``names`` when given (unknown names are an error)."""
+def load_tools(names: list[str] | None, knowledge_dir: Path | None = None) -> dict[str, Any]:
+    """The registered tools, limited to ``names`` when given (unknown names are an error).
+    With ``knowledge_dir``, the built-in ``search_knowledge`` searches that folder (the
+    registered one reads the config file, not this agent's config)."""
     from duma import host
 
     registered = {name: comp.obj for name, comp in host.components("tool").items()}
+    if knowledge_dir is not None and KNOWLEDGE_TOOL in registered:
+        try:
+            from duma.plugins.tools import make_knowledge_tool
+        except ImportError:
+            pass
+        else:
+            registered[KNOWLEDGE_TOOL] = make_knowledge_tool(knowledge_dir)
     if names is None:
         return registered
     missing = [n for n in names if n not in registered]
@@ -154,7 +164,7 @@ class Agent:
             self.log_store = LogStore(":memory:")  # nothing written to disk
         self.router = router if router is not None else load_router(agent_cfg.router, agent_cfg.router_options)
         self.router_name = getattr(self.router, "name", type(self.router).__name__)
-        self.tools = tools if tools is not None else load_tools(agent_cfg.tools)
+        self.tools = tools if tools is not None else load_tools(agent_cfg.tools, agent_cfg.knowledge_dir)
         self._fast_backend = fast_backend
         self._slow_backend = slow_backend
         self._load_lock = threading.Lock()
