@@ -186,13 +186,21 @@ def _iter_json_list(path: Path) -> Iterator[tuple[int, Any]]:
     decoder = json.JSONDecoder()
     with open(path, encoding="utf-8-sig", errors="strict") as fh:
         buf, pos, eof = "", 0, False
-        line_base = 1  # the line number of buf[0]
+        # Newlines are counted once, incrementally: line_no is the line of buf[line_pos].
+        line_no, line_pos = 1, 0
+
+        def line_at(p: int) -> int:
+            nonlocal line_no, line_pos
+            if p > line_pos:
+                line_no += buf.count("\n", line_pos, p)
+                line_pos = p
+            return line_no
 
         def more() -> None:
-            nonlocal buf, pos, eof, line_base
+            nonlocal buf, pos, eof, line_pos
             if pos > _CHUNK_CHARS:  # drop what was consumed
-                line_base += buf.count("\n", 0, pos)
-                buf, pos = buf[pos:], 0
+                line_at(pos)
+                buf, line_pos, pos = buf[pos:], 0, 0
             try:
                 chunk = fh.read(_CHUNK_CHARS)
             except UnicodeDecodeError as exc:
@@ -210,9 +218,6 @@ def _iter_json_list(path: Path) -> Iterator[tuple[int, Any]]:
                 if eof:
                     return ""
                 more()
-
-        def line_at(p: int) -> int:
-            return line_base + buf.count("\n", 0, p)
 
         if skip_blank() != "[":
             yield line_at(pos), RecordProblem("json", "expected a JSON list of records ('[' ...)")

@@ -35,17 +35,21 @@ from duma.types import Message
 _Raw = ConfigDict(extra="ignore", populate_by_name=True)  # unknown keys in data files are common
 
 
-def _conversation(messages: list[Message], container: str, *, id: Any = None,
+def _conversation(messages: list[dict[str, str]], container: str, *, id: Any = None,
                   category: str | None = None) -> Conversation:
-    """A validated Conversation; a problem is reported against ``container`` (the field of
-    the file that holds the turns)."""
+    """A validated Conversation from ``{"role", "content"}`` dicts (one pydantic call); a
+    problem is reported against ``container`` (the field of the file that holds the turns)."""
+    has_assistant = False
     for i, m in enumerate(messages):
-        if m.role == "assistant" and not m.content.strip():
-            raise RecordProblem(f"{container}.{i}", "empty assistant reply")
-    if not any(m.role == "assistant" for m in messages):
+        if m["role"] == "assistant":
+            has_assistant = True
+            if not m["content"].strip():
+                raise RecordProblem(f"{container}.{i}", "empty assistant reply")
+    if not has_assistant:
         raise RecordProblem(container, "needs at least one assistant turn")
     try:
-        return Conversation(id=None if id is None else str(id), messages=messages, category=category)
+        return Conversation.model_validate(
+            {"id": None if id is None else str(id), "messages": messages, "category": category})
     except ValidationError as exc:
         raise problem_of(exc) from None
 
@@ -83,7 +87,7 @@ class BelleSource(JsonRecordSource):
 
     def parse(self, raw: dict[str, Any]) -> list[Record]:
         item = _BelleRaw.model_validate(raw)
-        msgs = [Message(role=_FROM_ROLES[t.from_], content=t.value) for t in item.conversations]  # type: ignore[arg-type]
+        msgs = [{"role": _FROM_ROLES[t.from_], "content": t.value} for t in item.conversations]
         return [_conversation(msgs, "conversations", id=item.id, category=item.category)]
 
     def to_raw(self, record: Record) -> dict[str, Any]:
@@ -123,14 +127,14 @@ class ShareGPTSource(JsonRecordSource):
         item = _ShareGPTRaw.model_validate(raw)
         if item.conversations is not None:
             container = "conversations"
-            msgs = [Message(role=_FROM_ROLES[t.from_], content=t.value) for t in item.conversations]  # type: ignore[arg-type]
+            msgs = [{"role": _FROM_ROLES[t.from_], "content": t.value} for t in item.conversations]
         elif item.messages is not None:
             container = "messages"
-            msgs = [Message(role=m.role, content=m.content) for m in item.messages]
+            msgs = [{"role": m.role, "content": m.content} for m in item.messages]
         else:
             raise RecordProblem("conversations", f"missing (sharegpt records have {self.expected_fields})")
-        if item.system and not (msgs and msgs[0].role == "system"):
-            msgs.insert(0, Message(role="system", content=item.system))
+        if item.system and not (msgs and msgs[0]["role"] == "system"):
+            msgs.insert(0, {"role": "system", "content": item.system})
         return [_conversation(msgs, container, id=item.id, category=item.category)]
 
     def to_raw(self, record: Record) -> dict[str, Any]:
@@ -161,15 +165,14 @@ class _AlpacaRaw(BaseModel):
     id: str | int | None = None
 
 
-def _split_flattened(instruction: str) -> list[Message] | None:
+def _split_flattened(instruction: str) -> list[dict[str, str]] | None:
     """The turns of a flattened ``Human:/Assistant:`` context, or None if it is not one."""
     if not re.match(r"\s*Human[ \t]*[:：]", instruction):
         return None
     parts = _FLAT_TURN.split(instruction.strip())
     # parts = ["", "Human", text, "Assistant", text, ...]
     roles = {"Human": "user", "Assistant": "assistant"}
-    return [Message(role=roles[parts[i]], content=parts[i + 1].strip())  # type: ignore[arg-type]
-            for i in range(1, len(parts) - 1, 2)]
+    return [{"role": roles[parts[i]], "content": parts[i + 1].strip()} for i in range(1, len(parts) - 1, 2)]
 
 
 class AlpacaSource(JsonRecordSource):
@@ -181,27 +184,27 @@ class AlpacaSource(JsonRecordSource):
 
     def parse(self, raw: dict[str, Any]) -> list[Record]:
         item = _AlpacaRaw.model_validate(raw)
-        msgs: list[Message] = [Message(role="system", content=item.system)] if item.system else []
+        msgs = [{"role": "system", "content": item.system}] if item.system else []
         for query, answer in item.history or []:
-            msgs += [Message(role="user", content=query), Message(role="assistant", content=answer)]
+            msgs += [{"role": "user", "content": query}, {"role": "assistant", "content": answer}]
         turns = _split_flattened(item.instruction)
         if turns is None:
             prompt = item.instruction + (f"\n{item.input}" if item.input else "")
             if not prompt.strip():
                 raise RecordProblem("instruction", "empty instruction and input")
-            msgs.append(Message(role="user", content=prompt))
+            msgs.append({"role": "user", "content": prompt})
         else:
-            if turns and turns[-1].role == "assistant":
-                if turns[-1].content:
+            if turns and turns[-1]["role"] == "assistant":
+                if turns[-1]["content"]:
                     raise RecordProblem("instruction", "the flattened dialogue must end with 'Assistant:'"
                                         " (the reply is the output)")
                 turns.pop()
-            if not turns or turns[-1].role != "user":
+            if not turns or turns[-1]["role"] != "user":
                 raise RecordProblem("instruction", "the flattened dialogue has no final 'Human:' turn")
             if item.input:
-                turns[-1] = Message(role="user", content=f"{turns[-1].content}\n{item.input}")
+                turns[-1] = {"role": "user", "content": f"{turns[-1]['content']}\n{item.input}"}
             msgs += turns
-        msgs.append(Message(role="assistant", content=item.output))
+        msgs.append({"role": "assistant", "content": item.output})
         return [_conversation(msgs, "output", id=item.id, category=item.category)]
 
     def to_raw(self, record: Record) -> dict[str, Any]:
@@ -307,8 +310,8 @@ class SeedTasksSource(JsonRecordSource):
         for k, inst in enumerate(item.instances):
             prompt = item.instruction + (f"\n{inst.input}" if inst.input else "")
             rid = item.id if len(item.instances) == 1 or item.id is None else f"{item.id}-{k}"
-            out.append(_conversation([Message(role="user", content=prompt),
-                                      Message(role="assistant", content=inst.output)],
+            out.append(_conversation([{"role": "user", "content": prompt},
+                                      {"role": "assistant", "content": inst.output}],
                                      f"instances.{k}", id=rid, category=item.name))
         return out
 
