@@ -83,7 +83,9 @@ def _origin_of(loc: tuple[Any, ...], origins: Origins | None) -> str | None:
     for n in range(len(parts), 0, -1):
         if parts[:n] in origins:
             return origins[parts[:n]]
-    return None
+    # An unknown section set only through deeper keys (DUMA_NOSUCH__KEY): name one of them.
+    below = sorted(key for key in origins if key[: len(parts)] == parts)
+    return origins[below[0]] if below and parts else None
 
 
 def _error_message(err: Any) -> str:
