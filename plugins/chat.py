@@ -178,17 +178,39 @@ def resolve_conversation(config: DumaConfig, *, continue_last: bool, conversatio
         if conversation_id is None:
             raise DumaError(f"no logged conversation to continue in {path}", "start a new chat without -c")
     elif conversation_id is not None and not store.exists(conversation_id):
+        store.close()
         raise DumaError(f"unknown conversation ID '{conversation_id}'",
                         "see 'duma logs list' for the logged conversations")
+    if not config.logging.enabled:
+        # -n with -c/--cid: the agent writes every turn to the store it is given, so it gets
+        # an in-memory copy of the conversation: its history, and no writes to the file.
+        memory = copy_conversation(store, conversation_id, LogStore(":memory:"))
+        store.close()
+        return memory, conversation_id
     return store, conversation_id
 
 
+def copy_conversation(source: LogStore, conversation_id: str, target: LogStore) -> LogStore:
+    """Copy one conversation (messages with their metadata) into another store."""
+    from duma.types import Message
+
+    summary = next((s for s in source.conversations(limit=1_000_000) if s.id == conversation_id), None)
+    target.new_conversation(model=summary.model if summary else None, name=summary.name if summary else None,
+                            conversation_id=conversation_id)
+    for m in source.messages(conversation_id):
+        target.add_message(conversation_id, Message(role=m.role, content=m.content),  # type: ignore[arg-type]
+                           model=m.model, options=m.options, prompt_tokens=m.prompt_tokens,
+                           completion_tokens=m.completion_tokens, first_token_s=m.first_token_s,
+                           total_s=m.total_s, meta=m.meta)
+    return target
+
+
 def build_agent(config: DumaConfig, store: LogStore | None) -> Any:
-    """The agent for this config; it writes the log itself when logging is enabled."""
+    """The agent for this config. It writes every turn to ``store`` itself; without one
+    (logging off) it keeps the conversation in memory."""
     from duma.agents import Agent
 
-    log = bool(config.logging.enabled and store is not None)
-    return Agent.from_config(config, log_store=store, log=log)
+    return Agent.from_config(config, log_store=store, log=config.logging.enabled)
 
 
 # --------------------------------------------------------------------------- input
@@ -482,9 +504,9 @@ def _chat_piped(config: DumaConfig, store: LogStore | None, cid: str | None, opt
                 show_slow: bool) -> bool:
     """Plain mode: replies only, one per input message. Returns whether any turn failed."""
     agent = build_agent(config, store)
-    renderer = PlainRenderer(click.get_text_stream("stdout"), click.get_text_stream("stderr"), show_slow)
+    renderer = PlainRenderer(sys.stdout, sys.stderr, show_slow)
     failed = False
-    for text in iter_user_messages(stream_line_reader(click.get_text_stream("stdin"))):
+    for text in iter_user_messages(stream_line_reader(sys.stdin)):
         final, cid = run_turn(agent, renderer, text, cid, system=config.chat.system, options=options)
         failed = failed or final is None
     return failed
@@ -498,6 +520,7 @@ def _chat_interactive(config: DumaConfig, store: LogStore | None, cid: str | Non
     console = console or make_console()
     with console.status(f"[dim]Loading {config.model.model} ({config.model.backend})…[/dim]", spinner="dots"):
         agent = build_agent(config, store)
+        agent.load()  # load the weights now, under the spinner, not in the first turn
     console.print(f"[bold]duma chat[/bold] with {config.model.model} ({config.model.backend}), "
                   f"router {config.agent.router}", highlight=False)
     if cid is not None:
@@ -532,7 +555,7 @@ def prompt_command(text: str | None, system: str | None, model_ref: str | None, 
     if text is None or text == "-":
         if text is None and sys.stdin.isatty():
             raise OptionError("TEXT: give it, or pipe the prompt on standard input")
-        text = click.get_text_stream("stdin").read()
+        text = sys.stdin.read()
     if not text.strip():
         raise OptionError("TEXT: the prompt is empty")
     config = load_command_config(build_overrides(system=system, model_ref=model_ref, backend=backend,
@@ -543,7 +566,7 @@ def prompt_command(text: str | None, system: str | None, model_ref: str | None, 
         renderer = RichRenderer(make_console(), markdown=config.chat.markdown, stream=config.chat.stream,
                                 show_slow=show_slow)
     else:
-        renderer = PlainRenderer(click.get_text_stream("stdout"), click.get_text_stream("stderr"), show_slow)
+        renderer = PlainRenderer(sys.stdout, sys.stderr, show_slow)
     agent = build_agent(config, store)
     final, _cid = run_turn(agent, renderer, text.strip(), cid, system=config.chat.system, options=options)
     if store is not None:
