@@ -174,7 +174,10 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
             try:
                 yield line_no, json.loads(line)
             except json.JSONDecodeError as exc:
-                yield line_no, RecordProblem("json", f"not valid JSON ({exc.msg} at column {exc.colno})")
+                problem = f"not valid JSON ({exc.msg} at column {exc.pos + 1})"
+                if line_no == 1 and line.lstrip().startswith("{"):  # e.g. one pretty-printed object
+                    problem += "; a data file holds one JSON object per line, or a JSON list"
+                yield line_no, RecordProblem("json", problem)
 
 
 def _iter_json_list(path: Path) -> Iterator[tuple[int, Any]]:

@@ -243,7 +243,9 @@ class MinHashLSH:
         self._b = rng.randint(0, _MERSENNE, size=num_perm, dtype=np.uint64)
         self.bands, self.rows = lsh_params(threshold, num_perm)
         self._buckets: list[dict[bytes, list[int]]] = [{} for _ in range(self.bands)]
-        self._signatures: list[np.ndarray] = []
+        # Kept signatures, one row each (grown by doubling) so candidates compare in one op.
+        self._signatures = np.zeros((1024, num_perm), dtype=np.uint64)
+        self._kept = 0
 
     def signature(self, text: str) -> np.ndarray:
         import numpy as np
@@ -269,11 +271,15 @@ class MinHashLSH:
         candidates: set[int] = set()
         for band, key in enumerate(keys):
             candidates.update(self._buckets[band].get(key, ()))
-        for c in candidates:
-            if float(np.mean(self._signatures[c] == sig)) >= self.threshold:
+        if candidates:
+            rows = self._signatures[np.fromiter(candidates, dtype=np.int64, count=len(candidates))]
+            if float((rows == sig).mean(axis=1).max()) >= self.threshold:
                 return False
-        index = len(self._signatures)
-        self._signatures.append(sig)
+        index = self._kept
+        if index == len(self._signatures):
+            self._signatures = np.concatenate([self._signatures, np.zeros_like(self._signatures)])
+        self._signatures[index] = sig
+        self._kept += 1
         for band, key in enumerate(keys):
             self._buckets[band].setdefault(key, []).append(index)
         return True

@@ -335,3 +335,12 @@ def test_record_text():
     conv = Conversation(messages=msgs(("user", "q"), ("assistant", "a")))
     assert data.record_text(conv) == "user: q\nassistant: a"
     assert data.record_text(PreferenceRecord(prompt="p", chosen="c", rejected="r")) == "p\nc\nr"
+
+
+def test_a_single_pretty_printed_object_is_explained(tmp_path):
+    path = tmp_path / "one.json"
+    path.write_text('{\n  "text": "a"\n}\n', encoding="utf-8")
+    with pytest.raises(InvalidDataError) as info:
+        list(iter_records("text", path))
+    assert str(info.value) == (f"{path}:1: json: not valid JSON (Expecting property name enclosed in double quotes"
+                               " at column 2); a data file holds one JSON object per line, or a JSON list")
