@@ -172,7 +172,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
             if not line.strip():
                 continue
             try:
-                yield line_no, json.loads(line)
+                yield line_no, json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
                 problem = f"not valid JSON ({exc.msg} at column {exc.pos + 1})"
                 if line_no == 1 and line.lstrip().startswith("{"):  # e.g. one pretty-printed object
