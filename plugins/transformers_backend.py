@@ -1,1 +1,375 @@
-"""placeholder"""
+"""The ``transformers`` backend: runs a Hugging Face causal LM in-process (CPU or CUDA).
+
+Generation is a hand-written decode loop over the model's forward pass with a KV cache,
+not ``model.generate``: no per-step logits-processor and stopping-criteria machinery, logits
+for the last position only, and the KV cache of recent conversations is kept so that a
+follow-up turn only runs the new tokens through the model (its longest common token prefix
+with a cached conversation is reused). Greedy output equals ``model.generate(do_sample=False)``.
+
+torch and transformers are imported inside methods: this module is imported when the CLI
+starts.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from duma.backend import Backend
+from duma.errors import DumaError, ModelLoadError
+from duma.hookspecs import hookimpl
+from duma.types import GenerationChunk, GenerationOptions, Message, ModelSpec, Timings, Usage
+
+# Conversations whose KV cache is kept for reuse (fast and slow minds share one backend).
+DEFAULT_CACHE_SLOTS = 4
+# Opt-in int8 dynamic quantization of Linear layers on CPU: ~4x less weight traffic per token
+# (decode on CPU is memory-bound). Outputs differ slightly from float32, so it is not the default.
+QUANTIZE_ENV = "DUMA_TRANSFORMERS_QUANTIZE"
+
+
+@hookimpl
+def register_backends(register: Any) -> None:
+    register(TransformersBackend)
+
+
+@dataclass(eq=False)
+class _CacheSlot:
+    """A KV cache and the token ids whose keys/values it holds."""
+
+    cache: Any
+    ids: list[int] = field(default_factory=list)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _is_plain_dynamic(cache: Any) -> bool:
+    """Only full-attention dynamic layers can be cut at any length (not sliding windows)."""
+    return all(type(layer).__name__ == "DynamicLayer" for layer in getattr(cache, "layers", [None]))
+
+
+class _IncrementalDecoder:
+    """Turns a growing list of token ids into text deltas.
+
+    Decodes a window of recent ids twice (with and without the newest ones) and emits the
+    difference, holding back while the text ends in an incomplete UTF-8 sequence (a
+    multi-byte character split across tokens decodes to U+FFFD until its last byte arrives).
+    A few prompt tokens seed the window so that tokenizers which drop a leading space at the
+    start of a decode do not drop it from the reply.
+    """
+
+    def __init__(self, tokenizer: Any, context_ids: Sequence[int]) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = list(context_ids)
+        self.prefix_offset = 0
+        self.read_offset = len(self.ids)
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        prefix_text = self._decode(self.ids[self.prefix_offset:self.read_offset])
+        new_text = self._decode(self.ids[self.prefix_offset:])
+        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
+            self.prefix_offset = self.read_offset
+            self.read_offset = len(self.ids)
+            return new_text[len(prefix_text):]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is still held back (an invalid byte sequence at the very end)."""
+        prefix_text = self._decode(self.ids[self.prefix_offset:self.read_offset])
+        new_text = self._decode(self.ids[self.prefix_offset:])
+        self.prefix_offset = self.read_offset = len(self.ids)
+        return new_text[len(prefix_text):] if len(new_text) > len(prefix_text) else ""
+
+
+class _StopFilter:
+    """Holds back text that may be the start of a stop string; cuts at the first stop."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.longest = max((len(s) for s in self.stops), default=0)
+        self.text = ""
+        self.emitted = 0
+        self.stopped = False
+
+    def push(self, delta: str) -> str:
+        """Add decoded text; return the part that is safe to show now."""
+        if self.stopped or not delta:
+            return ""
+        self.text += delta
+        if not self.stops:
+            out = self.text[self.emitted:]
+            self.emitted = len(self.text)
+            return out
+        # A stop can only begin in the not-yet-emitted tail (earlier text had no stop).
+        search_from = max(0, self.emitted - self.longest + 1)
+        cut = min((i for i in (self.text.find(s, search_from) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            out = self.text[self.emitted:cut]
+            self.emitted = cut
+            return out
+        safe = len(self.text) - self._held_back()
+        out = self.text[self.emitted:safe] if safe > self.emitted else ""
+        self.emitted = max(self.emitted, safe)
+        return out
+
+    def _held_back(self) -> int:
+        """Length of the longest tail of the text that is a proper prefix of a stop string."""
+        for n in range(min(self.longest - 1, len(self.text)), 0, -1):
+            tail = self.text[-n:]
+            if any(s.startswith(tail) for s in self.stops):
+                return n
+        return 0
+
+    def flush(self) -> str:
+        if self.stopped:
+            return ""
+        out = self.text[self.emitted:]
+        self.emitted = len(self.text)
+        return out
+
+
+class TransformersBackend(Backend):
+    """A transformers causal LM (``embedded``, an HF folder or a .gguf file) in-process."""
+
+    name = "transformers"
+
+    def __init__(self, spec: ModelSpec, *, quantize: str | None = None,
+                 cache_slots: int = DEFAULT_CACHE_SLOTS) -> None:
+        super().__init__(spec)
+        import torch
+
+        from duma import models
+
+        self._torch = torch
+        self.device = models.pick_device(spec.device)
+        self.tokenizer = models.load_tokenizer(spec.model)
+        self.model = models.load_model(spec.model, device=self.device, dtype=spec.dtype,
+                                       adapter=spec.adapter, merge_adapter=True)
+        self.quantize = quantize if quantize is not None else (os.environ.get(QUANTIZE_ENV) or None)
+        if self.quantize:
+            self._quantize(self.quantize)
+        self._lock = threading.Lock()
+        self._cache_slots = max(0, cache_slots)
+        self._slots: list[_CacheSlot] = []  # most recently used last
+        self._eos_ids = self._find_eos_ids()
+        # Prompt tokens whose KV cache the last call reused (0: it ran the whole prompt).
+        self.last_prefix_reused = 0
+
+    # --- loading -------------------------------------------------------------------------
+
+    def _quantize(self, method: str) -> None:
+        if method != "int8":
+            raise ModelLoadError(f"unknown quantization '{method}' for the transformers backend",
+                                 f"use int8 or unset {QUANTIZE_ENV}")
+        if self.device != "cpu":
+            raise ModelLoadError("int8 dynamic quantization only runs on CPU", "use device 'cpu' or unset it")
+        import warnings
+
+        torch = self._torch
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao's migration notice
+            from torch.ao.quantization import quantize_dynamic
+
+            self.model = quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
+
+    def _find_eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        if configured is None:
+            configured = getattr(self.model.config, "eos_token_id", None)
+        if isinstance(configured, int):
+            ids.add(configured)
+        elif configured:
+            ids.update(int(i) for i in configured)
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        return ids
+
+    # --- public API ----------------------------------------------------------------------
+
+    def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
+        """The prompt token ids: the one rendering shared with training."""
+        from duma.rendering import render_prompt_ids
+
+        return render_prompt_ids(self.tokenizer, messages)
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        return len(self.prompt_ids(messages))
+
+    @property
+    def context_length(self) -> int:
+        config = self.model.config
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return super().context_length
+
+    def close(self) -> None:
+        with self._lock:
+            self._slots.clear()
+
+    def clear_cache(self) -> None:
+        """Forget the kept KV caches (the next call prefills its whole prompt)."""
+        with self._lock:
+            self._slots.clear()
+
+    def stream(self, messages: Sequence[Message], options: GenerationOptions | None = None
+               ) -> Iterator[GenerationChunk]:
+        options = options or self.spec.options
+        prompt = self.prompt_ids(messages)
+        if not prompt:
+            raise DumaError("cannot generate from an empty prompt", "pass at least one message")
+        limit = self.context_length
+        if len(prompt) >= limit:
+            raise DumaError(f"the prompt is {len(prompt)} tokens but the model accepts at most {limit}",
+                            "shorten the conversation history or the system prompt")
+        max_new = min(options.max_tokens, limit - len(prompt))
+        with self._lock:
+            yield from self._generate(prompt, options, max_new)
+
+    # --- decoding ------------------------------------------------------------------------
+
+    def _take_slot(self, prompt: list[int]) -> tuple[_CacheSlot, int]:
+        """A cache holding the longest available prefix of ``prompt``, and that length.
+
+        A kept conversation that ``prompt`` continues is taken over and extended. One that
+        only shares a beginning (a system prompt, an earlier turn) is forked: the new slot
+        starts from views of its prefix and the kept one stays intact for its own
+        conversation (cache updates concatenate into new tensors, never write in place).
+        At least the last prompt token is always run, for its logits.
+        """
+        from transformers import DynamicCache
+
+        best, best_len = None, 0
+        for slot in self._slots:
+            common = min(_common_prefix(slot.ids, prompt), len(prompt) - 1)
+            if common > best_len:
+                best, best_len = slot, common
+        if best is None or not _is_plain_dynamic(best.cache):
+            return _CacheSlot(DynamicCache(config=self.model.config)), 0
+        if best_len == len(best.ids):
+            self._slots.remove(best)
+            return best, best_len
+        forked = DynamicCache(config=self.model.config)
+        for index, layer in enumerate(best.cache.layers):
+            if layer.is_initialized:
+                forked.update(layer.keys[..., :best_len, :], layer.values[..., :best_len, :], index)
+        return _CacheSlot(forked, best.ids[:best_len]), best_len
+
+    def _keep_slot(self, slot: _CacheSlot) -> None:
+        if self._cache_slots == 0:
+            return
+        if slot in self._slots:
+            self._slots.remove(slot)
+        self._slots.append(slot)
+        del self._slots[:-self._cache_slots]
+
+    def _generate(self, prompt: list[int], options: GenerationOptions, max_new: int
+                  ) -> Iterator[GenerationChunk]:
+        torch = self._torch
+        start = time.perf_counter()
+        first_token_s: float | None = None
+        slot, reused = self._take_slot(prompt)
+        self.last_prefix_reused = reused
+        decoder = _IncrementalDecoder(self.tokenizer, prompt[-4:])
+        stops = _StopFilter(options.stop)
+        sampler = _Sampler(torch, options, self.device)
+        generated: list[int] = []
+        finish = "length"
+        # Every token fed so far (prompt and reply) as one tensor, for the repetition penalty.
+        history = torch.tensor(prompt, dtype=torch.long, device=self.device) if sampler.needs_history else None
+        try:
+            with torch.inference_mode():
+                step_input = torch.tensor([prompt[reused:]], dtype=torch.long, device=self.device)
+                fed = prompt[reused:]
+                while True:
+                    out = self.model(input_ids=step_input, cache=slot.cache, use_cache=True, logits_to_keep=1)
+                    slot.ids.extend(fed)
+                    logits = out.logits[0, -1]
+                    next_id = sampler.pick(logits, history)
+                    token = int(next_id)  # the one host sync per token
+                    if first_token_s is None:
+                        first_token_s = time.perf_counter() - start
+                    generated.append(token)
+                    if token in self._eos_ids:
+                        finish = "stop"
+                        break
+                    text = stops.push(decoder.push(token))
+                    if text:
+                        yield GenerationChunk(text=text)
+                    if stops.stopped:
+                        finish = "stop"
+                        break
+                    if len(generated) >= max_new:
+                        break
+                    step_input = next_id.view(1, 1)
+                    fed = [token]
+                    if history is not None:
+                        history = torch.cat([history, next_id.view(1)])
+            tail = stops.push(decoder.flush()) + stops.flush()
+            if tail:
+                yield GenerationChunk(text=tail)
+        finally:
+            self._keep_slot(slot)
+        yield GenerationChunk(
+            done=True,
+            finish_reason=finish,  # type: ignore[arg-type]
+            usage=Usage(prompt_tokens=len(prompt), completion_tokens=len(generated)),
+            timings=Timings(first_token_s=first_token_s, total_s=time.perf_counter() - start),
+        )
+
+
+class _Sampler:
+    """Picks the next token: argmax when greedy, else repetition penalty, temperature,
+    top-k and top-p in the order transformers applies them, then a (seeded) draw."""
+
+    def __init__(self, torch: Any, options: GenerationOptions, device: str) -> None:
+        self.torch = torch
+        self.options = options
+        self.greedy = options.temperature == 0
+        self.needs_history = options.repetition_penalty != 1.0
+        self.generator = None
+        if not self.greedy:
+            self.generator = torch.Generator(device=device)
+            if options.seed is not None:
+                self.generator.manual_seed(options.seed)
+            else:
+                self.generator.seed()
+
+    def pick(self, logits: Any, history: Any) -> Any:
+        torch = self.torch
+        opts = self.options
+        if self.needs_history and history is not None:
+            logits = logits.float().clone()
+            seen = logits.gather(0, history)
+            seen = torch.where(seen < 0, seen * opts.repetition_penalty, seen / opts.repetition_penalty)
+            logits.scatter_(0, history, seen)
+        if self.greedy:
+            return logits.argmax()
+        logits = logits.float() / opts.temperature
+        if opts.top_k > 0 and opts.top_k < logits.numel():
+            kth = torch.topk(logits, opts.top_k).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if opts.top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, descending=False)
+            cumulative = sorted_logits.softmax(-1).cumsum(-1)
+            remove = cumulative <= (1 - opts.top_p)
+            remove[-1] = False  # always keep the most likely token
+            logits = logits.masked_fill(remove.scatter(0, order, remove), float("-inf"))
+        probs = logits.softmax(-1)
+        return torch.multinomial(probs, 1, generator=self.generator)[0]

