@@ -19,8 +19,9 @@ def test_python_dash_m_duma_help_lists_the_commands():
     assert result.returncode == 0, result.stderr
     for text in ("Usage: duma", "plugins", "config", "--config", "--debug", "--set"):
         assert text in result.stdout
-    assert result.stderr == ""
-    assert run_duma(["-h"]).stdout == result.stdout
+    assert result.stderr == "", "a built-in plugin warned at start-up"
+    short = run_duma(["-h"])
+    assert short.returncode == 0 and "Usage: duma" in short.stdout
 
 
 def test_console_script_works():
