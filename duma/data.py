@@ -300,6 +300,10 @@ def iter_raw(path: Path, *, allow_text: bool = False) -> Iterator[tuple[int, Any
     """``(line, item)`` for each raw item of a file (a parsed JSON value, a Parquet row as a
     dict), or ``(line, RecordProblem)`` where the item cannot even be parsed."""
     check_readable(path)
+    with open(path, "rb") as fh:
+        if fh.read(16) == b"SQLite format 3\x00":
+            raise DumaError(f"{path} is an SQLite database, not a JSON/Parquet data file",
+                            "read a duma chat log with source 'duma-logs'")
     fmt = detect_format(path)
     if fmt == "txt":
         if not allow_text:

@@ -373,8 +373,8 @@ def validate_command(args: tuple[str, ...], source: str | None, skip_invalid: bo
                      rejects: Path | None) -> None:
     """Check that every record of FILE... validates.
 
-    The source is -f/--format or the first argument (``duma data validate belle a.jsonl``).
-    Stops at the first bad record with ``file:line: field: problem`` (exit 1); with
+    The source is -f/--format or the first argument ('duma data validate belle a.jsonl').
+    Stops at the first bad record with 'file:line: field: problem' (exit 1); with
     --skip-invalid counts them and writes them to the rejects file.
     """
     from duma.data import source_names
@@ -395,7 +395,7 @@ def validate_command(args: tuple[str, ...], source: str | None, skip_invalid: bo
 
 
 @data_group.command(name="stats")
-@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path), metavar="FILE...")
 @_format_option
 @_skip_option
 @_rejects_option
@@ -475,7 +475,7 @@ def convert_command(in_path: Path, out_path: Path, from_source: str | None, to: 
 
 
 @data_group.command(name="dedup")
-@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path), metavar="FILE...")
 @_format_option
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Where the kept records go.")
@@ -509,7 +509,7 @@ def dedup_command(files: tuple[Path, ...], source: str | None, out: Path, to: st
 
 
 @data_group.command(name="split")
-@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path), metavar="FILE...")
 @_format_option
 @click.option("--eval-ratio", type=click.FloatRange(0.0, 1.0), default=0.05, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)

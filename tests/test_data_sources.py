@@ -344,3 +344,12 @@ def test_a_single_pretty_printed_object_is_explained(tmp_path):
         list(iter_records("text", path))
     assert str(info.value) == (f"{path}:1: json: not valid JSON (Expecting property name enclosed in double quotes"
                                " at column 2); a data file holds one JSON object per line, or a JSON list")
+
+
+def test_a_chat_log_read_as_json_points_to_duma_logs(tmp_path):
+    from duma.logstore import LogStore
+
+    db = tmp_path / "logs.db"
+    LogStore(db).close()
+    with pytest.raises(DumaError, match="use|read a duma chat log with source 'duma-logs'"):
+        list(iter_records("belle", db))
