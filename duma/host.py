@@ -138,11 +138,11 @@ def _load_entry_points(state: _State) -> None:
         dist_name = _distribution_name(ep)
         builtin = dist_name is not None and _normalise(dist_name) == BUILTIN_DISTRIBUTION
         name = ep.name
-        if not builtin and selected is not None:
+        if selected is not None:
             matches = {_normalise(name), _normalise(dist_name or "")} & selected
-            if not matches:
+            seen_selected |= matches  # naming a built-in is allowed (it loads anyway)
+            if not builtin and not matches:
                 continue
-            seen_selected |= matches
         if name in state.plugins:
             other = state.plugins[name]
             if other.distribution != dist_name:

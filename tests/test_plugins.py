@@ -165,6 +165,9 @@ def test_duma_plugins_selects_third_party_plugins_and_built_ins_always_load(inst
     assert listing("Duma_Fixture_Good") == builtins | {"fixture_good"}
 
     capsys.readouterr()
+    a_builtin = sorted(builtins)[0]
+    assert listing(f"fixture_good,{a_builtin}") == builtins | {"fixture_good"}
+    assert "DUMA_PLUGINS" not in capsys.readouterr().err  # naming a built-in is fine
     assert listing("fixture_good,no_such_plugin") == builtins | {"fixture_good"}
     err = capsys.readouterr().err
     assert "'no_such_plugin'" in err and "not an installed duma plugin" in err
