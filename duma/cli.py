@@ -184,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: runs the CLI, turning errors into one line + exit code."""
     args = sys.argv[1:] if argv is None else argv
     debug = _debug_requested(args)
+    if debug:
+        os.environ["DUMA_DEBUG"] = "1"  # so plugin warnings (duma.host) show tracebacks too
     try:
         load_plugin_commands()
         cli.main(args=args, prog_name="duma", standalone_mode=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -79,7 +80,13 @@ def warn(message: str, consequence: str = "other plugins keep working") -> None:
     warned = _state.warned if _state is not None else set()
     if message not in warned:
         warned.add(message)
+        if _debug() and sys.exc_info()[0] is not None:
+            traceback.print_exc()  # plugin authors want to see where their code failed
         print(f"duma: warning: {message}; {consequence}", file=sys.stderr)
+
+
+def _debug() -> bool:
+    return os.environ.get("DUMA_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def _selected_third_party() -> set[str] | None:

@@ -68,6 +68,13 @@ def test_plugin_that_fails_to_import_is_one_warning_and_the_cli_works(fixture_pa
         assert "Traceback" not in result.stderr
 
 
+def test_debug_shows_the_failing_plugins_traceback(fixture_path):
+    result = run_duma(["--debug", "--help"], fixture_path("fixture_broken_import"))
+    assert result.returncode == 0
+    assert "Traceback" in result.stderr and "duma_fixture_broken_import.py" in result.stderr
+    assert len(warnings_about(result.stderr, "fixture_broken_import")) == 1
+
+
 def test_strict_mode_turns_a_broken_plugin_into_a_one_line_error(fixture_path):
     paths = fixture_path("fixture_broken_import")
     for args in (["plugins"], ["--help"]):
