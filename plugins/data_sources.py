@@ -157,7 +157,7 @@ _FLAT_TURN = re.compile(r"(?:^|\n)[ \t]*(Human|Assistant)[ \t]*[:：]")
 class _AlpacaRaw(BaseModel):
     model_config = _Raw
     instruction: str
-    input: str = ""
+    input: str | None = ""  # some exports write null for "no input"
     output: str = Field(min_length=1)
     system: str | None = None
     history: list[tuple[str, str]] | None = None  # LLaMA-Factory's [[query, answer], ...]
