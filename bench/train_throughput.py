@@ -1,0 +1,177 @@
+"""Training throughput: ``duma train sft`` against a plain PyTorch loop and TRL's SFTTrainer on
+the same model, data, batch and sequence length, in one process; and effective tokens/s
+(non-padding tokens) with packing against padded batches on variable-length conversations.
+
+    .venv/bin/python bench/train_throughput.py [--model tiny|embedded|FOLDER] [--steps 30]
+
+Prints one JSON object. Goals: duma >= 0.95 of the plain loop; packing >= 1.5x padding.
+Times exclude start-up: the sum of the per-step times after ``--warmup-steps`` steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "configs" / "examples" / "data" / "belle_tiny.jsonl"
+
+
+def model_folder(ref: str, work: Path, hidden: int, layers: int) -> Path:
+    if ref == "tiny":
+        from duma.testing import make_tiny_model
+
+        return make_tiny_model(work / "bench-model", hidden=hidden, layers=layers)
+    from duma.trainers.base import resolve_model_folder
+
+    return resolve_model_folder(ref)
+
+
+def run_config(folder: Path, out: Path, args: argparse.Namespace, packing: bool) -> dict:
+    return {
+        "method": "sft", "model": str(folder), "output_dir": str(out),
+        "data": {"source": "belle", "files": [str(args.data)], "max_length": args.max_length},
+        "training": {"max_steps": args.steps, "batch_size": args.batch_size, "lr": 1e-4, "warmup_ratio": 0.0,
+                     "schedule": "constant", "zero_stage": args.zero_stage, "packing": packing,
+                     "progress": False, "seed": 0},
+    }
+
+
+def rate(tokens: list[int], seconds: list[float], skip: int) -> float:
+    return sum(tokens[skip:]) / sum(seconds[skip:])
+
+
+def bench_duma(cfg: dict, skip: int) -> tuple[float, object, list[float]]:
+    """tokens/s of the engine loop, from the run's own JSONL log (and the step times)."""
+    from duma.trainers import runner
+    from duma.trainers.base import read_log
+
+    trainer = runner.build_trainer(data=cfg)
+    trainer.prepare()
+    trainer.run()
+    steps = [r for r in read_log(Path(cfg["output_dir"]) / "train_log.jsonl") if r["event"] == "step"]
+    tokens = [r["tokens"] for r in steps]
+    seconds = [r["tokens"] / r["tokens_per_s"] for r in steps]
+    return rate(tokens, seconds, skip), trainer, seconds
+
+
+def bench_plain(trainer, folder: Path, args: argparse.Namespace) -> tuple[float, list[float]]:
+    """The same batches in a plain PyTorch loop: forward, backward, clip, AdamW step."""
+    import torch
+
+    from duma.trainers.base import collate, epoch_order, load_causal_lm
+
+    torch.manual_seed(0)
+    model = load_causal_lm(folder)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    rows = trainer.train_rows
+    batches = epoch_order(len(rows), [len(r) for r in rows], 0, 0, args.batch_size, False)
+    pad = trainer.tokenizer.pad_token_id
+    tokens, seconds = [], []
+    for step in range(args.steps):
+        picked = [rows[i] for i in batches[step % len(batches)]]
+        began = time.perf_counter()
+        loss = model(**collate(picked, pad)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        seconds.append(time.perf_counter() - began)
+        tokens.append(sum(len(r) for r in picked))
+    return rate(tokens, seconds, args.warmup_steps), seconds
+
+
+def median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+
+def bench_trl(trainer, folder: Path, args: argparse.Namespace, work: Path) -> tuple[float | None, str | None]:
+    """TRL's SFTTrainer on the same pre-tokenized rows (padding to the longest in a batch)."""
+    try:
+        import trl
+        from datasets import Dataset
+        from transformers import TrainerCallback
+    except ImportError as exc:
+        return None, f"trl not installed ({exc})"
+    from duma.trainers.base import load_causal_lm
+
+    times: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            self.began = time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kw):
+            times.append(time.perf_counter() - self.began)
+
+    ds = Dataset.from_dict({"input_ids": [r.input_ids for r in trainer.train_rows]})
+    cfg = trl.SFTConfig(output_dir=str(work / "trl"), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
+                        learning_rate=1e-4, lr_scheduler_type="constant", max_length=args.max_length,
+                        packing=False, padding_free=False, report_to=[], save_strategy="no", logging_steps=10**6,
+                        use_cpu=True, dataloader_num_workers=0, include_num_input_tokens_seen="non_padding",
+                        seed=0, disable_tqdm=True)
+    t = trl.SFTTrainer(model=load_causal_lm(folder), args=cfg, train_dataset=ds,
+                       processing_class=trainer.tokenizer, callbacks=[StepTimer()])
+    t.train()
+    tokens = t.state.num_input_tokens_seen
+    # Tokens per step are not logged per step: spread them evenly (same batch size each step).
+    per_step = tokens / len(times)
+    return per_step * (len(times) - args.warmup_steps) / sum(times[args.warmup_steps:]), None
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="tiny", help="tiny (random, --hidden/--layers), embedded or a folder")
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--data", type=Path, default=DATA)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--warmup-steps", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--zero-stage", type=int, default=0)
+    p.add_argument("--skip-trl", action="store_true")
+    args = p.parse_args()
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".test-cache" / "torch_extensions"))
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        os.environ.setdefault("DUMA_HOME", str(work / "home"))
+        folder = model_folder(args.model, work, args.hidden, args.layers)
+        padded, trainer, duma_s = bench_duma(run_config(folder, work / "pad", args, packing=False), args.warmup_steps)
+        plain, plain_s = bench_plain(trainer, folder, args)
+        packed, _, _ = bench_duma(run_config(folder, work / "pack", args, packing=True), args.warmup_steps)
+        trl_rate, trl_note = (None, "skipped (--skip-trl)") if args.skip_trl else bench_trl(trainer, folder, args, work)
+        result = {
+            "model": args.model if args.model != "tiny" else f"tiny random llama (hidden {args.hidden}, {args.layers} layers)",
+            "parameters": sum(p.numel() for p in trainer.engine.module.parameters()),
+            "steps": args.steps, "batch_size": args.batch_size, "max_length": args.max_length,
+            "zero_stage": args.zero_stage, "torch_threads": torch.get_num_threads(),
+            "duma_tokens_per_s": round(padded, 1),
+            "plain_loop_tokens_per_s": round(plain, 1),
+            "duma_vs_plain": round(padded / plain, 3),
+            # The two runs take the same batches in the same order: the median of the per-step
+            # time ratios is robust to bursts of load from other processes.
+            "duma_vs_plain_median_step": round(median([p / d for p, d in
+                                                       zip(plain_s[args.warmup_steps:], duma_s[args.warmup_steps:])]), 3),
+            "trl_tokens_per_s": None if trl_rate is None else round(trl_rate, 1),
+            "duma_vs_trl": None if trl_rate is None else round(padded / trl_rate, 3),
+            "trl_note": trl_note,
+            "effective_tokens_per_s_padding": round(padded, 1),
+            "effective_tokens_per_s_packing": round(packed, 1),
+            "packing_vs_padding": round(packed / padded, 3),
+            "goals": {"duma_vs_plain": ">= 0.95", "packing_vs_padding": ">= 1.5"},
+        }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
