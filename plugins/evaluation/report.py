@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from duma.plugins.evaluation.judging import normalise_class
+from duma.plugins.evaluation.judging import NO_REFERENCE_PREFIX, UNPARSED_PREFIX, normalise_class
 
 # The classes of BELLE's eval set; others are scored under their own name and listed.
 KNOWN_CLASSES = ("open qa", "brainstorming", "rewrite", "generation", "math", "classification",
@@ -47,6 +47,7 @@ class ClassScore(BaseModel):
     n: int = Field(description="Items in the class.")
     n_scored: int = Field(description="Items with a judge score (the mean is over these).")
     n_unparsed: int = 0
+    n_no_reference: int = Field(0, description="Items a rule judge cannot score (no std_answer).")
     n_failed: int = Field(0, description="Items whose answer or judge failed after retries.")
     mean: float | None = None
     ci95: Interval | None = None
@@ -61,6 +62,7 @@ class EvalReport(BaseModel):
     n: int
     n_scored: int
     n_unparsed: int
+    n_no_reference: int = 0
     n_failed: int
     classes: list[ClassScore]
     macro: float | None = Field(None, description="Mean of the class means.")
@@ -92,7 +94,8 @@ def score_items(items: Sequence[ScoredItem], *, bootstrap: int = 1000, seed: int
     for klass in sorted(by_class):
         group = by_class[klass]
         scores = np.array([i.score for i in group if i.score is not None], dtype=float)
-        unparsed = sum(1 for i in group if i.score is None and (i.error or "").startswith("unparsed"))
+        unparsed = sum(1 for i in group if i.score is None and (i.error or "").startswith(UNPARSED_PREFIX))
+        no_reference = sum(1 for i in group if i.score is None and (i.error or "").startswith(NO_REFERENCE_PREFIX))
         ci = None
         if bootstrap and scores.size:
             picks = rng.integers(0, scores.size, size=(bootstrap, scores.size))
@@ -101,7 +104,7 @@ def score_items(items: Sequence[ScoredItem], *, bootstrap: int = 1000, seed: int
             ci = Interval(low=float(low), high=float(high))
         classes.append(ClassScore(
             klass=klass, n=len(group), n_scored=int(scores.size), n_unparsed=unparsed,
-            n_failed=len(group) - int(scores.size) - unparsed,
+            n_no_reference=no_reference, n_failed=len(group) - int(scores.size) - unparsed - no_reference,
             mean=float(scores.mean()) if scores.size else None, ci95=ci,
         ))
 
@@ -120,7 +123,8 @@ def score_items(items: Sequence[ScoredItem], *, bootstrap: int = 1000, seed: int
     n_scored = sum(c.n_scored for c in classes)
     return EvalReport(
         set=set_name, model=model, judge=judge, n=len(items), n_scored=n_scored,
-        n_unparsed=sum(c.n_unparsed for c in classes), n_failed=sum(c.n_failed for c in classes),
+        n_unparsed=sum(c.n_unparsed for c in classes), n_no_reference=sum(c.n_no_reference for c in classes),
+        n_failed=sum(c.n_failed for c in classes),
         classes=classes, macro=macro, macro_ci95=macro_ci, score_wo_others=wo, score_wo_others_ci95=wo_ci,
         unknown_classes=[n for n in all_names if n not in KNOWN_CLASSES], bootstrap=bootstrap, seed=seed,
     )
@@ -141,17 +145,17 @@ def render_markdown(report: EvalReport) -> str:
             lines.append(f"- {label}: `{value}`")
     lines += [
         f"- items: {report.n} (scored {report.n_scored}, judge reply unparsed {report.n_unparsed}, "
-        f"failed {report.n_failed})",
+        f"no reference for the judge {report.n_no_reference}, failed {report.n_failed})",
         f"- **macro average: {_fmt(report.macro)}** (95% CI {_fmt_ci(report.macro_ci95)})",
         f"- score without math and code: {_fmt(report.score_wo_others)} (95% CI {_fmt_ci(report.score_wo_others_ci95)})",
         f"- bootstrap: {report.bootstrap} resamples, seed {report.seed}",
         "",
-        "| class | n | scored | unparsed | failed | mean | 95% CI |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| class | n | scored | unparsed | no reference | failed | mean | 95% CI |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for c in report.classes:
         mark = " (unknown)" if c.klass in report.unknown_classes else ""
-        lines.append(f"| {c.klass}{mark} | {c.n} | {c.n_scored} | {c.n_unparsed} | {c.n_failed} | "
+        lines.append(f"| {c.klass}{mark} | {c.n} | {c.n_scored} | {c.n_unparsed} | {c.n_no_reference} | {c.n_failed} | "
                      f"{_fmt(c.mean)} | {_fmt_ci(c.ci95)} |")
     if report.unknown_classes:
         lines += ["", "Classes not in BELLE's set (scored under their own name): "
