@@ -260,6 +260,10 @@ def free_port() -> int:
 def init_distributed() -> tuple[int, int]:
     """One process by default: set the launcher's variables when nobody launched us, then
     bring up a gloo process group (CPU) through DeepSpeed. Returns (rank, world size)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # says so, instead of warning that it guessed
     import deepspeed
     import torch.distributed as dist
 
@@ -267,8 +271,6 @@ def init_distributed() -> tuple[int, int]:
         if "RANK" not in os.environ:
             os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
                                "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
-        import torch
-
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         deepspeed.init_distributed(dist_backend=backend)
     return dist.get_rank(), dist.get_world_size()
@@ -462,11 +464,11 @@ class Trainer:
         """Prepare (if not yet), train, checkpoint, save; returns a summary (rank 0)."""
         if self.tokenizer is None:
             self.prepare()
+        self.rank, self.world = init_distributed()
         import deepspeed
         import torch
         import torch.distributed as dist
 
-        self.rank, self.world = init_distributed()
         t = self.config.training
         total = self.total_steps()
         spe = self.steps_per_epoch()
