@@ -106,9 +106,13 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--int8", action="store_true", help="also measure the opt-in int8 backend")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from duma.types import Message, ModelSpec
     from duma.plugins.transformers_backend import TransformersBackend
@@ -140,6 +144,7 @@ def main() -> None:
         "duma": duma,
         "plain_generate": plain,
         "ratio": round(duma["decode_tok_s"] / plain["decode_tok_s"], 3),
+        "load_average_1m": round(os.getloadavg()[0], 2),
         "duma_runs_decode_tok_s": [round(r["decode_tok_s"], 2) for r in duma_runs],
         "plain_runs_decode_tok_s": [round(r["decode_tok_s"], 2) for r in plain_runs],
         "second_turn": _second_turn(backend, messages, args.runs),
@@ -147,7 +152,7 @@ def main() -> None:
     if args.int8:
         backend.close()
         del backend
-        quantized = TransformersBackend(spec, quantize="int8")
+        quantized = TransformersBackend(spec.model_copy(update={"device": "cpu"}), quantize="int8")
         quantized._eos_ids = set()
         _duma_run(quantized, messages, 8)
         int8 = _median([_duma_run(quantized, messages, args.new_tokens) for _ in range(args.runs)])

