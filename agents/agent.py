@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,8 @@ class Agent:
         self._fast_backend = fast_backend
         self._slow_backend = slow_backend
         self._load_lock = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
+        # Held only while a turn runs: a conversation nobody is using drops its lock.
+        self._locks: weakref.WeakValueDictionary[str, _ConversationLock] = weakref.WeakValueDictionary()
         self._locks_lock = threading.Lock()
 
     @classmethod
@@ -218,9 +220,12 @@ class Agent:
             return [m.as_message() for m in logged]
         return fast_mind.visible_history(logged)
 
-    def _conversation_lock(self, conversation_id: str) -> threading.Lock:
+    def _conversation_lock(self, conversation_id: str) -> _ConversationLock:
         with self._locks_lock:
-            return self._locks.setdefault(conversation_id, threading.Lock())
+            lock = self._locks.get(conversation_id)
+            if lock is None:
+                lock = self._locks[conversation_id] = _ConversationLock()
+            return lock
 
     def _fast_options(self, options: OptionsLike) -> GenerationOptions:
         base = self.fast_spec.options
@@ -311,13 +316,28 @@ class Agent:
 
     def _turn(self, text: str, cid: str, system: str | None, options: GenerationOptions) -> Iterator[Event]:
         # Every event of this turn is stamped with the conversation id.
+        lock = self._conversation_lock(cid)  # a strong reference for the whole turn
         try:
-            with self._conversation_lock(cid):
+            with lock:
                 yield from _Turn(self, text, cid, system, options).run()
         except DumaError as exc:
             yield ErrorEvent(conversation_id=cid, message=str(exc))
         except Exception as exc:  # a backend or tool failure ends this turn, not the process
             yield ErrorEvent(conversation_id=cid, message=f"{type(exc).__name__}: {_first_line(exc)}")
+
+
+class _ConversationLock:
+    """A lock that can be weakly referenced (``threading.Lock`` cannot)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> _ConversationLock:
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
 
 
 class _Raised:
@@ -352,9 +372,15 @@ class _Turn:
 
     def _log(self, role: str, content: str, meta: dict[str, Any], usage: Usage | None = None,
              timed: bool = False) -> None:
+        if role == "assistant":
+            model: str | None = model_label(self.agent.fast_spec)
+        elif meta.get("kind") == fast_mind.KIND_SLOW:
+            model = model_label(self.agent.slow_spec)
+        else:
+            model = None
         self.store.add_message(
             self.cid, Message(role=role, content=content),  # type: ignore[arg-type]
-            model=model_label(self.agent.fast_spec) if role == "assistant" else None,
+            model=model,
             options=self.options.model_dump() if role == "assistant" else None,
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
