@@ -38,8 +38,9 @@ def register_commands(cli: Any) -> None:
               help="Processes on this machine (gloo on CPU, nccl on GPUs).")
 @click.option("--hostfile", type=click.Path(dir_okay=False), default=None,
               help="DeepSpeed hostfile: launch on several nodes with DeepSpeed's launcher.")
+@click.option("--worker", is_flag=True, hidden=True, help="Set by the launcher: checks are done.")
 def train_command(config_file: str, overrides: tuple[str, ...], resume: bool, overwrite: bool,
-                  nproc: int, hostfile: str | None) -> None:
+                  nproc: int, hostfile: str | None, worker: bool) -> None:
     """Train a model from a run config: duma train CONFIG.yaml [key=value ...].
 
     The YAML holds model, method (pt|sft|lora|vocab), data, training and output_dir keys;
@@ -53,7 +54,9 @@ def train_command(config_file: str, overrides: tuple[str, ...], resume: bool, ov
 
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other", "pass one of them")
-    if (nproc > 1 or hostfile) and os.environ.get(LAUNCHED_ENV) != "1":
+    if worker:
+        os.environ[LAUNCHED_ENV] = "1"
+    elif nproc > 1 or hostfile:
         sys.exit(runner.launch(config_file, list(overrides), nproc=nproc, hostfile=hostfile,
                                resume=resume, overwrite=overwrite))
     summary = runner.train(config_file, list(overrides), resume=resume, overwrite=overwrite)

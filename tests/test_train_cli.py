@@ -132,3 +132,18 @@ def test_two_processes_over_gloo(tiny_model, tmp_path):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2", "step-4"]
     summaries = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
     assert len(summaries) == 1 and json.loads(summaries[0])["world_size"] == 2  # saved and reported once
+
+
+def test_hostfile_launches_through_deepspeed_launcher(tmp_path):
+    from duma.errors import DumaError
+    from duma.trainers.runner import launch_command
+
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node1 slots=2\nnode2 slots=2\n")
+    cmd = launch_command("run.yaml", ["training.lr=1e-4"], nproc=1, hostfile=str(hostfile), resume=True)
+    assert cmd[1:4] == ["-m", "deepspeed.launcher.runner", "--hostfile"]
+    assert cmd[cmd.index("--module") + 1:] == ["duma", "train", "run.yaml", "training.lr=1e-4", "--worker", "--resume"]
+    local = launch_command("run.yaml", [], nproc=2, hostfile=None, resume=False)
+    assert "torch.distributed.run" in local and "--nproc_per_node=2" in local
+    with pytest.raises(DumaError, match="hostfile .* does not exist"):
+        launch_command("run.yaml", [], nproc=1, hostfile=str(tmp_path / "none"), resume=False)

@@ -257,13 +257,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def name_accelerator() -> None:
+    """Tell DeepSpeed it runs on CPU when there is no GPU (before anything imports it), instead
+    of letting it warn that it guessed."""
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
 def init_distributed() -> tuple[int, int]:
     """One process by default: set the launcher's variables when nobody launched us, then
     bring up a gloo process group (CPU) through DeepSpeed. Returns (rank, world size)."""
     import torch
 
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # says so, instead of warning that it guessed
+    name_accelerator()
     import deepspeed
     import torch.distributed as dist
 
@@ -344,6 +352,7 @@ class Trainer:
     def prepare(self) -> None:
         """Everything that can fail on bad input: output folder, model folder, tokenizer,
         data. Runs before DeepSpeed initialises."""
+        name_accelerator()
         if os.environ.get(LAUNCHED_ENV) != "1":
             self.check_output_dir()
         self.model_folder = resolve_model_folder(self.config.model)
@@ -626,6 +635,8 @@ class Trainer:
             os.replace(tmp, final)
             for old in self.checkpoints()[: -self.config.training.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
+            if (self.out / LOG_FILE).exists():
+                plot_loss_curve(self.out / LOG_FILE, self.out / CURVE_FILE)  # a curve to look at mid-run
         dist.barrier()
 
     def _maybe_resume(self, engine: Any) -> int:

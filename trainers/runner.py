@@ -82,24 +82,36 @@ def train(path: str | Path | None = None, overrides: Sequence[str] = (), *, data
 def launch(config_path: str, overrides: Sequence[str], *, nproc: int, hostfile: str | None,
            resume: bool, overwrite: bool) -> int:
     """Check everything here, then start the worker processes; returns their exit code."""
-    from duma.trainers.base import LAUNCHED_ENV, free_port
+    from duma.trainers.base import LAUNCHED_ENV
 
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other", "pass one of them")
+    if hostfile and not Path(hostfile).is_file():
+        raise DumaError(f"hostfile {hostfile} does not exist", "give a DeepSpeed hostfile ('host slots=N' lines)")
     trainer = build_trainer(config_path, overrides, resume=resume, overwrite=overwrite)
     trainer.prepare()
     trainer.start_output_dir()
-    worker = ["-m", "duma", "train", str(config_path), *overrides] + (["--resume"] if resume else [])
+    cmd = launch_command(config_path, overrides, nproc=nproc, hostfile=hostfile, resume=resume)
+    env = dict(os.environ)
+    env.pop(LAUNCHED_ENV, None)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    return subprocess.call(cmd, env=env)
+
+
+def launch_command(config_path: str, overrides: Sequence[str], *, nproc: int, hostfile: str | None,
+                   resume: bool) -> list[str]:
+    """The launcher command line: torchrun for processes on this machine; DeepSpeed's
+    launcher (pdsh/ssh to each host of the hostfile) for several nodes."""
+    from duma.trainers.base import free_port
+
+    # --worker (not an environment variable: DeepSpeed's launcher does not pass those to
+    # other nodes) tells the workers that this process already did the checks.
+    worker = ["duma", "train", str(config_path), *overrides, "--worker"] + (["--resume"] if resume else [])
     port = str(free_port())
     if hostfile:
         if not Path(hostfile).is_file():
             raise DumaError(f"hostfile {hostfile} does not exist", "give a DeepSpeed hostfile ('host slots=N' lines)")
-        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", hostfile, "--no_local_rank",
-               "--master_port", port, "--module"] + (["--num_gpus", str(nproc)] if nproc > 1 else []) + worker[1:]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
-               "--master_addr=127.0.0.1", f"--master_port={port}", *worker]
-    env = dict(os.environ)
-    env[LAUNCHED_ENV] = "1"
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return subprocess.call(cmd, env=env)
+        return [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(hostfile), "--no_local_rank",
+                "--master_port", port, *(["--num_gpus", str(nproc)] if nproc > 1 else []), "--module", *worker]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
+            "--master_addr=127.0.0.1", f"--master_port={port}", "-m", *worker]
