@@ -419,3 +419,33 @@ def test_killed_mid_turn_keeps_the_log_intact(tiny_model: Path, duma_home: Path)
     shown = duma_process(["logs", "show", "--json"])
     assert shown.returncode == 0
     assert json.loads(shown.stdout)["messages"][-1]["content"] in (killed_message, rows[-1][1])
+
+
+SLOW_SCRIPT = ["Reason[need arithmetic]\nAct[calculator(2+2)]", "Reason[got it]\nFinish[4]",
+               "Response[It is 4.]\nInvoke[False]"]
+
+
+def test_piped_slow_turn_prints_only_the_final_reply(scripted: list[str], duma_home: Path) -> None:
+    args = ["chat", "--backend", "scripted", "-m", json.dumps(SLOW_SCRIPT), "--router", "always-slow"]
+    code, out, err = run_fresh([*args, "--show-slow"], input="What is 2+2?\n")
+    assert code == 0, err
+    assert out == "It is 4.\n"  # not the interim reply
+    assert "Reason: need arithmetic" in err and "Act: calculator(2+2)" in err and "Obs: 4" in err
+    [(_cid, messages)] = logged(duma_home)
+    assert messages[0] == ("user", "What is 2+2?") and messages[-1] == ("assistant", "It is 4.")
+
+
+def test_interactive_slow_turn_shows_interim_steps_and_final(scripted: list[str], duma_home: Path,
+                                                            monkeypatch) -> None:
+    from rich.console import Console
+
+    monkeypatch.setattr(chat, "stdin_is_terminal", lambda: True)
+    monkeypatch.setattr(chat, "terminal_line_reader", lambda: chat.stream_line_reader(sys.stdin))
+    monkeypatch.setattr(chat, "make_console", lambda: Console(file=sys.stdout, force_terminal=True, width=100))
+    args = ["chat", "--backend", "scripted", "-m", json.dumps(SLOW_SCRIPT), "--router", "always-slow",
+            "--show-slow"]
+    code, out, err = run_fresh(args, input="What is 2+2?\n")
+    assert code == 0, err
+    text = strip_ansi(out)
+    interim, step, final = text.find("Let me look into that."), text.find("Act: calculator(2+2)"), text.rfind("It is 4.")
+    assert -1 < interim < step < final, text
