@@ -19,8 +19,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from duma.hookspecs import hookimpl
 from duma.errors import DumaError
+from duma.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from rich.console import Console
