@@ -8,6 +8,16 @@ two never drift apart.
 
 Parsing is lenient: a model that does not follow the protocol (e.g. the untrained embedded
 model) still yields a usable reply: its raw text, and no handoff.
+
+The chat layout each mind sees (train on exactly this):
+
+- fast mind: ``system`` = its prompt; then per turn ``user`` = ``User[q]``, ``assistant`` =
+  ``Response[r]\\nInvoke[False]``; a handoff turn continues with ``assistant`` =
+  ``Response[interim]\\nInvoke[True]``, ``user`` = ``SlowMind[result]``, ``assistant`` =
+  ``Response[final]\\nInvoke[False]``.
+- slow mind: ``system`` = its prompt with the tool list; ``user`` = the retrospect
+  (``Query 0: ... Answer 0: ... Query t: ...``); then ``assistant`` = ``Reason[...]\\nAct[...]``
+  and ``user`` = ``Obs[...]`` pairs; the last ``assistant`` = ``Reason[...]\\nFinish[...]``.
 """
 
 from __future__ import annotations
