@@ -137,6 +137,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--zero-stage", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=2, help="rounds per contender; the best counts")
     p.add_argument("--skip-trl", action="store_true")
     args = p.parse_args()
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".test-cache" / "torch_extensions"))
@@ -146,9 +147,16 @@ def main() -> None:
         work = Path(tmp)
         os.environ.setdefault("DUMA_HOME", str(work / "home"))
         folder = model_folder(args.model, work, args.hidden, args.layers)
-        padded, trainer, duma_s = bench_duma(run_config(folder, work / "pad", args, packing=False), args.warmup_steps)
-        plain, plain_s = bench_plain(trainer, folder, args)
-        packed, _, _ = bench_duma(run_config(folder, work / "pack", args, packing=True), args.warmup_steps)
+        # Other processes share the CPU: alternate the contenders and keep each one's best round.
+        padded = plain = packed = 0.0
+        ratios: list[float] = []
+        for r in range(args.repeats):
+            rate_pad, trainer, duma_s = bench_duma(run_config(folder, work / f"pad{r}", args, packing=False),
+                                                   args.warmup_steps)
+            rate_plain, plain_s = bench_plain(trainer, folder, args)
+            rate_pack, _, _ = bench_duma(run_config(folder, work / f"pack{r}", args, packing=True), args.warmup_steps)
+            padded, plain, packed = max(padded, rate_pad), max(plain, rate_plain), max(packed, rate_pack)
+            ratios += [p / d for p, d in zip(plain_s[args.warmup_steps:], duma_s[args.warmup_steps:])]
         trl_rate, trl_note = (None, "skipped (--skip-trl)") if args.skip_trl else bench_trl(trainer, folder, args, work)
         result = {
             "model": args.model if args.model != "tiny" else f"tiny random llama (hidden {args.hidden}, {args.layers} layers)",
@@ -160,8 +168,8 @@ def main() -> None:
             "duma_vs_plain": round(padded / plain, 3),
             # The two runs take the same batches in the same order: the median of the per-step
             # time ratios is robust to bursts of load from other processes.
-            "duma_vs_plain_median_step": round(median([p / d for p, d in
-                                                       zip(plain_s[args.warmup_steps:], duma_s[args.warmup_steps:])]), 3),
+            "duma_vs_plain_median_step": round(median(ratios), 3),
+            "repeats": args.repeats, "load_average": os.getloadavg()[0],
             "trl_tokens_per_s": None if trl_rate is None else round(trl_rate, 1),
             "duma_vs_trl": None if trl_rate is None else round(padded / trl_rate, 3),
             "trl_note": trl_note,

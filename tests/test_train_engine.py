@@ -174,11 +174,11 @@ def test_vocab_expansion_adds_tokens_and_model_loads(tiny_model, tmp_path):
     assert torch.equal(base.model.layers[0].mlp.up_proj.weight, model.model.layers[0].mlp.up_proj.weight)
 
 
-def test_pt_and_zero3_with_offload(tiny_model, tmp_path):
+def test_pt_zero3_offload_bf16(tiny_model, tmp_path):
     out = tmp_path / "pt"
     cfg = run_config(tiny_model, out, "pt", data={"source": "text", "files": [str(TEXT)], "max_length": 64},
                      training={"max_steps": 4, "zero_stage": 3, "offload_optimizer": True,
-                               "offload_params": True, "grad_accum": 2, "schedule": "linear",
+                               "offload_params": True, "grad_accum": 2, "schedule": "linear", "bf16": True,
                                "warmup_ratio": 0.5})
     _, summary = train(cfg)
     recs = steps(out)
