@@ -116,7 +116,10 @@ def bench_trl(trainer, folder: Path, args: argparse.Namespace, work: Path) -> tu
                         learning_rate=1e-4, lr_scheduler_type="constant", max_length=args.max_length,
                         packing=False, padding_free=False, report_to=[], save_strategy="no", logging_steps=10**6,
                         use_cpu=True, dataloader_num_workers=0, include_num_input_tokens_seen="non_padding",
-                        seed=0, disable_tqdm=True)
+                        seed=0, disable_tqdm=True,
+                        # Like the other two: fp32, no activation checkpointing (TRL's defaults
+                        # turn on bf16 autocast and checkpointing, both slow on CPU).
+                        bf16=False, fp16=False, gradient_checkpointing=False)
     t = trl.SFTTrainer(model=load_causal_lm(folder), args=cfg, train_dataset=ds,
                        processing_class=trainer.tokenizer, callbacks=[StepTimer()])
     t.train()
