@@ -153,10 +153,14 @@ def main() -> None:
         # Other processes share the CPU: alternate the contenders and keep each one's best round.
         padded = plain = packed = 0.0
         ratios: list[float] = []
+        trainer = None
         for r in range(args.repeats):
+            if r % 2 and trainer is not None:  # odd rounds run the plain loop first (order effects)
+                rate_plain, plain_s = bench_plain(trainer, folder, args)
             rate_pad, trainer, duma_s = bench_duma(run_config(folder, work / f"pad{r}", args, packing=False),
                                                    args.warmup_steps)
-            rate_plain, plain_s = bench_plain(trainer, folder, args)
+            if not r % 2:
+                rate_plain, plain_s = bench_plain(trainer, folder, args)
             rate_pack, _, _ = bench_duma(run_config(folder, work / f"pack{r}", args, packing=True), args.warmup_steps)
             padded, plain, packed = max(padded, rate_pad), max(plain, rate_plain), max(packed, rate_pack)
             ratios += [p / d for p, d in zip(plain_s[args.warmup_steps:], duma_s[args.warmup_steps:])]
