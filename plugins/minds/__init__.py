@@ -1,1 +1,74 @@
-"""Built-in plugin (to be implemented): training data and measurement for the two minds."""
+"""Built-in plugin: training data and measurement for the two minds (``duma minds``).
+
+Imported when the CLI starts: no torch or langchain at the top level.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+import duma
+
+
+@duma.hookimpl
+def register_commands(cli: Any) -> None:
+    cli.add_command(minds_group)
+
+
+@click.group(name="minds")
+def minds_group() -> None:
+    """Generate training data for the fast and slow minds and measure them."""
+
+
+@minds_group.command(name="generate")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder for the JSONL files.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--fast", "n_fast", type=click.IntRange(1), default=600, show_default=True,
+              help="Fast-mind dialogues.")
+@click.option("--slow", "n_slow", type=click.IntRange(1), default=500, show_default=True,
+              help="Slow-mind ReAct traces.")
+@click.option("--eval-fraction", type=click.FloatRange(0.0, 1.0), default=0.15, show_default=True,
+              help="Share of samples drawn (from held-out templates only) for the eval split.")
+@click.option("--today", default=None, metavar="YYYY-MM-DD",
+              help="Fixed date for the date tools (default: a fixed date, for reproducibility).")
+def generate_command(out: Path, seed: int, n_fast: int, n_slow: int, eval_fraction: float,
+                     today: str | None) -> None:
+    """Write fast/slow train and eval data (sharegpt messages form) plus routing files."""
+    from .generate import DEFAULT_TODAY, generate
+
+    summary = generate(out, seed, n_fast, n_slow, eval_fraction, today or DEFAULT_TODAY)
+    for name, count in summary.files.items():
+        tokens = summary.tokens_estimate.get(name)
+        extra = f", ~{tokens:,} tokens" if tokens is not None else ""
+        click.echo(f"{out / name}: {count} records{extra}")
+    train_tokens = sum(v for k, v in summary.tokens_estimate.items() if k.endswith("_train.jsonl"))
+    click.echo(f"train tokens per epoch (chars/3.5): ~{train_tokens:,}; "
+               f"{len(summary.train_templates)} train templates, {len(summary.eval_templates)} held out")
+
+
+@minds_group.command(name="measure")
+@click.option("--data", "data", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Folder written by 'duma minds generate'.")
+@click.option("--model", default="embedded", show_default=True, help="Base model of both minds.")
+@click.option("--fast-adapter", default=None, type=click.Path(), help="LoRA adapter of the fast mind.")
+@click.option("--slow-adapter", default=None, type=click.Path(), help="LoRA adapter of the slow mind.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="At most this many items per measurement.")
+@click.option("--max-tokens", type=click.IntRange(1), default=96, show_default=True)
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Report JSON (a Markdown table is written next to it, .md).")
+def measure_command(data: Path, model: str, fast_adapter: str | None, slow_adapter: str | None,
+                    limit: int | None, max_tokens: int, out: Path) -> None:
+    """Measure invoke decisions, slow-mind validity and end-to-end routing on held-out templates."""
+    from .measure import measure, to_markdown
+
+    report = measure(data, model=model, fast_adapter=fast_adapter, slow_adapter=slow_adapter,
+                     limit=limit, max_tokens=max_tokens)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report.model_dump_json(indent=1) + "\n", encoding="utf-8")
+    table = to_markdown(report)
+    out.with_suffix(".md").write_text(table + "\n", encoding="utf-8")
+    click.echo(table)

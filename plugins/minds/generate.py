@@ -1,0 +1,295 @@
+"""Generate the fast and slow minds' training data from templates, reproducibly from a seed.
+
+Every sample is built with the agent's own functions (``fast_mind.build_context``,
+``fast_view``, ``SlowMind.run_tool``, the protocol formatters), so training data and inference
+prompts cannot drift apart. Tool outputs are real: each action runs through the same
+``SlowMind.run_tool`` the agent uses, with today's date fixed by ``DUMA_TODAY``.
+
+Output (sharegpt ``messages`` form, which keeps the system message):
+``fast_train.jsonl``, ``fast_eval.jsonl``, ``slow_train.jsonl``, ``slow_eval.jsonl``,
+``routing_eval.jsonl`` (per held-out fast-mind turn), ``router_train.jsonl`` (``{"text","slow"}``)
+and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from . import templates as T
+
+KNOWLEDGE_DIR = Path(__file__).resolve().parents[2] / "examples" / "knowledge"
+DEFAULT_TODAY = "2025-06-16"
+MEMORY_TURNS = 20  # the agent's default dialogue memory (AgentConfig.memory_turns)
+CHARS_PER_TOKEN = 3.5
+ZH_SHARE = 0.12
+
+
+class GenerateSummary(BaseModel):
+    out: str
+    seed: int
+    today: str
+    files: dict[str, int]  # file name -> records
+    tokens_estimate: dict[str, int]  # file name -> chars / 3.5
+    eval_templates: list[str]
+    train_templates: list[str]
+
+
+@contextmanager
+def fixed_today(today: str) -> Iterator[None]:
+    """Fix the date tools' clock (``DUMA_TODAY``) for the duration of the generation."""
+    old = os.environ.get("DUMA_TODAY")
+    os.environ["DUMA_TODAY"] = today
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("DUMA_TODAY", None)
+        else:
+            os.environ["DUMA_TODAY"] = old
+
+
+def load_generation_tools(knowledge_dir: Path = KNOWLEDGE_DIR) -> dict[str, Any]:
+    """The registered tools, as the agent loads them, with search_knowledge over the examples."""
+    from duma.agents.agent import load_tools
+
+    return load_tools(None, knowledge_dir)
+
+
+def tool_runner(tools: dict[str, Any]) -> Any:
+    """A SlowMind without a model: its ``run_tool`` runs actions exactly as inference does."""
+    from duma.agents.slow_mind import SlowMind
+
+    return SlowMind(None, tools)  # type: ignore[arg-type]  # run_tool never touches the backend
+
+
+# --------------------------------------------------------------------------- slow traces
+
+def slow_messages(system_prompt: str, previous: list[tuple[str, str]], task: T.SlowTask) -> list[dict[str, str]]:
+    """The exact message list ``SlowMind.run`` builds, ending with the Finish step."""
+    from duma.agents import protocol
+
+    messages = [{"role": "system", "content": system_prompt},
+                {"role": "user", "content": protocol.format_retrospect(previous, task.query)}]
+    for step in task.steps:
+        messages.append({"role": "assistant", "content": protocol.format_slow_step(step.reason, step.action)})
+        messages.append({"role": "user", "content": protocol.format_observation(step.observation)})
+    messages.append({"role": "assistant",
+                     "content": protocol.format_slow_step(task.finish_reason, finish=task.answer)})
+    return messages
+
+
+@dataclass
+class Pools:
+    """Templates per (split, lang): (family, phrasing index)."""
+
+    slow: dict[tuple[str, str], list[tuple[T.Family, int]]]
+    chat: dict[tuple[str, str], list[tuple[T.Family, int]]]
+
+
+def _pools(families: list[T.Family]) -> dict[tuple[str, str], list[tuple[T.Family, int]]]:
+    pools: dict[tuple[str, str], list[tuple[T.Family, int]]] = {}
+    for fam in families:
+        for lang, phrasings in fam.phrasings.items():
+            for i in range(len(phrasings)):
+                split = "eval" if T.held_out(fam, lang, i) else "train"
+                pools.setdefault((split, lang), []).append((fam, i))
+    return pools
+
+
+def draw_task(rng: random.Random, pool: list[tuple[T.Family, int]], lang: str, runner: Any
+              ) -> tuple[str, T.SlowTask]:
+    fam, i = rng.choice(pool)
+    assert fam.build is not None
+    task = fam.build(rng, fam.phrasings[lang][i], runner.run_tool, lang)
+    return T.template_id(fam, lang, i), task
+
+
+def _lang(rng: random.Random) -> str:
+    return "zh" if rng.random() < ZH_SHARE else "en"
+
+
+def generate_slow(rng: random.Random, n: int, eval_fraction: float, pools: Pools, runner: Any,
+                  system_prompt: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    train: list[dict[str, Any]] = []
+    evals: list[dict[str, Any]] = []
+    for k in range(n):
+        split = "eval" if rng.random() < eval_fraction else "train"
+        lang = _lang(rng)
+        tid, task = draw_task(rng, pools.slow[(split, lang)], lang, runner)
+        previous: list[tuple[str, str]] = []
+        if rng.random() < 0.3:  # some traces start mid-dialogue (the retrospect has history)
+            chat_fam, ci = rng.choice(pools.chat[(split, lang)])
+            previous.append((chat_fam.phrasings[lang][ci], rng.choice(chat_fam.responses[lang])))
+        target = evals if split == "eval" else train
+        target.append({"id": f"slow-{split}-{k:05d}", "category": f"slow/{split}/{tid}",
+                       "messages": slow_messages(system_prompt, previous, task),
+                       "expected": task.expected})
+    return train, evals
+
+
+# --------------------------------------------------------------------------- fast dialogues
+
+def _logged(role: str, content: str, kind: str, index: int) -> Any:
+    from duma.logstore import LoggedMessage
+
+    return LoggedMessage(id=index, conversation_id="gen", role=role, content=content, meta={"kind": kind},
+                         created=0.0)
+
+
+@dataclass
+class Turn:
+    template: str
+    text: str
+    slow: bool
+    expected: str
+    outputs: list[tuple[str, str, str]]  # (role, content, kind) logged after the user message
+
+
+def _simple_pool(split: str, lang: str) -> list[int]:
+    n, held = len(T.SIMPLE_QA[lang]), T.SIMPLE_QA_HELD[lang]
+    return list(range(n - held, n)) if split == "eval" else list(range(n - held))
+
+
+def _draw_turn(rng: random.Random, split: str, lang: str, pools: Pools, runner: Any,
+               last_slow: T.SlowTask | None, first: bool) -> tuple[Turn, T.SlowTask | None]:
+    from duma.agents import fast_mind
+
+    kinds = ["slow", "slow", "chat", "simple"] + (["followup", "followup"] if last_slow else [])
+    kind = "chat" if first and rng.random() < 0.25 else rng.choice(kinds)
+    if kind == "slow":
+        tid, task = draw_task(rng, pools.slow[(split, lang)], lang, runner)
+        interim = rng.choice(T.INTERIMS[lang])
+        final = rng.choice(T.FINAL_REPLIES[lang]).format(answer=task.answer)
+        return Turn(tid, task.query, True, task.expected,
+                    [("assistant", interim, fast_mind.KIND_INTERIM), ("system", task.answer, fast_mind.KIND_SLOW),
+                     ("assistant", final, fast_mind.KIND_REPLY)]), task
+    if kind == "followup" and last_slow is not None:
+        # Followups are a template family too: the last phrasing is held out.
+        n = len(T.FOLLOWUPS[lang])
+        i = n - 1 if split == "eval" else rng.randrange(n - 1)
+        reply = rng.choice(T.FOLLOWUP_REPLIES[lang]).format(answer=last_slow.answer)
+        return Turn(f"followup/{lang}{i}", T.FOLLOWUPS[lang][i], False, last_slow.expected,
+                    [("assistant", reply, fast_mind.KIND_REPLY)]), last_slow
+    if kind == "simple":
+        i = rng.choice(_simple_pool(split, lang))
+        question, answer = T.SIMPLE_QA[lang][i]
+        return Turn(f"simple_qa/{lang}{i}", question, False, answer,
+                    [("assistant", answer, fast_mind.KIND_REPLY)]), last_slow
+    fam, i = rng.choice(pools.chat[(split, lang)])
+    reply = rng.choice(fam.responses[lang])
+    return Turn(T.template_id(fam, lang, i), fam.phrasings[lang][i], False, reply,
+                [("assistant", reply, fast_mind.KIND_REPLY)]), last_slow
+
+
+def fast_messages(system_prompt: str, turns: list[Turn]) -> tuple[list[dict[str, str]], list[list[Any]]]:
+    """The message list of a whole dialogue, built with the agent's own ``build_context``
+    (for the last user turn) and ``fast_view`` (for what the turn adds); also the logged
+    history before each turn (for routing_eval)."""
+    from duma.agents import fast_mind
+
+    history: list[Any] = []
+    before: list[list[Any]] = []
+    for turn in turns:
+        before.append(list(history))
+        history.append(_logged("user", turn.text, fast_mind.KIND_USER, len(history)))
+        for role, content, kind in turn.outputs:
+            history.append(_logged(role, content, kind, len(history)))
+    last_start = len(before[-1])
+    context = fast_mind.build_context(system_prompt, before[-1], turns[-1].text, MEMORY_TURNS)
+    tail = [fast_mind.fast_view(m) for m in history[last_start + 1:]]
+    messages = [m.model_dump() for m in context] + [m.model_dump() for m in tail if m is not None]
+    return [{"role": m["role"], "content": m["content"]} for m in messages], before
+
+
+def _history_json(history: list[Any]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content, "kind": m.meta.get("kind", "")} for m in history]
+
+
+def generate_fast(rng: random.Random, n: int, eval_fraction: float, pools: Pools, runner: Any,
+                  system_prompt: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]],
+                                               list[dict[str, Any]]]:
+    train: list[dict[str, Any]] = []
+    evals: list[dict[str, Any]] = []
+    routing_eval: list[dict[str, Any]] = []
+    router_train: list[dict[str, Any]] = []
+    for k in range(n):
+        split = "eval" if rng.random() < eval_fraction else "train"
+        lang = _lang(rng)
+        n_turns = rng.choice([1, 2, 2, 3])
+        turns: list[Turn] = []
+        last_slow: T.SlowTask | None = None
+        for j in range(n_turns):
+            turn, last_slow = _draw_turn(rng, split, lang, pools, runner, last_slow, first=j == 0)
+            turns.append(turn)
+        messages, before = fast_messages(system_prompt, turns)
+        rid = f"fast-{split}-{k:05d}"
+        record = {"id": rid, "category": f"fast/{split}/" + "+".join(t.template for t in turns),
+                  "messages": messages}
+        (evals if split == "eval" else train).append(record)
+        for j, turn in enumerate(turns):
+            if split == "eval":
+                routing_eval.append({"id": f"{rid}-t{j}", "template": turn.template, "text": turn.text,
+                                     "history": _history_json(before[j]), "slow": turn.slow,
+                                     "expected": turn.expected})
+            else:
+                router_train.append({"text": turn.text, "slow": turn.slow})
+    return train, evals, routing_eval, router_train
+
+
+# --------------------------------------------------------------------------- driver
+
+def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    with path.open("w", encoding="utf-8", newline="\n") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def _chars(records: list[dict[str, Any]]) -> int:
+    return sum(len(m["content"]) for r in records for m in r.get("messages", []))
+
+
+def generate(out: Path, seed: int = 0, n_fast: int = 600, n_slow: int = 500, eval_fraction: float = 0.15,
+             today: str = DEFAULT_TODAY, knowledge_dir: Path = KNOWLEDGE_DIR) -> GenerateSummary:
+    """Write the data files to ``out``; same arguments give byte-identical files."""
+    from duma.agents import fast_mind
+
+    out.mkdir(parents=True, exist_ok=True)
+    pools = Pools(slow=_pools(T.SLOW_FAMILIES), chat=_pools(T.CHAT_FAMILIES))
+    with fixed_today(today):
+        tools = load_generation_tools(knowledge_dir)
+        runner = tool_runner(tools)
+        fast_system = fast_mind.fast_system_prompt(None, None)
+        # Separate streams: changing --fast does not change the slow traces.
+        slow_train, slow_eval = generate_slow(random.Random(f"{seed}-slow"), n_slow, eval_fraction, pools,
+                                              runner, runner.system_prompt)
+        fast_train, fast_eval, routing_eval, router_train = generate_fast(
+            random.Random(f"{seed}-fast"), n_fast, eval_fraction, pools, runner, fast_system)
+    # "expected" is for measurement only: the sharegpt reader forbids unknown keys in records.
+    slow_expected = {r["id"]: r.pop("expected") for r in slow_train + slow_eval}
+    files = {"fast_train.jsonl": fast_train, "fast_eval.jsonl": fast_eval, "slow_train.jsonl": slow_train,
+             "slow_eval.jsonl": slow_eval, "routing_eval.jsonl": routing_eval, "router_train.jsonl": router_train}
+    for name, records in files.items():
+        _write_jsonl(out / name, records)
+    _write_jsonl(out / "slow_expected.jsonl",
+                 [{"id": k, "expected": v} for k, v in slow_expected.items() if k.startswith("slow-eval")])
+    categories = [r["category"] for r in fast_train + fast_eval + slow_train + slow_eval]
+    by_split: dict[str, set[str]] = {"train": set(), "eval": set()}
+    for c in categories:
+        _, split, tids = c.split("/", 2)
+        by_split[split].update(tids.split("+"))
+    summary = GenerateSummary(
+        out=str(out), seed=seed, today=today, files={n: len(r) for n, r in files.items()},
+        tokens_estimate={n: round(_chars(r) / CHARS_PER_TOKEN) for n, r in files.items() if n.startswith(("fast", "slow"))},
+        eval_templates=sorted(by_split["eval"]), train_templates=sorted(by_split["train"]))
+    (out / "summary.json").write_text(json.dumps(summary.model_dump(), ensure_ascii=False, indent=1) + "\n",
+                                      encoding="utf-8")
+    return summary
