@@ -181,12 +181,13 @@ def _draw_turn(rng: random.Random, split: str, lang: str, pools: Pools, runner: 
                     [("assistant", reply, fast_mind.KIND_REPLY)]), last_slow
     if kind == "simple":
         i = rng.choice(_simple_pool(split, lang))
-        question, answer = T.SIMPLE_QA[lang][i]
-        return Turn(f"simple_qa/{lang}{i}", question, False, answer,
+        question, answer, key = T.SIMPLE_QA[lang][i]
+        return Turn(f"simple_qa/{lang}{i}", question, False, key,
                     [("assistant", answer, fast_mind.KIND_REPLY)]), last_slow
     fam, i = rng.choice(pools.chat[(split, lang)])
     reply = rng.choice(fam.responses[lang])
-    return Turn(T.template_id(fam, lang, i), fam.phrasings[lang][i], False, reply,
+    # Chit-chat has no single right answer: any direct reply counts ("" is in every text).
+    return Turn(T.template_id(fam, lang, i), fam.phrasings[lang][i], False, "",
                 [("assistant", reply, fast_mind.KIND_REPLY)]), last_slow
 
 
@@ -273,7 +274,7 @@ def generate(out: Path, seed: int = 0, n_fast: int = 600, n_slow: int = 500, eva
                                               runner, runner.system_prompt)
         fast_train, fast_eval, routing_eval, router_train = generate_fast(
             random.Random(f"{seed}-fast"), n_fast, eval_fraction, pools, runner, fast_system)
-    # "expected" is for measurement only: the sharegpt reader forbids unknown keys in records.
+    # "expected" is for measurement only: kept out of the training records (a side file).
     slow_expected = {r["id"]: r.pop("expected") for r in slow_train + slow_eval}
     files = {"fast_train.jsonl": fast_train, "fast_eval.jsonl": fast_eval, "slow_train.jsonl": slow_train,
              "slow_eval.jsonl": slow_eval, "routing_eval.jsonl": routing_eval, "router_train.jsonl": router_train}

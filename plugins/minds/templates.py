@@ -363,18 +363,18 @@ CHAT_FAMILIES: list[Family] = [
                       "zh": ["我是一个助手，可以聊天、计算、处理日期和查找资料。"]}),
 ]
 
-# Simple questions the model answers itself: (question, answer), per phrasing family.
-SIMPLE_QA: dict[str, list[tuple[str, str]]] = {
-    "en": [("What is the capital of France?", "The capital of France is Paris."),
-           ("What colour is the sky on a clear day?", "It is blue."),
-           ("How many days are in a week?", "A week has seven days."),
-           ("What is 2 plus 2?", "2 plus 2 is 4."),
-           ("What language is spoken in Spain?", "Spanish is spoken in Spain."),
-           ("How many legs does a spider have?", "A spider has eight legs."),
-           ("What is the opposite of hot?", "The opposite of hot is cold."),
-           ("Which planet do we live on?", "We live on Earth.")],
-    "zh": [("中国的首都是哪里？", "中国的首都是北京。"), ("一年有几个月？", "一年有十二个月。"),
-           ("一加一等于几？", "一加一等于二。")],
+# Simple questions the model answers itself: (question, answer, key a correct answer contains).
+SIMPLE_QA: dict[str, list[tuple[str, str, str]]] = {
+    "en": [("What is the capital of France?", "The capital of France is Paris.", "Paris"),
+           ("What colour is the sky on a clear day?", "It is blue.", "blue"),
+           ("How many days are in a week?", "A week has seven days.", "seven"),
+           ("What is 2 plus 2?", "2 plus 2 is 4.", "4"),
+           ("What language is spoken in Spain?", "Spanish is spoken in Spain.", "Spanish"),
+           ("How many legs does a spider have?", "A spider has eight legs.", "eight"),
+           ("What is the opposite of hot?", "The opposite of hot is cold.", "cold"),
+           ("Which planet do we live on?", "We live on Earth.", "Earth")],
+    "zh": [("中国的首都是哪里？", "中国的首都是北京。", "北京"), ("一年有几个月？", "一年有十二个月。", "十二"),
+           ("一加一等于几？", "一加一等于二。", "二")],
 }
 # Held out: the last two English and last Chinese questions.
 SIMPLE_QA_HELD = {"en": 2, "zh": 1}
