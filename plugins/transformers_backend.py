@@ -309,9 +309,8 @@ class TransformersBackend(Backend):
 
         A kept conversation that ``prompt`` continues is taken over and extended. One that
         only shares a beginning (a system prompt, an earlier turn) is forked: the new slot
-        starts from views of its prefix and the kept one stays intact for its own
-        conversation (cache updates concatenate into new tensors, never write in place).
-        At least the last prompt token is always run, for its logits.
+        starts from a copy of its prefix and the kept one stays intact for its own
+        conversation. At least the last prompt token is always run, for its logits.
         """
         best, best_len = None, 0
         for slot in self._slots:
@@ -337,6 +336,18 @@ class TransformersBackend(Backend):
         self._slots.append(slot)
         del self._slots[:-self._cache_slots]
 
+    def _step(self, step_input: Any, cache: Any, sampler: _Sampler, history: Any) -> tuple[Any, Any]:
+        """One forward pass over the new tokens and the pick of the next token. Inference
+        mode is entered here, not around the whole stream, so it never leaks into the
+        caller's code between chunks."""
+        torch = self._torch
+        with torch.inference_mode():
+            out = self.model(input_ids=step_input, cache=cache, use_cache=True, logits_to_keep=1)
+            if history is not None:
+                history = torch.cat([history, step_input[0]]) if history.numel() else step_input[0]
+            next_id = sampler.pick(out.logits[0, -1], history)
+        return next_id, history
+
     def _generate(self, prompt: list[int], options: GenerationOptions, max_new: int
                   ) -> Iterator[GenerationChunk]:
         torch = self._torch
@@ -350,40 +361,41 @@ class TransformersBackend(Backend):
         generated: list[int] = []
         finish = "length"
         # Every token fed so far (prompt and reply) as one tensor, for the repetition penalty.
-        history = torch.tensor(prompt, dtype=torch.long, device=self.device) if sampler.needs_history else None
+        history = torch.tensor(prompt[:reused], dtype=torch.long, device=self.device) if sampler.needs_history else None
+        # False while a forward pass runs: a pass that raised may have updated only some
+        # layers, and such a cache must not be kept.
+        consistent = True
         try:
-            with torch.inference_mode():
-                step_input = torch.tensor([prompt[reused:]], dtype=torch.long, device=self.device)
-                fed = prompt[reused:]
-                while True:
-                    out = self.model(input_ids=step_input, cache=slot.cache, use_cache=True, logits_to_keep=1)
-                    slot.ids.extend(fed)
-                    logits = out.logits[0, -1]
-                    next_id = sampler.pick(logits, history)
-                    token = int(next_id)  # the one host sync per token
-                    if first_token_s is None:
-                        first_token_s = time.perf_counter() - start
-                    generated.append(token)
-                    if token in self._eos_ids:
-                        finish = "stop"
-                        break
-                    text = stops.push(decoder.push(token))
-                    if text:
-                        yield GenerationChunk(text=text)
-                    if stops.stopped:
-                        finish = "stop"
-                        break
-                    if len(generated) >= max_new:
-                        break
-                    step_input = next_id.view(1, 1)
-                    fed = [token]
-                    if history is not None:
-                        history = torch.cat([history, next_id.view(1)])
+            step_input = torch.tensor([prompt[reused:]], dtype=torch.long, device=self.device)
+            fed = prompt[reused:]
+            while True:
+                consistent = False
+                next_id, history = self._step(step_input, slot.cache, sampler, history)
+                slot.ids.extend(fed)
+                consistent = True
+                token = int(next_id)  # the one host sync per token
+                if first_token_s is None:
+                    first_token_s = time.perf_counter() - start
+                generated.append(token)
+                if token in self._eos_ids:
+                    finish = "stop"
+                    break
+                text = stops.push(decoder.push(token))
+                if text:
+                    yield GenerationChunk(text=text)
+                if stops.stopped:
+                    finish = "stop"
+                    break
+                if len(generated) >= max_new:
+                    break
+                step_input = next_id.view(1, 1)
+                fed = [token]
             tail = stops.push(decoder.flush()) + stops.flush()
             if tail:
                 yield GenerationChunk(text=tail)
         finally:
-            self._keep_slot(slot)
+            if consistent:
+                self._keep_slot(slot)
         yield GenerationChunk(
             done=True,
             finish_reason=finish,  # type: ignore[arg-type]
