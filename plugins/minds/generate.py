@@ -126,9 +126,13 @@ def generate_slow(rng: random.Random, n: int, eval_fraction: float, pools: Pools
         lang = _lang(rng)
         tid, task = draw_task(rng, pools.slow[(split, lang)], lang, runner)
         previous: list[tuple[str, str]] = []
-        if rng.random() < 0.3:  # some traces start mid-dialogue (the retrospect has history)
+        context_draw = rng.random()
+        if context_draw < 0.25:  # some traces start mid-dialogue (the retrospect has history)
             chat_fam, ci = rng.choice(pools.chat[(split, lang)])
             previous.append((chat_fam.phrasings[lang][ci], rng.choice(chat_fam.responses[lang])))
+        elif context_draw < 0.4:  # after an earlier looked-up answer (its final reply)
+            _, earlier = draw_task(rng, pools.slow[(split, lang)], lang, runner)
+            previous.append((earlier.query, rng.choice(T.FINAL_REPLIES[lang]).format(answer=earlier.answer)))
         target = evals if split == "eval" else train
         target.append({"id": f"slow-{split}-{k:05d}", "category": f"slow/{split}/{tid}",
                        "messages": slow_messages(system_prompt, previous, task),
