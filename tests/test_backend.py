@@ -300,3 +300,11 @@ def test_int8_quantization_is_opt_in_and_runs(tiny_model):
     assert completion.usage.completion_tokens >= 1
     with pytest.raises(ModelLoadError, match="unknown quantization"):
         TransformersBackend(ModelSpec(model=str(tiny_model)), quantize="int3")
+
+
+def test_loader_int8_dtype_quantizes_linear_layers(tiny_model):
+    import torch
+
+    quantized = models.load_model(str(tiny_model), device="cpu", dtype="int8")
+    linear_types = {type(m).__name__ for m in quantized.modules() if "Linear" in type(m).__name__}
+    assert linear_types and not any(type(m) is torch.nn.Linear for m in quantized.modules())
