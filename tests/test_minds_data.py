@@ -53,12 +53,14 @@ def test_generation_is_reproducible_from_the_seed(data, tmp_path, capsys):
 
 
 def test_splits_hold_out_whole_templates(data):
+    from duma.plugins.minds.generate import template_ids
+
     templates: dict[str, set[str]] = {"train": set(), "eval": set()}
     for name in ("fast_train.jsonl", "fast_eval.jsonl", "slow_train.jsonl", "slow_eval.jsonl"):
         for r in read(data / name):
-            kind, split, tids = r["category"].split("/", 2)
+            kind, split = r["category"].split("/")
             assert r["id"].startswith(f"{kind}-{split}-") and name.endswith(f"_{split}.jsonl")
-            templates[split].update(tids.split("+"))
+            templates[split].update(template_ids(r["id"]))
     assert templates["train"] and templates["eval"]
     assert not templates["train"] & templates["eval"]
     summary = json.loads((data / "summary.json").read_text())
@@ -96,7 +98,7 @@ def test_fast_samples_equal_the_agents_context(data):
     assert turns
     system = fast_mind.fast_system_prompt(None, None)
     for turn in turns:
-        messages = dialogues[turn["id"].rsplit("-t", 1)[0]]
+        messages = dialogues[turn["dialogue"]]
         context = fast_mind.build_context(system, _logged_history(turn["history"]), turn["text"], 20)
         assert [m.model_dump() for m in context] == messages[:len(context)]
         answer = protocol.parse_fast(messages[len(context)]["content"])

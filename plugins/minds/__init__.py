@@ -43,10 +43,12 @@ def generate_command(out: Path, seed: int, n_fast: int, n_slow: int, eval_fracti
     summary = generate(out, seed, n_fast, n_slow, eval_fraction, today or DEFAULT_TODAY)
     for name, count in summary.files.items():
         tokens = summary.tokens_estimate.get(name)
-        extra = f", ~{tokens:,} tokens" if tokens is not None else ""
+        extra = (f", ~{tokens:,} tokens (chars/3.5), ~{summary.tokens_with_template[name]:,} with the chat "
+                 "template" if tokens is not None else "")
         click.echo(f"{out / name}: {count} records{extra}")
     train_tokens = sum(v for k, v in summary.tokens_estimate.items() if k.endswith("_train.jsonl"))
-    click.echo(f"train tokens per epoch (chars/3.5): ~{train_tokens:,}; "
+    templated = sum(v for k, v in summary.tokens_with_template.items() if k.endswith("_train.jsonl"))
+    click.echo(f"train tokens per epoch: ~{train_tokens:,} (chars/3.5), ~{templated:,} with the chat template; "
                f"{len(summary.train_templates)} train templates, {len(summary.eval_templates)} held out")
 
 

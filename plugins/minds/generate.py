@@ -30,6 +30,8 @@ KNOWLEDGE_DIR = Path(__file__).resolve().parents[2] / "examples" / "knowledge"
 DEFAULT_TODAY = "2025-06-16"
 MEMORY_TURNS = 20  # the agent's default dialogue memory (AgentConfig.memory_turns)
 CHARS_PER_TOKEN = 3.5
+# Measured on the default data with the embedded tokenizer, chat template included.
+CHARS_PER_TOKEN_WITH_TEMPLATE = 2.6
 ZH_SHARE = 0.12
 
 
@@ -39,6 +41,7 @@ class GenerateSummary(BaseModel):
     today: str
     files: dict[str, int]  # file name -> records
     tokens_estimate: dict[str, int]  # file name -> chars / 3.5
+    tokens_with_template: dict[str, int]  # file name -> chars / 2.6 (what training sees)
     eval_templates: list[str]
     train_templates: list[str]
 
@@ -134,7 +137,7 @@ def generate_slow(rng: random.Random, n: int, eval_fraction: float, pools: Pools
             _, earlier = draw_task(rng, pools.slow[(split, lang)], lang, runner)
             previous.append((earlier.query, rng.choice(T.FINAL_REPLIES[lang]).format(answer=earlier.answer)))
         target = evals if split == "eval" else train
-        target.append({"id": f"slow-{split}-{k:05d}", "category": f"slow/{split}/{tid}",
+        target.append({"id": f"slow-{split}-{k:05d}:{tid}", "category": f"slow/{split}",
                        "messages": slow_messages(system_prompt, previous, task),
                        "expected": task.expected})
     return train, evals
@@ -237,12 +240,15 @@ def generate_fast(rng: random.Random, n: int, eval_fraction: float, pools: Pools
             turns.append(turn)
         messages, before = fast_messages(system_prompt, turns)
         rid = f"fast-{split}-{k:05d}"
-        record = {"id": rid, "category": f"fast/{split}/" + "+".join(t.template for t in turns),
+        # The id names the templates (``fast-train-00003:greet/en0+percent/en1``); the category
+        # is the split, so ``duma data stats`` groups by it.
+        record = {"id": f"{rid}:" + "+".join(t.template for t in turns), "category": f"fast/{split}",
                   "messages": messages}
         (evals if split == "eval" else train).append(record)
         for j, turn in enumerate(turns):
             if split == "eval":
-                routing_eval.append({"id": f"{rid}-t{j}", "template": turn.template, "text": turn.text,
+                routing_eval.append({"id": f"{rid}-t{j}", "dialogue": record["id"], "template": turn.template,
+                                     "text": turn.text,
                                      "history": _history_json(before[j]), "slow": turn.slow,
                                      "expected": turn.expected})
             else:
@@ -251,6 +257,11 @@ def generate_fast(rng: random.Random, n: int, eval_fraction: float, pools: Pools
 
 
 # --------------------------------------------------------------------------- driver
+
+def template_ids(record_id: str) -> list[str]:
+    """The template ids a record was built from (they follow the ``:`` of its id)."""
+    return record_id.split(":", 1)[1].split("+")
+
 
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     with path.open("w", encoding="utf-8", newline="\n") as f:
@@ -286,14 +297,14 @@ def generate(out: Path, seed: int = 0, n_fast: int = 600, n_slow: int = 500, eva
         _write_jsonl(out / name, records)
     _write_jsonl(out / "slow_expected.jsonl",
                  [{"id": k, "expected": v} for k, v in slow_expected.items() if k.startswith("slow-eval")])
-    categories = [r["category"] for r in fast_train + fast_eval + slow_train + slow_eval]
     by_split: dict[str, set[str]] = {"train": set(), "eval": set()}
-    for c in categories:
-        _, split, tids = c.split("/", 2)
-        by_split[split].update(tids.split("+"))
+    for r in fast_train + fast_eval + slow_train + slow_eval:
+        by_split[r["category"].split("/")[1]].update(template_ids(r["id"]))
     summary = GenerateSummary(
         out=str(out), seed=seed, today=today, files={n: len(r) for n, r in files.items()},
         tokens_estimate={n: round(_chars(r) / CHARS_PER_TOKEN) for n, r in files.items() if n.startswith(("fast", "slow"))},
+        tokens_with_template={n: round(_chars(r) / CHARS_PER_TOKEN_WITH_TEMPLATE) for n, r in files.items()
+                              if n.startswith(("fast", "slow"))},
         eval_templates=sorted(by_split["eval"]), train_templates=sorted(by_split["train"]))
     (out / "summary.json").write_text(json.dumps(summary.model_dump(), ensure_ascii=False, indent=1) + "\n",
                                       encoding="utf-8")

@@ -156,7 +156,7 @@ def measure_end_to_end(fast: Any, slow: Any, tools: dict[str, Any], turns: list[
     agent = Agent(config, log=False, fast_backend=fast, slow_backend=slow, tools=tools)
     dialogues: dict[str, list[dict[str, Any]]] = {}
     for turn in turns:
-        dialogues.setdefault(turn["id"].rsplit("-t", 1)[0], []).append(turn)
+        dialogues.setdefault(turn["dialogue"], []).append(turn)
     correct = slow_turns = n = 0
     first_tokens: list[float] = []
     for dialogue in dialogues.values():
