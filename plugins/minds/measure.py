@@ -200,7 +200,7 @@ def routing_figures(turns: list[dict[str, Any]], invoke_rows: list[dict[str, Any
 
 def measure(data: Path, *, model: str = "embedded", fast_adapter: str | None = None,
             slow_adapter: str | None = None, limit: int | None = None, max_tokens: int = 96,
-            today: str = DEFAULT_TODAY, device: str = "cpu") -> MeasureReport:
+            today: str = DEFAULT_TODAY, device: str = "auto") -> MeasureReport:
     from duma.agents.agent import load_tools
     from duma.models import load_backend
     from duma.types import ModelSpec
