@@ -489,10 +489,17 @@ class _Turn:
         yield FinalDone(conversation_id=cid, text=final_text, slow_ran=True, usage=self.usage,
                         first_token_s=self.first_token_s, total_s=time.perf_counter() - self.started)
 
+    def _slow_options(self, slow_backend: Backend) -> GenerationOptions:
+        """The slow mind's options, each step capped: a step is one Reason and one Act, so a
+        model that rambles is cut short instead of spending the turn's whole time budget."""
+        options = fast_mind.cap_max_tokens(slow_backend, self.agent.slow_spec.options)
+        cap = self.cfg.slow_step_max_tokens
+        return options if options.max_tokens <= cap else options.model_copy(update={"max_tokens": cap})
+
     def _run_slow(self, history: list[LoggedMessage]) -> Iterator[SlowStep | SlowDone]:
         slow_backend = self.agent.slow_backend
         slow = SlowMind(slow_backend, self.agent.tools, system_prompt=self.agent.slow_spec.system_prompt,
-                        options=fast_mind.cap_max_tokens(slow_backend, self.agent.slow_spec.options),
+                        options=self._slow_options(slow_backend),
                         max_steps=self.cfg.max_slow_steps, timeout_s=self.cfg.slow_timeout_s,
                         tool_timeout_s=self.cfg.tool_timeout_s)
         query = fast_mind.retrospect(history, self.text, self.cfg.memory_turns)
@@ -514,6 +521,7 @@ def fallback_reply(slow_done: SlowDone, raw_reply: str) -> str:
     if slow_done.finished:
         return f"Here is what I found: {result}"
     return f"I could not finish looking into this. {result}"
+
 
 
 __all__ = ["Agent", "FastMindDecides", "Reply", "load_backend", "load_router", "load_tools"]

@@ -156,16 +156,17 @@ class SlowMind:
         seen_actions: set[str] = set()
         found: list[str] = []  # successful observations: "what was found so far"
         garbled_in_a_row = 0
-        last_text = ""
+        model_error = ""
 
         def done(result: str, finished: bool, reason: str | None) -> SlowDone:
             if not finished:
-                so_far = "; ".join(found) if found else (last_text or "nothing yet")
+                # Only tool results count as findings: a rambling model's raw text is not one.
+                so_far = "; ".join(found) if found else "nothing useful yet"
                 note = {"steps": f"stopped after {self.max_steps} steps",
                         "timeout": f"stopped after {self.timeout_s:g} s",
                         "loop": "stopped because it repeated the same action",
                         "garbled": "stopped because its output did not follow the protocol",
-                        "error": "stopped by a model error"}.get(reason or "", "stopped")
+                        "error": f"stopped by a {model_error}"}.get(reason or "", "stopped")
                 result = f"(unfinished: {note}) What was found so far: {so_far}"
             return SlowDone(conversation_id=conversation_id, result=result, finished=finished,
                             steps=len(steps), usage=usage)
@@ -187,11 +188,10 @@ class SlowMind:
                         timed_out = True
                         break
             except Exception as exc:
-                last_text = f"model error: {_first_line(exc)}"
+                model_error = f"model error: {_first_line(exc)}"
                 yield done("", False, "error")
                 return
             raw = "".join(parts)
-            last_text = raw.strip()[:500] or last_text
             if timed_out:
                 yield done("", False, "timeout")
                 return

@@ -38,6 +38,8 @@ class AgentConfig(Strict):
     router_options: dict[str, Any] = Field(default_factory=dict)
     tools: list[str] | None = Field(None, description="Tool names; None = all registered.")
     max_slow_steps: int = Field(6, ge=1, le=100)
+    slow_step_max_tokens: int = Field(
+        160, ge=8, le=4096, description="Cap on tokens the slow mind writes per Reason/Act step.")
     slow_timeout_s: float = Field(60.0, gt=0)
     tool_timeout_s: float = Field(10.0, gt=0)
     knowledge_dir: Path | None = Field(None, description="Folder of .txt/.md files to search.")

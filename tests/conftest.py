@@ -9,6 +9,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+DISTRIBUTED_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 @pytest.fixture(autouse=True)
@@ -25,8 +26,16 @@ def duma_home(tmp_path, monkeypatch) -> Path:
     from duma import host
 
     host.reset()
+    dist_before = {v: os.environ.get(v) for v in DISTRIBUTED_ENV}
     yield home
     host.reset()
+    # An in-process training run sets these for torch.distributed; later subprocesses must
+    # not inherit them.
+    for var, value in dist_before.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
 
 
 @pytest.fixture(scope="session")
