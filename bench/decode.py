@@ -7,7 +7,8 @@ Prints one JSON object:
 
     python bench/decode.py [--model embedded] [--new-tokens 128] [--runs 3] [--int8]
 
-``ratio`` is duma decode tok/s divided by plain decode tok/s. ``second_turn`` compares the
+``ratio`` is duma decode tok/s divided by plain decode tok/s. ``tiny_model_overhead`` is the
+per-token time of both loops on a tiny random model (pure loop overhead, robust to load). ``second_turn`` compares the
 time to first token of a follow-up turn with the KV cache of the first turn reused and with
 no cache.
 """
@@ -100,7 +101,31 @@ def _second_turn(backend: Any, messages: list, runs: int) -> dict[str, Any]:
     }
 
 
-def main() -> None:
+def _tiny_overhead(runs: int, new_tokens: int = 200) -> dict[str, float]:
+    """Per-token milliseconds on a tiny random model, where compute is negligible: the
+    loop's own overhead, much less sensitive to background load than the real model."""
+    import tempfile
+
+    from duma.testing import make_tiny_model
+    from duma.types import Message, ModelSpec
+    from duma.plugins.transformers_backend import TransformersBackend
+
+    with tempfile.TemporaryDirectory() as folder:
+        backend = TransformersBackend(ModelSpec(model=str(make_tiny_model(folder)), device="cpu"))
+    backend._eos_ids = set()
+    messages = [Message(role="user", content=PROMPT)]
+    prompt_ids = backend.prompt_ids(messages)
+    _duma_run(backend, messages, 8)
+    _plain_run(backend.model, prompt_ids, 8)
+    duma, plain = [], []
+    for _ in range(runs):
+        duma.append(_duma_run(backend, messages, new_tokens)["total_s"])
+        plain.append(_plain_run(backend.model, prompt_ids, new_tokens)["total_s"])
+    return {"duma_ms_per_token": round(statistics.median(duma) / new_tokens * 1e3, 3),
+            "plain_ms_per_token": round(statistics.median(plain) / new_tokens * 1e3, 3)}
+
+
+def main(out: Any = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--new-tokens", type=int, default=128)
@@ -148,6 +173,7 @@ def main() -> None:
         "duma_runs_decode_tok_s": [round(r["decode_tok_s"], 2) for r in duma_runs],
         "plain_runs_decode_tok_s": [round(r["decode_tok_s"], 2) for r in plain_runs],
         "second_turn": _second_turn(backend, messages, args.runs),
+        "tiny_model_overhead": _tiny_overhead(args.runs),
     }
     if args.int8:
         backend.close()
@@ -158,9 +184,15 @@ def main() -> None:
         int8 = _median([_duma_run(quantized, messages, args.new_tokens) for _ in range(args.runs)])
         result["duma_int8"] = int8
         result["int8_ratio_vs_plain"] = round(int8["decode_tok_s"] / plain["decode_tok_s"], 3)
-    print(json.dumps(result))
+    print(json.dumps(result), file=out or sys.stdout, flush=True)
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    main()
+    # Libraries log to stdout (DeepSpeed's accelerator notice): send fd 1 to stderr while
+    # measuring, so stdout holds only the JSON object.
+    sys.stdout.flush()
+    json_out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    main(json_out)

@@ -271,8 +271,7 @@ def test_adapter_changes_logits(tiny_model, tmp_path):
     lora.save_pretrained(str(tmp_path / "adapter"))
     adapted = models.load_model(str(tiny_model), adapter=str(tmp_path / "adapter"))
     merged = models.load_model(str(tiny_model), adapter=str(tmp_path / "adapter"), merge_adapter=True)
-    ids = torch.tensor([render_prompt_ids(base_tokenizer := models.load_tokenizer(str(tiny_model)), QUESTION)])
-    assert base_tokenizer is not None
+    ids = torch.tensor([render_prompt_ids(models.load_tokenizer(str(tiny_model)), QUESTION)])
     with torch.inference_mode():
         plain = base(input_ids=ids).logits
         with_adapter = adapted(input_ids=ids).logits
