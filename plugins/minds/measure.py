@@ -198,6 +198,21 @@ def routing_figures(turns: list[dict[str, Any]], invoke_rows: list[dict[str, Any
     return figures
 
 
+def balanced(turns: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
+    """At most ``limit`` turns, alternating slow and fast ones (file order otherwise), so a
+    small ``--limit`` still measures both decisions."""
+    if not limit or limit >= len(turns):
+        return turns
+    slow = [t for t in turns if t["slow"]]
+    fast = [t for t in turns if not t["slow"]]
+    picked: list[dict[str, Any]] = []
+    while len(picked) < limit and (slow or fast):
+        for pool in (slow, fast):
+            if pool and len(picked) < limit:
+                picked.append(pool.pop(0))
+    return picked
+
+
 def measure(data: Path, *, model: str = "embedded", fast_adapter: str | None = None,
             slow_adapter: str | None = None, limit: int | None = None, max_tokens: int = 96,
             today: str = DEFAULT_TODAY, device: str = "auto") -> MeasureReport:
@@ -206,7 +221,7 @@ def measure(data: Path, *, model: str = "embedded", fast_adapter: str | None = N
     from duma.types import ModelSpec
 
     report = MeasureReport(model=model, fast_adapter=fast_adapter, slow_adapter=slow_adapter, limit=limit)
-    turns = _read(data / "routing_eval.jsonl")[:limit] if limit else _read(data / "routing_eval.jsonl")
+    turns = balanced(_read(data / "routing_eval.jsonl"), limit)
     slow_eval = _read(data / "slow_eval.jsonl")
     expected = {r["id"]: r["expected"] for r in _read(data / "slow_expected.jsonl")}
     slow_eval = slow_eval[:limit] if limit else slow_eval
