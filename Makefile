@@ -35,8 +35,17 @@ chat: install
 test: install
 	$(BIN)/python -m pytest tests
 
+# Both minds' LoRA adapters from scratch: generate the data (seeded), then train each.
+minds: install
+	$(BIN)/duma minds generate --out .duma-minds/data --seed 0
+	$(BIN)/duma train configs/duma-default/fast.yaml --overwrite
+	$(BIN)/duma train configs/duma-default/slow.yaml --overwrite
+
+# Each benchmark prints one JSON object: our figure, the baseline's, the ratio.
 bench: install
 	$(BIN)/python bench/decode.py
+	$(BIN)/python bench/agent_latency.py
+	$(BIN)/python bench/train_throughput.py
 
 clean:
 	rm -rf $(VENV) .test-cache

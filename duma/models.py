@@ -18,6 +18,8 @@ import shutil
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -200,13 +202,35 @@ def pick_dtype(dtype: str, device: str) -> Any:
         raise ModelLoadError(f"unknown dtype '{dtype}'", "use auto, float32, bfloat16 or float16") from None
 
 
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Keep per-load chatter off the terminal: transformers' weight-loading bar and DeepSpeed's
+    accelerator probe (imported by transformers), which would print on every chat start.
+    The one-time GGUF conversion keeps its progress bar."""
+    from transformers.utils import logging as hf_logging
+
+    if "DS_ACCELERATOR" not in os.environ:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ["DS_ACCELERATOR"] = "cpu"
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_tokenizer(model: str) -> Any:
     """The tokenizer of a model reference."""
     from transformers import AutoTokenizer
 
     path = resolve_model_path(model)
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        with _quiet_loading():
+            return AutoTokenizer.from_pretrained(str(path))
     except Exception as exc:
         raise ModelLoadError(f"cannot load the tokenizer from {path}: {_first_line(exc)}",
                              "check that the folder holds a complete tokenizer") from None
@@ -233,7 +257,8 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto", adapter: s
         return quantize_int8(loaded)
     torch_dtype = pick_dtype(dtype, device)
     try:
-        loaded = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
+        with _quiet_loading():
+            loaded = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
     except Exception as exc:
         raise ModelLoadError(f"cannot load the model from {path}: {_first_line(exc)}",
                              "check that the folder holds complete model weights") from None

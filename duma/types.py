@@ -45,7 +45,8 @@ class ModelSpec(BaseModel):
     model: str = Field("embedded", description="'embedded', an HF model folder or a .gguf file.")
     adapter: str | None = Field(None, description="Optional peft adapter folder.")
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]'.")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "int8"] = Field(
+        "auto", description="'int8': CPU-only dynamic int8 weights, about 1.6x faster decode.")
     options: GenerationOptions = Field(default_factory=GenerationOptions)
 
 
