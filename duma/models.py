@@ -202,6 +202,34 @@ def pick_dtype(dtype: str, device: str) -> Any:
         raise ModelLoadError(f"unknown dtype '{dtype}'", "use auto, float32, bfloat16 or float16") from None
 
 
+def split_adapter(model: str, adapter: str | None = None) -> tuple[str, str | None]:
+    """A peft adapter folder given as the model means its base model with that adapter, so
+    ``duma chat -m runs/my-lora`` works. The base comes from duma's ``duma_adapter.json`` (the
+    reference the run config gave, e.g. ``embedded``: portable across machines), else from
+    peft's ``base_model_name_or_path``."""
+    path = Path(model).expanduser()
+    if adapter is not None or not path.is_dir() or (path / "config.json").is_file():
+        return model, adapter
+    peft_config = path / "adapter_config.json"
+    if not peft_config.is_file():
+        return model, adapter
+    import json
+
+    duma_meta = path / "duma_adapter.json"
+    try:
+        if duma_meta.is_file():
+            base = json.loads(duma_meta.read_text(encoding="utf-8")).get("base_model")
+        else:
+            base = json.loads(peft_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except ValueError as exc:
+        raise ModelLoadError(f"adapter folder {path} has an unreadable config ({exc})",
+                             "re-export the adapter") from None
+    if not base:
+        raise ModelLoadError(f"adapter folder {path} does not name its base model",
+                             "set base_model_name_or_path in adapter_config.json, or pass the base with -m")
+    return str(base), str(path)
+
+
 @contextmanager
 def _quiet_loading() -> Iterator[None]:
     """Keep per-load chatter off the terminal: transformers' weight-loading bar and DeepSpeed's
@@ -227,7 +255,10 @@ def load_tokenizer(model: str) -> Any:
     """The tokenizer of a model reference."""
     from transformers import AutoTokenizer
 
-    path = resolve_model_path(model)
+    base, adapter = split_adapter(model)
+    # An adapter run saves its tokenizer beside it (it may have grown); else the base's.
+    has_own = adapter is not None and (Path(adapter) / "tokenizer_config.json").is_file()
+    path = Path(adapter) if has_own else resolve_model_path(base)
     try:
         with _quiet_loading():
             return AutoTokenizer.from_pretrained(str(path))
@@ -247,6 +278,7 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto", adapter: s
     """
     from transformers import AutoModelForCausalLM
 
+    model, adapter = split_adapter(model, adapter)
     path = resolve_model_path(model)
     device = pick_device(device)
     if dtype == INT8:

@@ -285,6 +285,22 @@ def test_adapter_changes_logits(tiny_model, tmp_path):
     assert adapted_backend.generate(QUESTION, GenerationOptions(max_tokens=3)).usage.completion_tokens >= 1
 
 
+def test_an_adapter_folder_given_as_the_model_loads_on_its_base(tiny_model, tmp_path):
+    """`duma chat -m runs/my-lora`: the adapter folder names its base model."""
+    from peft import LoraConfig, get_peft_model
+
+    from duma.plugins.transformers_backend import TransformersBackend
+
+    lora = get_peft_model(models.load_model(str(tiny_model)),
+                          LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora.save_pretrained(str(tmp_path / "adapter"))  # base_model_name_or_path = the tiny folder
+    options = GenerationOptions(max_tokens=6)
+    explicit = TransformersBackend(ModelSpec(model=str(tiny_model), adapter=str(tmp_path / "adapter")))
+    implied = TransformersBackend(ModelSpec(model=str(tmp_path / "adapter")))
+    assert implied.generate(QUESTION, options).text == explicit.generate(QUESTION, options).text
+    assert models.split_adapter(str(tiny_model)) == (str(tiny_model), None)
+
+
 def test_missing_adapter_is_a_one_line_error(tiny_model, tmp_path):
     with pytest.raises(ModelLoadError, match="adapter_config.json") as info:
         models.load_model(str(tiny_model), adapter=str(tmp_path))
