@@ -46,6 +46,8 @@ class EndToEndMetrics(BaseModel):
     correct_share: float | None = None
     slow_share: float | None = None
     median_first_token_s_fast_path: float | None = None
+    errors: int = 0  # turns the agent ended with an error (counted as wrong)
+    first_error: str | None = None
 
 
 class RouterFigures(BaseModel):
@@ -157,20 +159,29 @@ def measure_end_to_end(fast: Any, slow: Any, tools: dict[str, Any], turns: list[
     dialogues: dict[str, list[dict[str, Any]]] = {}
     for turn in turns:
         dialogues.setdefault(turn["dialogue"], []).append(turn)
-    correct = slow_turns = n = 0
+    from duma.errors import DumaError
+
+    correct = slow_turns = n = errors = 0
+    first_error: str | None = None
     first_tokens: list[float] = []
     for dialogue in dialogues.values():
         cid = agent.new_conversation()
         for turn in dialogue:
-            reply = agent.chat(turn["text"], cid)
             n += 1
+            try:
+                reply = agent.chat(turn["text"], cid)
+            except DumaError as exc:  # an agent failure is a wrong answer, not the end of the run
+                errors += 1
+                first_error = first_error or str(exc)
+                continue
             correct += _contains(reply.text, turn["expected"])
             slow_turns += reply.slow_ran
             if not reply.slow_ran and reply.first_token_s is not None:
                 first_tokens.append(reply.first_token_s)
     return EndToEndMetrics(dialogues=len(dialogues), turns=n, correct_share=_share(correct, n),
                            slow_share=_share(slow_turns, n),
-                           median_first_token_s_fast_path=statistics.median(first_tokens) if first_tokens else None)
+                           median_first_token_s_fast_path=statistics.median(first_tokens) if first_tokens else None,
+                           errors=errors, first_error=first_error)
 
 
 def routing_figures(turns: list[dict[str, Any]], invoke_rows: list[dict[str, Any]], slow_correct: list[bool],
@@ -261,7 +272,8 @@ def to_markdown(report: MeasureReport) -> str:
             f"| end to end: correct final answers (turns={report.end_to_end.turns}) | "
             f"{_fmt(report.end_to_end.correct_share)} |",
             f"| end to end: share of turns sent to the slow mind | {_fmt(report.end_to_end.slow_share)} |",
-            f"| median time to first token, fast path (s) | {_fmt(report.end_to_end.median_first_token_s_fast_path)} |"]
+            f"| median time to first token, fast path (s) | {_fmt(report.end_to_end.median_first_token_s_fast_path)} |",
+            f"| end to end: turns ended by an agent error | {report.end_to_end.errors} |"]
     for name, fig in report.routing.items():
         rows.append(f"| router {name}: APGR / CPT(50%) | {_fmt(fig.apgr)} / {_fmt(fig.cpt50)} |")
     return "\n".join(rows)
