@@ -47,6 +47,8 @@ def render_text(tokenizer: Any, messages: Sequence[Message | dict[str, Any]],
     """The conversation as model input text; with ``add_generation_prompt`` it ends where the
     next assistant reply begins."""
     msgs = _as_dicts(messages)
+    if not msgs:
+        return ""  # the prefix before a leading message (templates refuse empty conversations)
     if has_chat_template(tokenizer):
         return tokenizer.apply_chat_template(msgs, add_generation_prompt=add_generation_prompt, tokenize=False)
     return _belle_text(msgs, tokenizer.eos_token or "", add_generation_prompt)
