@@ -40,6 +40,10 @@ minds: install
 	$(BIN)/duma minds generate --out .duma-minds/data --seed 0
 	$(BIN)/duma train configs/duma-default/fast.yaml --overwrite
 	$(BIN)/duma train configs/duma-default/slow.yaml --overwrite
+	$(BIN)/duma router train .duma-minds/data/router_train.jsonl --out .duma-minds/router.npz
+	$(BIN)/duma minds measure --data .duma-minds/data --limit 60 --out .duma-minds/untrained.json
+	$(BIN)/duma minds measure --data .duma-minds/data --fast-adapter .duma-minds/fast-adapter \
+	    --slow-adapter .duma-minds/slow-adapter --limit 60 --out .duma-minds/trained.json
 
 # Each benchmark prints one JSON object: our figure, the baseline's, the ratio.
 bench: install
