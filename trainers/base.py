@@ -281,6 +281,12 @@ def init_distributed() -> tuple[int, int]:
                                "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         deepspeed.init_distributed(dist_backend=backend)
+    else:
+        # A later run in the same process reuses the group, but DeepSpeed's engine still
+        # reads these (and an embedding application may have cleared them).
+        for var, value in (("RANK", dist.get_rank()), ("WORLD_SIZE", dist.get_world_size()),
+                           ("LOCAL_RANK", dist.get_rank())):
+            os.environ.setdefault(var, str(value))
     return dist.get_rank(), dist.get_world_size()
 
 
