@@ -93,6 +93,22 @@ def make_tiny_model(path: str | Path, *, seed: int = 0, layers: int = 2, hidden:
     return path
 
 
+def run_cli(args: Sequence[str], input: str | None = None) -> tuple[int, str, str]:
+    """Run the real ``duma`` entry point in-process (its one-line error handling and plugin
+    commands included): ``(exit code, stdout, stderr)``."""
+    from click.testing import CliRunner
+
+    from duma.cli import main
+
+    with CliRunner().isolation(input=input) as (out, err, _):
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        return code, out.getvalue().decode(), err.getvalue().decode()
+
+
 class ScriptedBackend(Backend):
     """Replays scripted replies in order (cycling at the end), streaming them word by word.
 

@@ -91,14 +91,19 @@ class BelleSource(JsonRecordSource):
         return [_conversation(msgs, "conversations", id=item.id, category=item.category)]
 
     def to_raw(self, record: Record) -> dict[str, Any]:
-        _need_kind(self, record, Conversation)
-        assert isinstance(record, Conversation)
-        names = {"user": "human", "assistant": "assistant", "system": "system"}
-        out: dict[str, Any] = {"id": record.id} if record.id is not None else {}
-        out["conversations"] = [{"from": names[m.role], "value": m.content} for m in record.messages]
-        if record.category is not None:
-            out["category"] = record.category
-        return out
+        return _conversations_raw(self, record, {"user": "human", "assistant": "assistant", "system": "system"})
+
+
+def _conversations_raw(source: DataSource, record: Record, names: dict[str, str]) -> dict[str, Any]:
+    """A conversation as ``{id, conversations: [{from, value}], category}`` with the
+    source's own names for the roles (belle and sharegpt differ only there)."""
+    _need_kind(source, record, Conversation)
+    assert isinstance(record, Conversation)
+    out: dict[str, Any] = {"id": record.id} if record.id is not None else {}
+    out["conversations"] = [{"from": names[m.role], "value": m.content} for m in record.messages]
+    if record.category is not None:
+        out["category"] = record.category
+    return out
 
 
 class _OpenAIMessage(BaseModel):
@@ -138,14 +143,7 @@ class ShareGPTSource(JsonRecordSource):
         return [_conversation(msgs, container, id=item.id, category=item.category)]
 
     def to_raw(self, record: Record) -> dict[str, Any]:
-        _need_kind(self, record, Conversation)
-        assert isinstance(record, Conversation)
-        names = {"user": "human", "assistant": "gpt", "system": "system"}
-        out: dict[str, Any] = {"id": record.id} if record.id is not None else {}
-        out["conversations"] = [{"from": names[m.role], "value": m.content} for m in record.messages]
-        if record.category is not None:
-            out["category"] = record.category
-        return out
+        return _conversations_raw(self, record, {"user": "human", "assistant": "gpt", "system": "system"})
 
 
 # ----------------------------------------------------------------------------- alpaca

@@ -16,27 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from duma import events as ev
 from duma.plugins import chat
+from duma.testing import run_cli
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def run_duma(args: list[str], input: str | None = None) -> tuple[int, str, str]:
-    """Run the real entry point (its one-line error handling included) in-process."""
-    from duma.cli import main
-
-    runner = CliRunner()
-    with runner.isolation(input=input) as (out, err, _):
-        try:
-            main(args)
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        return code, out.getvalue().decode(), err.getvalue().decode()
 
 
 def fast_turn(reply: str, cid: str = "c1") -> list[object]:
@@ -163,7 +149,7 @@ def test_option_errors_are_one_line_exit_2() -> None:
     for args, message in ((["chat", "-o", "temperature", "9"], "Error: -o temperature: must be <= 5"),
                           (["prompt", "-o", "foo", "1", "hi"], "Error: -o foo: unknown option; allowed: "),
                           (["chat", "-c", "--cid", "x"], "Error: -c/--continue and --cid")):
-        code, out, err = run_duma(args, input="hello\n")
+        code, out, err = run_cli(args, input="hello\n")
         assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith(message), err
 
 
@@ -214,7 +200,7 @@ def run_fresh(args: list[str], input: str | None = None) -> tuple[int, str, str]
     from duma.models import clear_backends
 
     clear_backends()
-    return run_duma(args, input)
+    return run_cli(args, input)
 
 
 def logged(duma_home: Path) -> list[tuple[str, list[tuple[str, str]]]]:

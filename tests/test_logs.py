@@ -7,24 +7,11 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+
 
 from duma.logstore import LogStore
+from duma.testing import run_cli
 from duma.types import Message
-
-
-def run_duma(args: list[str], input: str | None = None) -> tuple[int, str, str]:
-    """Run the real entry point (its one-line error handling included) in-process."""
-    from duma.cli import main
-
-    runner = CliRunner()
-    with runner.isolation(input=input) as (out, err, _):
-        try:
-            main(args)
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        return code, out.getvalue().decode(), err.getvalue().decode()
 
 
 def make_log(path: Path) -> tuple[str, str]:
@@ -40,53 +27,53 @@ def make_log(path: Path) -> tuple[str, str]:
 
 
 def test_path_defaults_to_duma_home_and_follows_config(duma_home: Path, tmp_path: Path, monkeypatch) -> None:
-    code, out, _ = run_duma(["logs", "path"])
+    code, out, _ = run_cli(["logs", "path"])
     assert code == 0 and out.strip() == str(duma_home / "logs.db")
     monkeypatch.setenv("DUMA_LOGGING__DATABASE", str(tmp_path / "elsewhere.db"))
-    code, out, _ = run_duma(["logs", "path"])
+    code, out, _ = run_cli(["logs", "path"])
     assert code == 0 and out.strip() == str(tmp_path / "elsewhere.db")
 
 
 def test_empty_log_lists_nothing_and_creates_no_file(duma_home: Path) -> None:
-    code, out, _ = run_duma(["logs", "list", "--json"])
+    code, out, _ = run_cli(["logs", "list", "--json"])
     assert code == 0 and json.loads(out) == []
-    code, out, _ = run_duma(["logs", "list"])
+    code, out, _ = run_cli(["logs", "list"])
     assert code == 0 and "No conversations" in out
-    code, out, err = run_duma(["logs", "show"])
+    code, out, err = run_cli(["logs", "show"])
     assert code == 1 and out == "" and err.count("\n") == 1 and "no conversations logged yet" in err
     assert not (duma_home / "logs.db").exists()
 
 
 def test_list_and_show(duma_home: Path) -> None:
     first, second = make_log(duma_home / "logs.db")
-    code, out, _ = run_duma(["logs", "list", "--json"])
+    code, out, _ = run_cli(["logs", "list", "--json"])
     rows = json.loads(out)
     assert code == 0 and [r["id"] for r in rows] == [second, first]
     assert rows[1]["model"] == "tiny" and rows[1]["messages"] == 2
 
-    code, out, _ = run_duma(["logs", "list", "--json", "-n", "1"])
+    code, out, _ = run_cli(["logs", "list", "--json", "-n", "1"])
     assert [r["id"] for r in json.loads(out)] == [second]
 
-    code, out, _ = run_duma(["logs", "list"])
+    code, out, _ = run_cli(["logs", "list"])
     assert code == 0 and first in out and second in out and "tiny" in out
 
-    code, out, _ = run_duma(["logs", "show", first, "--json"])
+    code, out, _ = run_cli(["logs", "show", first, "--json"])
     data = json.loads(out)
     assert code == 0 and data["id"] == first and data["model"] == "tiny"
     assert [(m["role"], m["content"]) for m in data["messages"]] == [("user", "hello"),
                                                                       ("assistant", "hi **there**")]
 
     for latest in (["logs", "show", "--json"], ["logs", "show", "-c", "--json"]):
-        code, out, _ = run_duma(latest)
+        code, out, _ = run_cli(latest)
         assert code == 0 and json.loads(out)["id"] == second
 
-    code, out, _ = run_duma(["logs", "show", first])
+    code, out, _ = run_cli(["logs", "show", first])
     assert code == 0 and "hello" in out and "there" in out and "**" not in out  # Markdown rendered
 
 
 def test_unknown_id_is_one_line_error(duma_home: Path) -> None:
     make_log(duma_home / "logs.db")
-    code, out, err = run_duma(["logs", "show", "nope"])
+    code, out, err = run_cli(["logs", "show", "nope"])
     assert code == 1 and out == ""
     assert err.strip().splitlines() == [err.strip()] and "unknown conversation ID 'nope'" in err
 
@@ -95,7 +82,7 @@ def test_corrupt_database_is_one_line_log_store_error(duma_home: Path) -> None:
     duma_home.mkdir(parents=True, exist_ok=True)
     (duma_home / "logs.db").write_bytes(b"this is not a database at all\x00\x01\x02" * 200)
     for args in (["logs", "list"], ["logs", "show", "x"], ["logs", "list", "--json"]):
-        code, out, err = run_duma(args)
+        code, out, err = run_cli(args)
         assert code == 1 and out == ""
         assert err.count("\n") == 1 and "unreadable" in err and "Traceback" not in err
 
@@ -108,7 +95,7 @@ def test_locked_database_is_one_line_log_store_error(duma_home: Path) -> None:
     holder.execute("PRAGMA locking_mode=EXCLUSIVE")
     holder.execute("BEGIN EXCLUSIVE")  # no other connection can even read now
     try:
-        code, out, err = run_duma(["logs", "list"])
+        code, out, err = run_cli(["logs", "list"])
     finally:
         holder.close()
     assert code == 1 and out == "" and err.count("\n") == 1 and "locked" in err
