@@ -97,6 +97,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     console = Console(stderr=True)
     try:
         with console.status(f"duma: converting {gguf.name} to a cached model folder (once, ~30 s)..."):
+            name_accelerator()
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
             from transformers.utils import logging as hf_logging
@@ -230,6 +231,16 @@ def split_adapter(model: str, adapter: str | None = None) -> tuple[str, str | No
     return str(base), str(path)
 
 
+def name_accelerator() -> None:
+    """Tell DeepSpeed (which transformers imports) that it runs on CPU when there is no GPU,
+    before anything imports it, instead of letting it warn that it guessed."""
+    if "DS_ACCELERATOR" not in os.environ:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 @contextmanager
 def _quiet_loading() -> Iterator[None]:
     """Keep per-load chatter off the terminal: transformers' weight-loading bar and DeepSpeed's
@@ -237,11 +248,7 @@ def _quiet_loading() -> Iterator[None]:
     The one-time GGUF conversion keeps its progress bar."""
     from transformers.utils import logging as hf_logging
 
-    if "DS_ACCELERATOR" not in os.environ:
-        import torch
-
-        if not torch.cuda.is_available():
-            os.environ["DS_ACCELERATOR"] = "cpu"
+    name_accelerator()
     enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:

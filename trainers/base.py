@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from duma import models
 from duma.errors import ConfigError, DumaError
 from duma.rendering import IGNORE_INDEX
 from duma.trainers.config import RunConfig
@@ -257,21 +258,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def name_accelerator() -> None:
-    """Tell DeepSpeed it runs on CPU when there is no GPU (before anything imports it), instead
-    of letting it warn that it guessed."""
-    import torch
-
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-
-
 def init_distributed() -> tuple[int, int]:
     """One process by default: set the launcher's variables when nobody launched us, then
     bring up a gloo process group (CPU) through DeepSpeed. Returns (rank, world size)."""
     import torch
 
-    name_accelerator()
+    models.name_accelerator()
     import deepspeed
     import torch.distributed as dist
 
@@ -358,7 +350,7 @@ class Trainer:
     def prepare(self) -> None:
         """Everything that can fail on bad input: output folder, model folder, tokenizer,
         data. Runs before DeepSpeed initialises."""
-        name_accelerator()
+        models.name_accelerator()
         if os.environ.get(LAUNCHED_ENV) != "1":
             self.check_output_dir()
         self.model_folder = resolve_model_folder(self.config.model)
