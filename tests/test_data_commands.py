@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from duma.cli import main
 from duma.data import Conversation, iter_records
 from duma.plugins.data_commands import (
     DedupCounts,
@@ -18,53 +17,48 @@ from duma.plugins.data_commands import (
     lsh_params,
     normalise_text,
 )
+from duma.testing import run_cli
 from duma.types import Message
 
 FIXTURES = Path(__file__).parent / "data" / "train"
 SEED_TASKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "belle" / "zh_seed_tasks.json"
 
 
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    """Run the duma CLI in-process: (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+def run(*args: str) -> tuple[int, str, str]:
+    """The duma CLI in-process: (exit code, stdout, stderr)."""
+    return run_cli(args)
 
 
 # ----------------------------------------------------------------------------- validate
 
 def test_validate_good_file_positional_source(capsys):
-    code, out, _ = run(capsys, "data", "validate", "belle", str(FIXTURES / "belle_good.jsonl"))
+    code, out, _ = run("data", "validate", "belle", str(FIXTURES / "belle_good.jsonl"))
     assert code == 0
     assert out.strip() == "belle: 3 valid records in 1 file"
 
 
 def test_validate_format_option_and_several_files(capsys):
-    code, out, _ = run(capsys, "data", "validate", "-f", "alpaca", str(FIXTURES / "alpaca_good.json"),
+    code, out, _ = run("data", "validate", "-f", "alpaca", str(FIXTURES / "alpaca_good.json"),
                        str(FIXTURES / "alpaca_good.json"))
     assert code == 0 and out.strip() == "alpaca: 6 valid records in 2 files"
 
 
 def test_validate_bad_file_exits_1_with_one_line(capsys):
     path = FIXTURES / "belle_bad.jsonl"
-    code, out, err = run(capsys, "data", "validate", "belle", str(path))
+    code, out, err = run("data", "validate", "belle", str(path))
     assert code == 1
     assert err.strip() == (f"Error: {path}:2: conversations.1.from: Input should be 'human', 'assistant', "
                            "'gpt', 'user' or 'system'")
 
 
 def test_validate_wrong_source_suggests_the_right_one(capsys):
-    code, _, err = run(capsys, "data", "validate", "--format", "belle", str(FIXTURES / "alpaca_good.json"))
+    code, _, err = run("data", "validate", "--format", "belle", str(FIXTURES / "alpaca_good.json"))
     assert code == 1 and "use source 'alpaca'" in err and len(err.strip().splitlines()) == 1
 
 
 def test_validate_skip_invalid_reports_counts_and_rejects(capsys, tmp_path):
     rejects = tmp_path / "rej.jsonl"
-    code, out, _ = run(capsys, "data", "validate", "belle", str(FIXTURES / "belle_bad.jsonl"),
+    code, out, _ = run("data", "validate", "belle", str(FIXTURES / "belle_bad.jsonl"),
                        "--skip-invalid", "--rejects", str(rejects))
     assert code == 0
     assert out.splitlines() == ["belle: 2 valid records in 1 file, 5 invalid", f"rejects written to {rejects}"]
@@ -73,23 +67,23 @@ def test_validate_skip_invalid_reports_counts_and_rejects(capsys, tmp_path):
 
 def test_validate_skip_invalid_default_rejects_in_cwd(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, out, _ = run(capsys, "data", "validate", "text", str(FIXTURES / "text_bad.jsonl"), "--skip-invalid")
+    code, out, _ = run("data", "validate", "text", str(FIXTURES / "text_bad.jsonl"), "--skip-invalid")
     assert code == 0 and (tmp_path / "text_bad.rejects.jsonl").exists()
 
 
 def test_validate_missing_file(capsys, tmp_path):
-    code, _, err = run(capsys, "data", "validate", "belle", str(tmp_path / "nope.jsonl"))
+    code, _, err = run("data", "validate", "belle", str(tmp_path / "nope.jsonl"))
     assert code == 1 and err.strip() == f"Error: data file {tmp_path / 'nope.jsonl'} does not exist (check the path)"
 
 
 @pytest.mark.skipif(not SEED_TASKS.exists(), reason="BELLE seed tasks not available")
 def test_validate_real_belle_seed_tasks(capsys):
-    code, out, _ = run(capsys, "data", "validate", "seed-tasks", str(SEED_TASKS))
+    code, out, _ = run("data", "validate", "seed-tasks", str(SEED_TASKS))
     assert code == 0 and out.startswith("seed-tasks: ") and "invalid" not in out
 
 
 def test_sources_lists_builtins(capsys):
-    code, out, _ = run(capsys, "data", "sources", "--json")
+    code, out, _ = run("data", "sources", "--json")
     names = {row["name"]: row for row in json.loads(out)}
     assert code == 0
     assert {"belle", "alpaca", "sharegpt", "text", "preference", "seed-tasks", "duma-logs"} <= set(names)
@@ -101,12 +95,12 @@ def test_sources_lists_builtins(capsys):
 def test_convert_round_trip_belle_sharegpt_belle(capsys, tmp_path):
     original = list(iter_records("belle", FIXTURES / "belle_good.jsonl"))
     share, back = tmp_path / "s.json", tmp_path / "b.jsonl"
-    code, out, _ = run(capsys, "data", "convert", str(FIXTURES / "belle_good.jsonl"), str(share),
+    code, out, _ = run("data", "convert", str(FIXTURES / "belle_good.jsonl"), str(share),
                        "--from", "belle", "--to", "sharegpt")
     assert code == 0 and out.startswith("wrote 3 records")
     assert isinstance(json.loads(share.read_text(encoding="utf-8")), list)
     assert json.loads(share.read_text(encoding="utf-8"))[0]["conversations"][1]["from"] == "gpt"
-    code, _, _ = run(capsys, "data", "convert", str(share), str(back), "--from", "sharegpt", "--to", "belle")
+    code, _, _ = run("data", "convert", str(share), str(back), "--from", "sharegpt", "--to", "belle")
     assert code == 0
     assert list(iter_records("belle", back)) == original
 
@@ -114,14 +108,14 @@ def test_convert_round_trip_belle_sharegpt_belle(capsys, tmp_path):
 def test_convert_alpaca_round_trip_keeps_multi_turn(capsys, tmp_path):
     original = list(iter_records("alpaca", FIXTURES / "alpaca_good.json"))
     belle, alpaca = tmp_path / "b.jsonl", tmp_path / "a.jsonl"
-    assert run(capsys, "data", "convert", str(FIXTURES / "alpaca_good.json"), str(belle), "--to", "belle")[0] == 0
-    assert run(capsys, "data", "convert", str(belle), str(alpaca), "--to", "alpaca")[0] == 0
+    assert run("data", "convert", str(FIXTURES / "alpaca_good.json"), str(belle), "--to", "belle")[0] == 0
+    assert run("data", "convert", str(belle), str(alpaca), "--to", "alpaca")[0] == 0
     assert list(iter_records("alpaca", alpaca)) == original
 
 
 def test_convert_to_native_jsonl_reads_back_with_sharegpt(capsys, tmp_path):
     out = tmp_path / "native.jsonl"
-    assert run(capsys, "data", "convert", str(FIXTURES / "belle_good.jsonl"), str(out), "--to", "jsonl")[0] == 0
+    assert run("data", "convert", str(FIXTURES / "belle_good.jsonl"), str(out), "--to", "jsonl")[0] == 0
     first = json.loads(out.read_text(encoding="utf-8").splitlines()[0])
     assert first == {"id": "b1", "messages": [{"role": "user", "content": "What is the capital of France?"},
                                               {"role": "assistant", "content": "Paris."}]}
@@ -131,12 +125,12 @@ def test_convert_to_native_jsonl_reads_back_with_sharegpt(capsys, tmp_path):
 def test_convert_parquet(capsys, tmp_path):
     pytest.importorskip("pyarrow")
     out = tmp_path / "b.parquet"
-    assert run(capsys, "data", "convert", str(FIXTURES / "belle_good.jsonl"), str(out), "--to", "belle")[0] == 0
+    assert run("data", "convert", str(FIXTURES / "belle_good.jsonl"), str(out), "--to", "belle")[0] == 0
     assert list(iter_records("belle", out)) == list(iter_records("belle", FIXTURES / "belle_good.jsonl"))
 
 
 def test_convert_kind_mismatch_is_one_line(capsys, tmp_path):
-    code, _, err = run(capsys, "data", "convert", str(FIXTURES / "belle_good.jsonl"), str(tmp_path / "t.jsonl"),
+    code, _, err = run("data", "convert", str(FIXTURES / "belle_good.jsonl"), str(tmp_path / "t.jsonl"),
                        "--to", "text")
     assert code == 1 and "cannot hold Conversation records" in err
 
@@ -169,7 +163,7 @@ def _crafted_dedup_file(path: Path) -> None:
 def test_dedup_counts_exact_and_near(capsys, tmp_path):
     src, out = tmp_path / "d.jsonl", tmp_path / "kept.jsonl"
     _crafted_dedup_file(src)
-    code, stdout, _ = run(capsys, "data", "dedup", str(src), "-f", "alpaca", "--out", str(out))
+    code, stdout, _ = run("data", "dedup", str(src), "-f", "alpaca", "--out", str(out))
     assert code == 0
     assert stdout.strip() == f"15 records: removed 3 exact and 2 near duplicates, kept 10 -> {out}"
     kept = list(iter_records("alpaca", out))
@@ -179,9 +173,9 @@ def test_dedup_counts_exact_and_near(capsys, tmp_path):
 def test_dedup_exact_only_and_strict_threshold(capsys, tmp_path):
     src = tmp_path / "d.jsonl"
     _crafted_dedup_file(src)
-    _, stdout, _ = run(capsys, "data", "dedup", str(src), "--out", str(tmp_path / "a.jsonl"), "--exact-only")
+    _, stdout, _ = run("data", "dedup", str(src), "--out", str(tmp_path / "a.jsonl"), "--exact-only")
     assert "removed 3 exact and 0 near" in stdout
-    _, stdout, _ = run(capsys, "data", "dedup", str(src), "--out", str(tmp_path / "b.jsonl"), "--threshold", "1.0")
+    _, stdout, _ = run("data", "dedup", str(src), "--out", str(tmp_path / "b.jsonl"), "--threshold", "1.0")
     assert "removed 3 exact and 0 near" in stdout
 
 
@@ -225,21 +219,21 @@ def test_split_is_deterministic_with_the_ratio(capsys, tmp_path):
     src = tmp_path / "all.jsonl"
     _categorised_file(src)
     for name in ("one", "two"):
-        code, out, _ = run(capsys, "data", "split", str(src), "--eval-ratio", "0.1", "--seed", "0",
+        code, out, _ = run("data", "split", str(src), "--eval-ratio", "0.1", "--seed", "0",
                            "--out-dir", str(tmp_path / name))
         assert code == 0 and "90 train" in out and "10 eval" in out
     assert _ids(tmp_path / "one" / "eval.jsonl") == _ids(tmp_path / "two" / "eval.jsonl")
     train, evals = _ids(tmp_path / "one" / "train.jsonl"), _ids(tmp_path / "one" / "eval.jsonl")
     assert sorted(train + evals, key=lambda s: int(s[1:])) == [f"r{i}" for i in range(100)]
     assert train == sorted(train, key=lambda s: int(s[1:]))  # file order kept
-    run(capsys, "data", "split", str(src), "--eval-ratio", "0.1", "--seed", "1", "--out-dir", str(tmp_path / "three"))
+    run("data", "split", str(src), "--eval-ratio", "0.1", "--seed", "1", "--out-dir", str(tmp_path / "three"))
     assert _ids(tmp_path / "three" / "eval.jsonl") != evals
 
 
 def test_split_stratified_by_category(capsys, tmp_path):
     src = tmp_path / "all.jsonl"
     _categorised_file(src)
-    code, _, _ = run(capsys, "data", "split", str(src), "-f", "belle", "--eval-ratio", "0.2", "--by", "category",
+    code, _, _ = run("data", "split", str(src), "-f", "belle", "--eval-ratio", "0.2", "--by", "category",
                      "--out-dir", str(tmp_path / "s"))
     assert code == 0
     evals = list(iter_records("belle", tmp_path / "s" / "eval.jsonl"))
@@ -255,7 +249,7 @@ def test_choose_eval_small_strata():
 # ----------------------------------------------------------------------------- stats
 
 def test_stats_counts(capsys):
-    code, out, _ = run(capsys, "data", "stats", str(FIXTURES / "alpaca_good.json"), "--json")
+    code, out, _ = run("data", "stats", str(FIXTURES / "alpaca_good.json"), "--json")
     summary = json.loads(out)
     assert code == 0
     assert summary["source"] == "alpaca" and summary["records"] == 3
@@ -268,7 +262,7 @@ def test_stats_counts(capsys):
 
 def test_stats_token_histogram_png(capsys, tmp_path, tiny_model):
     png = tmp_path / "hist.png"
-    code, out, _ = run(capsys, "data", "stats", str(FIXTURES / "belle_good.jsonl"), "-f", "belle",
+    code, out, _ = run("data", "stats", str(FIXTURES / "belle_good.jsonl"), "-f", "belle",
                        "--tokenizer", str(tiny_model), "--out", str(png))
     assert code == 0, out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -277,5 +271,5 @@ def test_stats_token_histogram_png(capsys, tmp_path, tiny_model):
 
 def test_stats_char_histogram_without_tokenizer(capsys, tmp_path):
     png = tmp_path / "chars.png"
-    code, out, _ = run(capsys, "data", "stats", str(FIXTURES / "text_good.txt"), "--out", str(png))
+    code, out, _ = run("data", "stats", str(FIXTURES / "text_good.txt"), "--out", str(png))
     assert code == 0 and png.exists() and "records     3" in out

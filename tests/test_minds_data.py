@@ -11,21 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from duma.cli import main
+from duma.testing import run_cli
+
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = ("fast_train.jsonl", "fast_eval.jsonl", "slow_train.jsonl", "slow_eval.jsonl",
          "routing_eval.jsonl", "router_train.jsonl", "slow_expected.jsonl")
 
 
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+def run(*args: str) -> tuple[int, str, str]:
+    """The duma CLI in-process: (exit code, stdout, stderr)."""
+    return run_cli(args)
 
 
 def read(path: Path) -> list[dict]:
@@ -42,12 +38,12 @@ def data(tmp_path_factory) -> Path:
 
 
 def test_generation_is_reproducible_from_the_seed(data, tmp_path, capsys):
-    code, out, _ = run(capsys, "minds", "generate", "--out", str(tmp_path), "--seed", "0", "--fast", "20",
+    code, out, _ = run("minds", "generate", "--out", str(tmp_path), "--seed", "0", "--fast", "20",
                        "--slow", "20")
     assert code == 0 and "tokens" in out
     for name in FILES:
         assert (tmp_path / name).read_bytes() == (data / name).read_bytes(), name
-    code, _, _ = run(capsys, "minds", "generate", "--out", str(tmp_path / "other"), "--seed", "1",
+    code, _, _ = run("minds", "generate", "--out", str(tmp_path / "other"), "--seed", "1",
                      "--fast", "20", "--slow", "20")
     assert (tmp_path / "other" / "slow_train.jsonl").read_bytes() != (data / "slow_train.jsonl").read_bytes()
 
@@ -122,9 +118,9 @@ def test_samples_render_with_trainable_tokens(data, tiny_model):
 
 def test_files_pass_duma_data_validate_and_stats(data, capsys):
     files = [str(data / n) for n in ("fast_train.jsonl", "fast_eval.jsonl", "slow_train.jsonl", "slow_eval.jsonl")]
-    code, out, err = run(capsys, "data", "validate", "sharegpt", *files)
+    code, out, err = run("data", "validate", "sharegpt", *files)
     assert code == 0, out + err
-    code, out, err = run(capsys, "data", "stats", *files, "--format", "sharegpt")
+    code, out, err = run("data", "stats", *files, "--format", "sharegpt")
     assert code == 0, out + err
     from duma.data import iter_records
 
@@ -135,7 +131,7 @@ def test_files_pass_duma_data_validate_and_stats(data, capsys):
 
 def test_measure_runs_on_the_tiny_model(data, tiny_model, tmp_path, capsys):
     out = tmp_path / "report.json"
-    code, stdout, err = run(capsys, "minds", "measure", "--data", str(data), "--model", str(tiny_model),
+    code, stdout, err = run("minds", "measure", "--data", str(data), "--model", str(tiny_model),
                             "--limit", "2", "--max-tokens", "8", "--out", str(out))
     assert code == 0, stdout + err
     report = json.loads(out.read_text())
