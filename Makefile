@@ -35,15 +35,22 @@ chat: install
 test: install
 	$(BIN)/python -m pytest tests
 
-# Both minds' LoRA adapters from scratch: generate the data (seeded), then train each.
+# Both minds' LoRA adapters from scratch: generate the data (seeded), train the two adapters
+# side by side (one CPU thread each; logs in .duma-minds/*-train.log), ship them into
+# agents/default_minds (what `duma chat` runs), then measure them against the untrained model.
 minds: install
 	$(BIN)/duma minds generate --out .duma-minds/data --seed 0
-	$(BIN)/duma train configs/duma-default/fast.yaml --overwrite
-	$(BIN)/duma train configs/duma-default/slow.yaml --overwrite
-	$(BIN)/duma router train .duma-minds/data/router_train.jsonl --out .duma-minds/router.npz
+	@echo "training the fast and slow minds side by side (about 45 minutes on 2 cores)..."
+	$(BIN)/duma train configs/duma-default/fast.yaml --overwrite training.progress=false \
+	    > .duma-minds/fast-train.log 2>&1 & fast=$$!; \
+	$(BIN)/duma train configs/duma-default/slow.yaml --overwrite training.progress=false \
+	    > .duma-minds/slow-train.log 2>&1 & slow=$$!; \
+	wait $$fast; f=$$?; wait $$slow; s=$$?; \
+	tail -n 1 .duma-minds/fast-train.log .duma-minds/slow-train.log; test $$f = 0 && test $$s = 0
+	$(BIN)/duma minds ship --fast-adapter .duma-minds/fast-adapter --slow-adapter .duma-minds/slow-adapter
 	$(BIN)/duma minds measure --data .duma-minds/data --limit 60 --out .duma-minds/untrained.json
-	$(BIN)/duma minds measure --data .duma-minds/data --fast-adapter .duma-minds/fast-adapter \
-	    --slow-adapter .duma-minds/slow-adapter --limit 60 --out .duma-minds/trained.json
+	$(BIN)/duma minds measure --data .duma-minds/data --fast-adapter agents/default_minds/fast \
+	    --slow-adapter agents/default_minds/slow --limit 60 --out .duma-minds/trained.json
 
 # Each benchmark prints one JSON object: our figure, the baseline's, the ratio.
 bench: install

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from duma.types import Completion, GenerationChunk, GenerationOptions, Message, ModelSpec
 
@@ -22,6 +22,14 @@ class Backend(ABC):
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
+
+    @classmethod
+    def switches_adapters(cls, spec: ModelSpec) -> bool:
+        """True when one loaded instance of ``spec`` (without its adapter) can run any peft
+        adapter of that base per call: :meth:`stream` then takes ``adapter=FOLDER``, and
+        minds on one base model with different adapters share its weights (an
+        :class:`AdapterView` each)."""
+        return False
 
     @abstractmethod
     def stream(
@@ -58,3 +66,32 @@ class Backend(ABC):
 
     def close(self) -> None:
         """Release resources (optional)."""
+
+
+class AdapterView(Backend):
+    """One adapter of a backend that switches adapters per call: what a mind holds when
+    both minds share one base model. Everything but the adapter is the base backend's."""
+
+    def __init__(self, base: Backend, adapter: str) -> None:
+        super().__init__(base.spec.model_copy(update={"adapter": adapter}))
+        self.base = base
+        self.adapter = adapter
+        self.name = base.name  # type: ignore[misc]  # the backend's name, per instance
+
+    def stream(
+        self, messages: Sequence[Message], options: GenerationOptions | None = None
+    ) -> Iterator[GenerationChunk]:
+        return self.base.stream(messages, options, adapter=self.adapter)  # type: ignore[call-arg]
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        return self.base.count_tokens(messages)
+
+    @property
+    def context_length(self) -> int:
+        return self.base.context_length
+
+    def __getattr__(self, name: str) -> Any:
+        # The base's tokenizer, model, caches... (only reached for names not set here).
+        if name == "base":
+            raise AttributeError(name)
+        return getattr(self.base, name)

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from duma.errors import ConfigError
+from duma.models import EMBEDDED, shipped_mind_adapter
 from duma.types import GenerationOptions, ModelSpec
 
 ENV_PREFIX = "DUMA_"
@@ -34,6 +35,9 @@ class AgentConfig(Strict):
 
     fast: MindConfig | None = Field(None, description="Fast mind; default: the top-level model.")
     slow: MindConfig | None = Field(None, description="Slow mind; default: the top-level model.")
+    trained_minds: bool = Field(
+        True, description="A mind that runs the embedded model with no adapter of its own gets duma's "
+        "shipped DUMA adapter for it (false: the untrained model).")
     router: str = Field("duma", description="Name of a registered router.")
     router_options: dict[str, Any] = Field(default_factory=dict)
     tools: list[str] | None = Field(None, description="Tool names; None = all registered.")
@@ -69,7 +73,12 @@ class DumaConfig(Strict):
     def mind(self, which: Literal["fast", "slow"]) -> MindConfig:
         """The model spec of a mind: its own section, or the top-level ``model``."""
         own = getattr(self.agent, which)
-        return own if own is not None else MindConfig(**self.model.model_dump())
+        spec = own if own is not None else MindConfig(**self.model.model_dump())
+        if self.agent.trained_minds and spec.model == EMBEDDED and spec.adapter is None:
+            shipped = shipped_mind_adapter(which)
+            if shipped is not None:
+                spec = spec.model_copy(update={"adapter": str(shipped)})
+        return spec
 
 
 KeyPath = tuple[str, ...]

@@ -155,6 +155,20 @@ def _converted(gguf: Path, embedded: bool) -> Path:
         return convert_gguf(gguf, target)
 
 
+def shipped_mind_adapter(which: str) -> Path | None:
+    """The LoRA adapter duma ships for the fast or slow mind on the embedded model (trained
+    with ``make minds``), or None when this install has none."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("duma.agents")
+    roots = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
+    for root in roots:
+        folder = root / "default_minds" / which
+        if (folder / "adapter_config.json").is_file():
+            return folder
+    return None
+
+
 def resolve_model_path(model: str) -> Path:
     """A loadable HF model folder for a model reference (converting GGUF files once)."""
     if model == EMBEDDED:
@@ -325,18 +339,39 @@ def quantize_int8(model: Any) -> Any:
 
 
 def _apply_adapter(model: Any, adapter: str, merge: bool) -> Any:
-    from peft import PeftModel
+    peft_model = attach_adapter(model, adapter)
+    return peft_model.merge_and_unload() if merge else peft_model
 
+
+def attach_adapter(model: Any, adapter: str, *, name: str = "default", peft_model: Any = None) -> Any:
+    """Load the peft adapter folder ``adapter`` onto ``model``, or, given ``peft_model`` (a
+    PeftModel around ``model``), as one more named adapter of it. Returns the PeftModel."""
     folder = Path(adapter).expanduser()
     if not (folder / "adapter_config.json").is_file():
         raise ModelLoadError(f"adapter folder {folder} has no adapter_config.json",
                              "give a folder saved by peft (save_pretrained of a PeftModel)")
     try:
-        peft_model = PeftModel.from_pretrained(model, str(folder))
+        with quiet_peft():
+            if peft_model is None:
+                from peft import PeftModel
+
+                peft_model = PeftModel.from_pretrained(model, str(folder), adapter_name=name)
+            else:
+                peft_model.load_adapter(str(folder), adapter_name=name)
     except Exception as exc:
         raise ModelLoadError(f"cannot load the adapter from {folder}: {_first_line(exc)}",
                              "check that the adapter was trained on this base model") from None
-    return peft_model.merge_and_unload() if merge else peft_model
+    return peft_model
+
+
+@contextmanager
+def quiet_peft() -> Iterator[None]:
+    """peft calls a transformers property that transformers 5 marks deprecated."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def _backend_key(spec: ModelSpec) -> tuple[str, str, str | None, str, str]:
@@ -346,7 +381,34 @@ def _backend_key(spec: ModelSpec) -> tuple[str, str, str | None, str, str]:
 def load_backend(spec: ModelSpec) -> Backend:
     """The backend instance for a model spec, shared process-wide: two minds on the same
     backend, model, adapter, device and dtype share one copy of the weights. Generation
-    options are per call, so they are not part of the key."""
+    options are per call, so they are not part of the key.
+
+    When the backend switches adapters per call (``Backend.switches_adapters``), a spec with
+    an adapter gets an :class:`~duma.backend.AdapterView` of the base model's one instance:
+    a fast and a slow mind with different adapters keep one base model in memory.
+    """
+    from duma import host
+    from duma.backend import AdapterView
+
+    model, adapter = split_adapter(spec.model, spec.adapter)
+    spec = spec.model_copy(update={"model": model, "adapter": adapter})
+    if adapter is None or not host.get("backend", spec.backend).switches_adapters(spec):
+        return _cached_backend(spec)
+    folder = str(Path(adapter).expanduser().resolve())
+    base = _cached_backend(spec.model_copy(update={"adapter": None}))
+    key = _backend_key(spec.model_copy(update={"adapter": folder}))
+    with _backends_lock:
+        view = _backends.get(key)
+    if view is None:
+        preload = getattr(base, "load_adapter", None)
+        if preload is not None:
+            preload(folder)  # a bad adapter is an error now, not on the first turn
+        with _backends_lock:
+            view = _backends.setdefault(key, AdapterView(base, folder))
+    return view
+
+
+def _cached_backend(spec: ModelSpec) -> Backend:
     from duma import host
 
     key = _backend_key(spec)

@@ -38,10 +38,12 @@ def register_backends(register: Any) -> None:
 
 @dataclass(eq=False)
 class _CacheSlot:
-    """A KV cache and the token ids whose keys/values it holds."""
+    """A KV cache, the token ids whose keys/values it holds, and the adapter they were
+    computed with (keys and values differ per adapter)."""
 
     cache: Any
     ids: list[int] = field(default_factory=list)
+    adapter: str | None = None
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -156,6 +158,11 @@ class TransformersBackend(Backend):
 
     name = "transformers"
 
+    @classmethod
+    def switches_adapters(cls, spec: ModelSpec) -> bool:
+        # int8 weights cannot take a merged adapter back out: one copy per adapter then.
+        return spec.dtype != "int8" and not os.environ.get(QUANTIZE_ENV)
+
     def __init__(self, spec: ModelSpec, *, quantize: str | None = None,
                  cache_slots: int = DEFAULT_CACHE_SLOTS) -> None:
         super().__init__(spec)
@@ -179,6 +186,15 @@ class TransformersBackend(Backend):
         self._eos_ids = self._find_eos_ids()
         # Prompt tokens whose KV cache the last call reused (0: it ran the whole prompt).
         self.last_prefix_reused = 0
+        # Adapters switched per call (``stream(adapter=...)``): the peft wrapper, once the
+        # first adapter is loaded, the adapter names by folder, and the active folder.
+        self._peft: Any = None
+        self._adapter_names: dict[str, str] = {}
+        self._active_adapter: str | None = None
+        self._merged = False
+        # float32 weights take the active adapter merged in (no per-token adapter cost, and
+        # W + d - d is exact to within an ulp); lower precisions run it unmerged instead.
+        self._merge_adapters = str(self.model.dtype) == "torch.float32"
 
     # --- loading -------------------------------------------------------------------------
 
@@ -234,8 +250,10 @@ class TransformersBackend(Backend):
         with self._lock:
             self._slots.clear()
 
-    def stream(self, messages: Sequence[Message], options: GenerationOptions | None = None
-               ) -> Iterator[GenerationChunk]:
+    def stream(self, messages: Sequence[Message], options: GenerationOptions | None = None,
+               adapter: str | None = None) -> Iterator[GenerationChunk]:
+        """``adapter``: a peft adapter folder of this base model to generate with (loaded on
+        first use, then switched per call); None runs the base model."""
         options = options or self.spec.options
         prompt = self.prompt_ids(messages)
         if not prompt:
@@ -246,7 +264,60 @@ class TransformersBackend(Backend):
                             "shorten the conversation history or the system prompt")
         max_new = min(options.max_tokens, limit - len(prompt))
         with self._lock:
+            self._activate(adapter)
             yield from self._generate(prompt, options, max_new)
+
+    # --- adapters ------------------------------------------------------------------------
+
+    def load_adapter(self, folder: str) -> None:
+        """Load an adapter now (its errors surface at load time, not on the first turn)."""
+        with self._lock:
+            self._load_adapter(folder)
+
+    def _activate(self, adapter: str | None) -> None:
+        """Make ``adapter`` (a folder, or None for the base model) the one the next forward
+        passes use. Called under the lock."""
+        if adapter == self._active_adapter:
+            return
+        if adapter is not None and self.spec.adapter is not None:
+            raise DumaError(f"this backend was loaded with adapter {self.spec.adapter} merged in",
+                            "load the base model (no adapter) to switch adapters per call")
+        if adapter is not None:
+            self._load_adapter(adapter)
+        self._use_base()
+        self._use(adapter)
+
+    def _use_base(self) -> None:
+        if self._peft is None:
+            return
+        if self._merged:
+            self._peft.unmerge_adapter()
+            self._merged = False
+        self._peft.base_model.disable_adapter_layers()
+        self._active_adapter = None
+
+    def _use(self, adapter: str | None) -> None:
+        if adapter is not None:
+            self._peft.base_model.enable_adapter_layers()
+            self._peft.set_adapter(self._adapter_names[adapter])
+            if self._merge_adapters:
+                self._peft.merge_adapter()
+                self._merged = True
+        self._active_adapter = adapter
+
+    def _load_adapter(self, folder: str) -> str:
+        from duma import models
+
+        if folder not in self._adapter_names:
+            active = self._active_adapter
+            self._use_base()  # load into unmerged layers, then restore what was active
+            name = f"adapter{len(self._adapter_names)}"
+            self._peft = models.attach_adapter(self.model, folder, name=name, peft_model=self._peft)
+            self._peft.eval()
+            self._adapter_names[folder] = name
+            self._use_base()
+            self._use(active)
+        return self._adapter_names[folder]
 
     # --- decoding ------------------------------------------------------------------------
 
@@ -260,11 +331,13 @@ class TransformersBackend(Backend):
         """
         best, best_len = None, 0
         for slot in self._slots:
+            if slot.adapter != self._active_adapter:
+                continue
             common = min(_common_prefix(slot.ids, prompt), len(prompt) - 1)
             if common > best_len:
                 best, best_len = slot, common
         if best is None or not _is_plain_dynamic(best.cache):
-            return _CacheSlot(_new_cache(self.model.config)), 0
+            return _CacheSlot(_new_cache(self.model.config), adapter=self._active_adapter), 0
         if best_len == len(best.ids):
             self._slots.remove(best)
             return best, best_len
@@ -272,7 +345,7 @@ class TransformersBackend(Backend):
         for index, layer in enumerate(best.cache.layers):
             if layer.is_initialized:
                 forked.update(layer.keys[..., :best_len, :], layer.values[..., :best_len, :], index)
-        return _CacheSlot(forked, best.ids[:best_len]), best_len
+        return _CacheSlot(forked, best.ids[:best_len], adapter=self._active_adapter), best_len
 
     def _keep_slot(self, slot: _CacheSlot) -> None:
         if self._cache_slots == 0:

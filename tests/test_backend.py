@@ -323,3 +323,72 @@ def test_loader_int8_dtype_quantizes_linear_layers(tiny_model):
     quantized = models.load_model(str(tiny_model), device="cpu", dtype="int8")
     linear_types = {type(m).__name__ for m in quantized.modules() if "Linear" in type(m).__name__}
     assert linear_types and not any(type(m) is torch.nn.Linear for m in quantized.modules())
+
+
+def _random_adapter(tiny_model, folder, seed):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    lora = get_peft_model(models.load_model(str(tiny_model)),
+                          LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
+                                     init_lora_weights=False))
+    lora.save_pretrained(str(folder))
+    return str(folder)
+
+
+def test_two_adapters_share_one_base_model_and_switch_per_call(tiny_model, tmp_path):
+    """The fast and slow minds: one base in memory, each call runs its own adapter, and the
+    result equals a separate model with that adapter merged in."""
+    from duma.backend import AdapterView
+    from duma.plugins.transformers_backend import TransformersBackend
+
+    fast_dir = _random_adapter(tiny_model, tmp_path / "fast", 1)
+    slow_dir = _random_adapter(tiny_model, tmp_path / "slow", 2)
+    options = GenerationOptions(max_tokens=12)
+    expected = {
+        name: TransformersBackend(ModelSpec(model=str(tiny_model), adapter=folder)).generate(QUESTION, options).text
+        for name, folder in (("fast", fast_dir), ("slow", slow_dir))}
+    expected["base"] = TransformersBackend(ModelSpec(model=str(tiny_model))).generate(QUESTION, options).text
+    assert len(set(expected.values())) == 3  # the adapters really change the output
+
+    fast = models.load_backend(ModelSpec(model=str(tiny_model), adapter=fast_dir))
+    slow = models.load_backend(ModelSpec(model=str(tiny_model), adapter=slow_dir))
+    base = models.load_backend(ModelSpec(model=str(tiny_model)))
+    assert isinstance(fast, AdapterView) and isinstance(slow, AdapterView)
+    assert fast.base is slow.base is base  # one copy of the weights
+    assert models.load_backend(ModelSpec(model=str(tiny_model), adapter=fast_dir)) is fast
+    # Interleaved calls (as in a DUMA turn), twice over: switching is exact and repeatable,
+    # and a cached conversation is never continued under another adapter.
+    for _ in range(2):
+        assert fast.generate(QUESTION, options).text == expected["fast"]
+        assert slow.generate(QUESTION, options).text == expected["slow"]
+        assert base.generate(QUESTION, options).text == expected["base"]
+    assert fast.generate(QUESTION, options).text == expected["fast"]
+    assert fast.last_prefix_reused > 0  # its own cached prompt, reused
+    assert fast.tokenizer is base.tokenizer
+
+
+def test_int8_minds_keep_one_copy_per_adapter(tiny_model, tmp_path):
+    from duma.backend import AdapterView
+
+    folder = _random_adapter(tiny_model, tmp_path / "fast", 1)
+    backend = models.load_backend(ModelSpec(model=str(tiny_model), adapter=folder, dtype="int8", device="cpu"))
+    assert not isinstance(backend, AdapterView)
+    assert backend.generate(QUESTION, GenerationOptions(max_tokens=3)).usage.completion_tokens >= 1
+
+
+def test_a_missing_adapter_fails_when_the_mind_loads(tiny_model, tmp_path):
+    with pytest.raises(ModelLoadError, match="adapter_config.json"):
+        models.load_backend(ModelSpec(model=str(tiny_model), adapter=str(tmp_path)))
+
+
+def test_loading_an_adapter_while_another_is_active_keeps_the_active_one(tiny_model, tmp_path):
+    one = _random_adapter(tiny_model, tmp_path / "one", 1)
+    two = _random_adapter(tiny_model, tmp_path / "two", 2)
+    options = GenerationOptions(max_tokens=10)
+    first = models.load_backend(ModelSpec(model=str(tiny_model), adapter=one))
+    before = first.generate(QUESTION, options).text
+    first.clear_cache()
+    models.load_backend(ModelSpec(model=str(tiny_model), adapter=two))  # loaded while `one` is merged
+    assert first.generate(QUESTION, options).text == before

@@ -139,6 +139,11 @@ def test_measure_runs_on_the_tiny_model(data, tiny_model, tmp_path, capsys):
     assert report["invoke"]["n"] == 2 and report["slow"]["episodes"] == 2
     assert set(report["routing"]) == {"duma", "classifier", "random"}
     assert "| invoke accuracy" in out.with_suffix(".md").read_text()
+    code, stdout, err = run("minds", "compare", str(out), str(out))
+    assert code == 0, stdout + err
+    assert "| measure | untrained | trained |" in stdout and "| router duma: APGR |" in stdout
+    code, stdout, err = run("minds", "compare", str(out.with_suffix(".md")), str(out))
+    assert code != 0 and "not a 'duma minds measure' report" in err
 
 
 def test_one_training_step_on_the_generated_data(data, tiny_model, tmp_path):
@@ -154,3 +159,43 @@ def test_one_training_step_on_the_generated_data(data, tiny_model, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 1 and summary["data"]["records"] > 0
+
+    # The trained adapter ships as float16 and still loads (and behaves) as the same adapter.
+    shipped = tmp_path / "shipped"
+    code, stdout, err = run("minds", "ship", "--fast-adapter", str(out), "--slow-adapter", str(out),
+                            "--into", str(shipped))
+    assert code == 0, stdout + err
+    assert sorted(p.name for p in (shipped / "fast").iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors", "duma_adapter.json"]
+    from duma import models
+    from duma.types import GenerationOptions, Message, ModelSpec
+
+    models.clear_backends()
+    question = [Message(role="user", content="User[hello]")]
+    options = GenerationOptions(max_tokens=8)
+    trained = models.load_backend(ModelSpec(model=str(tiny_model), adapter=str(out))).generate(question, options)
+    packed = models.load_backend(ModelSpec(model=str(tiny_model), adapter=str(shipped / "fast"))).generate(
+        question, options)
+    assert packed.text == trained.text
+    models.clear_backends()
+
+
+def test_ship_refuses_a_folder_without_an_adapter(tmp_path):
+    code, stdout, err = run("minds", "ship", "--fast-adapter", str(tmp_path), "--slow-adapter", str(tmp_path),
+                            "--into", str(tmp_path / "out"))
+    assert code != 0
+    assert "adapter_config.json" in err and "Traceback" not in err
+
+
+def test_config_defaults_to_the_shipped_minds_on_the_embedded_model():
+    from duma import models
+    from duma.config import DumaConfig
+
+    fast, slow = models.shipped_mind_adapter("fast"), models.shipped_mind_adapter("slow")
+    config = DumaConfig()
+    if fast is None or slow is None:
+        pytest.skip("this checkout ships no trained minds")
+    assert config.mind("fast").adapter == str(fast) and config.mind("slow").adapter == str(slow)
+    assert DumaConfig.model_validate({"agent": {"trained_minds": False}}).mind("fast").adapter is None
+    other = DumaConfig.model_validate({"model": {"model": "/some/model"}})
+    assert other.mind("fast").adapter is None  # shipped adapters fit the embedded model only

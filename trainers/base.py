@@ -483,6 +483,8 @@ class Trainer:
             self.start_output_dir()
         dist.barrier()
 
+        if t.threads:
+            torch.set_num_threads(t.threads)
         random.seed(t.seed)
         torch.manual_seed(t.seed)
         model = self.prepare_model(self.load_model())

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from duma import models
 from duma.trainers.base import Trainer, load_causal_lm, load_tokenizer, resolve_model_folder
 from duma.trainers.config import RunConfig, Strict, TrainingConfig
 
@@ -51,7 +52,8 @@ class LoraTrainer(Trainer):
         cfg: LoraSettings = self.config.lora  # type: ignore[attr-defined]
         peft_cfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                               target_modules=cfg.target_modules, task_type="CAUSAL_LM")
-        peft_model = get_peft_model(model, peft_cfg)
+        with models.quiet_peft():
+            peft_model = get_peft_model(model, peft_cfg)
         # Where to find the base again: a folder path everyone can load.
         peft_model.peft_config["default"].base_model_name_or_path = str(Path(self.model_folder).resolve())
         return peft_model
@@ -66,7 +68,6 @@ class LoraTrainer(Trainer):
 def merge_adapter(adapter: Path, out: Path) -> Path:
     """Fold a LoRA adapter into its base model and write a plain HF model folder."""
     import torch
-    from peft import PeftModel
 
     from duma.errors import DumaError
 
@@ -86,7 +87,7 @@ def merge_adapter(adapter: Path, out: Path) -> Path:
     else:
         raise DumaError(f"{cfg_file} names no base model", "set base_model_name_or_path")
     model = load_causal_lm(base_folder)
-    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    merged = models.attach_adapter(model, str(adapter)).merge_and_unload()
     merged = merged.to(torch.float32)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

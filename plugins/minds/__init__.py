@@ -74,3 +74,45 @@ def measure_command(data: Path, model: str, fast_adapter: str | None, slow_adapt
     table = to_markdown(report)
     out.with_suffix(".md").write_text(table + "\n", encoding="utf-8")
     click.echo(table)
+
+
+@minds_group.command(name="ship")
+@click.option("--fast-adapter", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Trained fast-mind adapter (output_dir of configs/duma-default/fast.yaml).")
+@click.option("--slow-adapter", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Trained slow-mind adapter (output_dir of configs/duma-default/slow.yaml).")
+@click.option("--into", "into", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Target folder (default: duma's own default_minds, which `duma chat` uses).")
+def ship_command(fast_adapter: Path, slow_adapter: Path, into: Path | None) -> None:
+    """Make two trained adapters the default minds on the embedded model (float16 copies)."""
+    from .ship import default_target, ship_adapter
+
+    target = into or default_target()
+    for which, folder in (("fast", fast_adapter), ("slow", slow_adapter)):
+        info = ship_adapter(folder, target / which)
+        click.echo(f"{which}: {info['folder']} ({info['parameters']:,} parameters, "
+                   f"{info['bytes'] / 1e6:.1f} MB, sha256 {info['sha256']})")
+
+
+@minds_group.command(name="compare")
+@click.argument("before", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.argument("after", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--names", default="untrained,trained", show_default=True, help="Column names, comma-separated.")
+def compare_command(before: Path, after: Path, names: str) -> None:
+    """Print two 'duma minds measure' reports side by side (a Markdown table)."""
+    from pydantic import ValidationError
+
+    from duma.errors import DumaError
+
+    from .measure import MeasureReport, compare_markdown
+
+    reports = []
+    for path in (before, after):
+        try:
+            reports.append(MeasureReport.model_validate_json(path.read_text(encoding="utf-8")))
+        except (ValidationError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise DumaError(f"{path}: not a 'duma minds measure' report ({first})",
+                            "pass the JSON files written by 'duma minds measure --out'") from None
+    first_name, _, second_name = names.partition(",")
+    click.echo(compare_markdown(reports[0], reports[1], first_name, second_name or "after"))

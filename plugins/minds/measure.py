@@ -277,3 +277,33 @@ def to_markdown(report: MeasureReport) -> str:
     for name, fig in report.routing.items():
         rows.append(f"| router {name}: APGR / CPT(50%) | {_fmt(fig.apgr)} / {_fmt(fig.cpt50)} |")
     return "\n".join(rows)
+
+
+def _rows(report: MeasureReport) -> list[tuple[str, float | None, bool]]:
+    """(measure, value, higher is better) for the comparison table."""
+    e2e = report.end_to_end
+    rows = [("invoke accuracy", report.invoke.accuracy, True),
+            ("invoke precision (slow-mind calls)", report.invoke.precision, True),
+            ("invoke recall (slow-mind calls)", report.invoke.recall, True),
+            ("fast output follows the protocol", report.invoke.parse_ok, True),
+            ("slow: valid Act steps", report.slow.valid_act_share, True),
+            ("slow: episodes reaching Finish", report.slow.finish_share, True),
+            ("slow: answers with the correct tool result", report.slow.correct_share, True),
+            ("end to end: correct final answers", e2e.correct_share, True)]
+    for name, fig in report.routing.items():
+        rows.append((f"router {name}: APGR", fig.apgr, True))
+        rows.append((f"router {name}: CPT(50%) (share sent to the slow mind)", fig.cpt50, False))
+    rows.append(("median time to first token, fast path (s)", e2e.median_first_token_s_fast_path, False))
+    return rows
+
+
+def compare_markdown(before: MeasureReport, after: MeasureReport, before_name: str = "untrained",
+                     after_name: str = "trained") -> str:
+    """A side-by-side table of two reports (same data and limit)."""
+    lines = [f"| measure | {before_name} | {after_name} |", "|---|---|---|"]
+    for (name, a, _), (_, b, _) in zip(_rows(before), _rows(after)):
+        lines.append(f"| {name} | {_fmt(a)} | {_fmt(b)} |")
+    lines.append(f"| items: fast turns / slow episodes / end-to-end turns | {before.invoke.n} / "
+                 f"{before.slow.episodes} / {before.end_to_end.turns} | {after.invoke.n} / {after.slow.episodes} / "
+                 f"{after.end_to_end.turns} |")
+    return "\n".join(lines)
