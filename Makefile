@@ -12,6 +12,11 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.test-cache/torch_extensions
 
 .PHONY: chat test install minds bench clean
 
+# Held-out items per measurement in `make minds` (the untrained model often writes up to the
+# token cap at every step, so a full run takes hours on 2 cores).
+MEASURE = --limit 30 --max-tokens 64
+
+
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
@@ -48,9 +53,14 @@ minds: install
 	wait $$fast; f=$$?; wait $$slow; s=$$?; \
 	tail -n 1 .duma-minds/fast-train.log .duma-minds/slow-train.log; test $$f = 0 && test $$s = 0
 	$(BIN)/duma minds ship --fast-adapter .duma-minds/fast-adapter --slow-adapter .duma-minds/slow-adapter
-	$(BIN)/duma minds measure --data .duma-minds/data --limit 60 --out .duma-minds/untrained.json
-	$(BIN)/duma minds measure --data .duma-minds/data --fast-adapter agents/default_minds/fast \
-	    --slow-adapter agents/default_minds/slow --limit 60 --out .duma-minds/trained.json
+	@echo "measuring the untrained and the shipped minds side by side (one thread each)..."
+	OMP_NUM_THREADS=1 $(BIN)/duma minds measure --data .duma-minds/data $(MEASURE) \
+	    --out .duma-minds/untrained.json > .duma-minds/untrained.log 2>&1 & u=$$!; \
+	OMP_NUM_THREADS=1 $(BIN)/duma minds measure --data .duma-minds/data $(MEASURE) \
+	    --fast-adapter agents/default_minds/fast --slow-adapter agents/default_minds/slow \
+	    --out .duma-minds/trained.json > .duma-minds/trained.log 2>&1 & t=$$!; \
+	wait $$u; a=$$?; wait $$t; b=$$?; test $$a = 0 && test $$b = 0
+	$(BIN)/duma minds compare .duma-minds/untrained.json .duma-minds/trained.json
 
 # Each benchmark prints one JSON object: our figure, the baseline's, the ratio.
 bench: install

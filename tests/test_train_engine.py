@@ -109,6 +109,29 @@ def test_packing_and_blocks():
     assert blocks[1].ids == [1, 2]
 
 
+def test_packed_samples_do_not_attend_to_each_other(tiny_model):
+    """A packed row computes, for each sample in it, the logits and loss that sample gets
+    alone; batches of packed and unpacked rows (with padding) too."""
+    import torch
+
+    from duma.trainers.base import Sample, collate, load_causal_lm, pack_rows
+
+    model = load_causal_lm(tiny_model).eval()
+    first = Sample(list(range(5, 12)), list(range(5, 12)), [0])
+    second = Sample(list(range(20, 25)), [-100] * 2 + list(range(22, 25)), [1])
+    (row,) = pack_rows([first, second], 16)
+    assert row.segments == [7, 5]
+    lonely = Sample(list(range(30, 34)), list(range(30, 34)), [2])
+    with torch.inference_mode():
+        packed = model(**collate([row, lonely], 0))
+        alone = {s.ids[0]: model(**collate([s], 0)).logits[0] for s in (first, second, lonely)}
+    start = 0
+    for sample_id, n in zip(row.ids, row.segments):
+        torch.testing.assert_close(packed.logits[0, start:start + n], alone[sample_id], atol=1e-5, rtol=1e-4)
+        start += n
+    torch.testing.assert_close(packed.logits[1, :4], alone[2], atol=1e-5, rtol=1e-4)
+
+
 def test_lora_changes_only_adapter_and_merge_is_exact(tiny_model, tmp_path):
     import torch
     from safetensors.torch import load_file

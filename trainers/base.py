@@ -48,6 +48,9 @@ class Sample:
     input_ids: list[int]
     labels: list[int]
     ids: list[int]
+    # Lengths of the samples packed into this row, in order ([] or one entry: a single
+    # sequence); their positions restart and they do not attend to each other.
+    segments: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -192,10 +195,11 @@ def pack_rows(samples: Sequence[Sample], max_length: int) -> list[Sample]:
                 row.input_ids += s.input_ids
                 row.labels += s.labels
                 row.ids += s.ids
+                row.segments.append(len(s))
                 free[i] -= len(s)
                 break
         else:
-            rows.append(Sample(list(s.input_ids), list(s.labels), list(s.ids)))
+            rows.append(Sample(list(s.input_ids), list(s.labels), list(s.ids), [len(s)]))
             free.append(max_length - len(s))
     return rows
 
@@ -219,6 +223,14 @@ def epoch_order(n_rows: int, lengths: Sequence[int], seed: int, epoch: int, micr
 
 
 def collate(rows: Sequence[Sample], pad_id: int) -> dict[str, Any]:
+    """Model inputs for a micro-batch, padded on the right.
+
+    Rows that pack several samples get ``position_ids`` restarting at each sample and no 2D
+    attention mask: transformers then builds a block-diagonal causal mask from the positions,
+    so packed samples do not attend to each other (padding forms a segment of its own and
+    has no labels). ``use_cache=False``: a training forward keeps no KV cache (and with one,
+    transformers would not look for packed sequences).
+    """
     import torch
 
     width = max(len(r) for r in rows)
@@ -230,7 +242,17 @@ def collate(rows: Sequence[Sample], pad_id: int) -> dict[str, Any]:
         ids[i, :n] = torch.tensor(r.input_ids)
         labels[i, :n] = torch.tensor(r.labels)
         mask[i, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    batch: dict[str, Any] = {"input_ids": ids, "labels": labels, "use_cache": False}
+    if any(len(r.segments) > 1 for r in rows):
+        positions = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            row = [p for n in (r.segments or [len(r)]) for p in range(n)]
+            row += range(width - len(row))
+            positions[i] = torch.tensor(row)
+        batch["position_ids"] = positions
+    else:
+        batch["attention_mask"] = mask
+    return batch
 
 
 def lr_lambda(schedule: str, warmup: int, total: int, min_ratio: float):
