@@ -222,7 +222,7 @@ def epoch_order(n_rows: int, lengths: Sequence[int], seed: int, epoch: int, micr
     return [order[i:i + micro_batch] for i in range(0, len(order), micro_batch)]
 
 
-def collate(rows: Sequence[Sample], pad_id: int) -> dict[str, Any]:
+def collate(rows: Sequence[Sample], pad_id: int, isolate_packed: bool = True) -> dict[str, Any]:
     """Model inputs for a micro-batch, padded on the right.
 
     Rows that pack several samples get ``position_ids`` restarting at each sample and no 2D
@@ -243,7 +243,7 @@ def collate(rows: Sequence[Sample], pad_id: int) -> dict[str, Any]:
         labels[i, :n] = torch.tensor(r.labels)
         mask[i, :n] = 1
     batch: dict[str, Any] = {"input_ids": ids, "labels": labels, "use_cache": False}
-    if any(len(r.segments) > 1 for r in rows):
+    if isolate_packed and any(len(r.segments) > 1 for r in rows):
         positions = torch.zeros_like(ids)
         for i, r in enumerate(rows):
             row = [p for n in (r.segments or [len(r)]) for p in range(n)]
@@ -550,7 +550,7 @@ class Trainer:
                 loss_sum = torch.zeros(1)
                 for a in range(t.grad_accum):
                     rows = [self.train_rows[i] for i in step_batches[a * self.world + self.rank]]
-                    batch = collate(rows, pad_id)
+                    batch = collate(rows, pad_id, t.isolate_packed)
                     loss = engine(**batch).loss
                     engine.backward(loss)
                     engine.step()
@@ -602,10 +602,11 @@ class Trainer:
         engine.eval()
         total_loss, total_tokens = 0.0, 0
         bs = self.config.training.batch_size
+        isolate = self.config.training.isolate_packed
         with torch.no_grad():
             for i in range(0, len(self.eval_rows), bs):
                 rows = self.eval_rows[i:i + bs]
-                batch = collate(rows, pad_id)
+                batch = collate(rows, pad_id, isolate)
                 n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
                 if n == 0:
                     continue

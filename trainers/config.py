@@ -53,6 +53,9 @@ class TrainingConfig(Strict):
     bf16: bool = False
     seed: int = 42
     packing: bool = Field(False, description="Pack samples into max_length rows (else pad batches).")
+    isolate_packed: bool = Field(
+        True, description="Packed samples do not attend to each other (positions restart, block-diagonal "
+        "mask); false: each packed row is one causal sequence.")
     group_by_length: bool = Field(False, description="Batch samples of similar length (padding only).")
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps; 0 = only at the end.")
     keep_last: int = Field(2, ge=1, description="Checkpoints kept.")
