@@ -134,7 +134,16 @@ def load_tools(names: list[str] | None, knowledge_dir: Path | None = None) -> di
 
 
 def model_label(spec: ModelSpec) -> str:
-    return f"{spec.model}+{spec.adapter}" if spec.adapter else spec.model
+    """How the log names a mind's model: ``model`` or ``model+adapter`` (the shipped minds'
+    adapters by name, not by their install path)."""
+    if not spec.adapter:
+        return spec.model
+    from duma.models import shipped_mind_adapter
+
+    for which in ("fast", "slow"):
+        if spec.adapter == str(shipped_mind_adapter(which)):
+            return f"{spec.model}+duma-{which}-mind"
+    return f"{spec.model}+{spec.adapter}"
 
 
 def _first_line(exc: BaseException) -> str:
