@@ -19,6 +19,10 @@ class Backend(ABC):
     """
 
     name: ClassVar[str]
+    #: True when a trailing assistant message in ``messages`` is continued (the reply begins
+    #: with its text, which is not repeated in the output). The fast mind then writes the
+    #: protocol's ``Response[`` for the model, so its first decoded token is visible text.
+    supports_prefill: ClassVar[bool] = False
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
@@ -89,6 +93,10 @@ class AdapterView(Backend):
     @property
     def context_length(self) -> int:
         return self.base.context_length
+
+    @property  # type: ignore[override]
+    def supports_prefill(self) -> bool:  # type: ignore[override]
+        return self.base.supports_prefill
 
     def __getattr__(self, name: str) -> Any:
         # The base's tokenizer, model, caches... (only reached for names not set here).

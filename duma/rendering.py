@@ -84,11 +84,18 @@ def _segments(tokenizer: Any, msgs: list[dict[str, str]], add_generation_prompt:
 
 
 def render_prompt_ids(tokenizer: Any, messages: Sequence[Message | dict[str, Any]]) -> list[int]:
-    """Token ids of the inference prompt: equal to the training prefix of the next reply."""
+    """Token ids of the inference prompt: equal to the training prefix of the next reply.
+
+    A trailing assistant message is the beginning of that reply (a prefill, such as the fast
+    mind's ``Response[``): its tokens follow the generation prompt, as they begin the reply's
+    own segment in training, and generation continues after them.
+    """
+    msgs = _as_dicts(messages)
+    prefill = msgs.pop()["content"] if msgs and msgs[-1]["role"] == "assistant" else ""
     ids: list[int] = []
-    for text, _ in _segments(tokenizer, _as_dicts(messages), add_generation_prompt=True):
+    for text, _ in _segments(tokenizer, msgs, add_generation_prompt=True):
         ids.extend(_ids(tokenizer, text))
-    return ids
+    return ids + _ids(tokenizer, prefill)
 
 
 @dataclass

@@ -157,6 +157,7 @@ class TransformersBackend(Backend):
     """A transformers causal LM (``embedded``, an HF folder or a .gguf file) in-process."""
 
     name = "transformers"
+    supports_prefill = True
 
     @classmethod
     def switches_adapters(cls, spec: ModelSpec) -> bool:

@@ -60,3 +60,17 @@ def test_a_conversation_may_start_with_an_assistant_message(tokenizer):
     sample = render_training(tokenizer, [{"role": "assistant", "content": "Paris."}])
     assert "Paris." in trained_text(tokenizer, sample)
     assert render_prompt_ids(tokenizer, [{"role": "assistant", "content": "Paris."}])
+
+
+def test_a_trailing_assistant_message_is_a_prefill_of_the_reply():
+    """The fast mind writes ``Response[`` for the model: the prompt with that prefill is the
+    training prefix of the whole reply, and generation continues after it."""
+    from duma.models import load_tokenizer
+
+    tok = load_tokenizer("embedded")
+    context = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "User[hello!]"}]
+    reply = {"role": "assistant", "content": "Response[Hi! How can I help?]\nInvoke[False]"}
+    prefilled = render_prompt_ids(tok, [*context, {"role": "assistant", "content": "Response["}])
+    plain = render_prompt_ids(tok, context)
+    assert len(prefilled) == len(plain) + 2 and prefilled[:len(plain)] == plain
+    assert render_training(tok, [*context, reply]).input_ids[:len(prefilled)] == prefilled

@@ -98,8 +98,11 @@ def measure_invoke(backend: Any, turns: list[dict[str, Any]], max_tokens: int
     rows = []
     for turn in turns:
         context = fast_mind.build_context(system, _logged_history(turn["history"]), turn["text"], MEMORY_TURNS)
-        raw = "".join(chunk.text for chunk in backend.stream(context, options))
-        out = protocol.parse_fast(raw)
+        fast_pass = fast_mind.FastPass()  # the agent's own fast pass (prefill and parser)
+        for _ in fast_mind.stream_fast(backend, context, options, fast_pass):
+            pass
+        out = fast_pass.output
+        assert out is not None
         parsed += out.parse_ok
         if out.invoke and turn["slow"]:
             tp += 1
