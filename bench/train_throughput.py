@@ -38,6 +38,7 @@ def run_config(folder: Path, out: Path, args: argparse.Namespace, packing: bool)
         "data": {"source": "belle", "files": [str(args.data)], "max_length": args.max_length},
         "training": {"max_steps": args.steps, "batch_size": args.batch_size, "lr": 1e-4, "warmup_ratio": 0.0,
                      "schedule": "constant", "zero_stage": args.zero_stage, "packing": packing,
+                     "isolate_packed": not args.shared_attention,
                      "progress": False, "seed": 0},
     }
 
@@ -142,6 +143,8 @@ def main() -> None:
     p.add_argument("--zero-stage", type=int, default=0)
     p.add_argument("--repeats", type=int, default=2, help="rounds per contender; the best counts")
     p.add_argument("--skip-trl", action="store_true")
+    p.add_argument("--shared-attention", action="store_true",
+                   help="packed samples attend to each other (training.isolate_packed false)")
     args = p.parse_args()
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".test-cache" / "torch_extensions"))
     import torch
