@@ -45,7 +45,7 @@ test: install
 # agents/default_minds (what `duma chat` runs), then measure them against the untrained model.
 minds: install
 	$(BIN)/duma minds generate --out .duma-minds/data --seed 0
-	@echo "training the fast and slow minds side by side (about 45 minutes on 2 cores)..."
+	@echo "training the fast and slow minds side by side (about 47 minutes on 2 cores)..."
 	$(BIN)/duma train configs/duma-default/fast.yaml --overwrite training.progress=false \
 	    > .duma-minds/fast-train.log 2>&1 & fast=$$!; \
 	$(BIN)/duma train configs/duma-default/slow.yaml --overwrite training.progress=false \

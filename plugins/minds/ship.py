@@ -51,6 +51,8 @@ def ship_adapter(adapter: Path, target: Path) -> dict[str, Any]:
     save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
     (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     (tmp / "duma_adapter.json").write_text(json.dumps({"base_model": "embedded"}) + "\n", encoding="utf-8")
+    for item in tmp.iterdir():
+        item.chmod(0o644)  # package data: readable by everyone (safetensors writes 0600)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     data = (target / "adapter_model.safetensors").read_bytes()
