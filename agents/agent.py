@@ -166,6 +166,8 @@ class Agent:
         agent_cfg = self.config.agent
         self.fast_spec: MindConfig = self.config.mind("fast")
         self.slow_spec: MindConfig = self.config.mind("slow")
+        # How the log names each mind's model (computed once, not per logged message).
+        self.fast_label, self.slow_label = model_label(self.fast_spec), model_label(self.slow_spec)
         if log_store is not None:
             self.log_store = log_store
         elif log and self.config.logging.enabled:
@@ -213,7 +215,7 @@ class Agent:
 
     # ------------------------------------------------------------------ conversations
     def new_conversation(self, name: str | None = None) -> str:
-        return self.log_store.new_conversation(model=model_label(self.fast_spec), name=name)
+        return self.log_store.new_conversation(model=self.fast_label, name=name)
 
     def _check_conversation(self, conversation_id: str) -> None:
         if not self.log_store.exists(conversation_id):
@@ -382,9 +384,9 @@ class _Turn:
     def _log(self, role: str, content: str, meta: dict[str, Any], usage: Usage | None = None,
              timed: bool = False) -> None:
         if role == "assistant":
-            model: str | None = model_label(self.agent.fast_spec)
+            model: str | None = self.agent.fast_label
         elif meta.get("kind") == fast_mind.KIND_SLOW:
-            model = model_label(self.agent.slow_spec)
+            model = self.agent.slow_label
         else:
             model = None
         self.store.add_message(
@@ -530,7 +532,6 @@ def fallback_reply(slow_done: SlowDone, raw_reply: str) -> str:
     if slow_done.finished:
         return f"Here is what I found: {result}"
     return f"I could not finish looking into this. {result}"
-
 
 
 __all__ = ["Agent", "FastMindDecides", "Reply", "load_backend", "load_router", "load_tools"]

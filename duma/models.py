@@ -155,18 +155,23 @@ def _converted(gguf: Path, embedded: bool) -> Path:
         return convert_gguf(gguf, target)
 
 
-def shipped_mind_adapter(which: str) -> Path | None:
-    """The LoRA adapter duma ships for the fast or slow mind on the embedded model (trained
-    with ``make minds``), or None when this install has none."""
+def shipped_minds_folder() -> Path | None:
+    """``default_minds/`` inside the installed ``duma.agents`` package (the source tree's
+    ``agents/default_minds`` in an editable install), where the shipped adapters live."""
     import importlib.util
 
     spec = importlib.util.find_spec("duma.agents")
-    roots = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
-    for root in roots:
-        folder = root / "default_minds" / which
-        if (folder / "adapter_config.json").is_file():
-            return folder
-    return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "default_minds"
+
+
+def shipped_mind_adapter(which: str) -> Path | None:
+    """The LoRA adapter duma ships for the fast or slow mind on the embedded model (trained
+    with ``make minds``), or None when this install has none."""
+    root = shipped_minds_folder()
+    folder = root / which if root is not None else None
+    return folder if folder is not None and (folder / "adapter_config.json").is_file() else None
 
 
 def resolve_model_path(model: str) -> Path:

@@ -192,7 +192,6 @@ class TransformersBackend(Backend):
         self._peft: Any = None
         self._adapter_names: dict[str, str] = {}
         self._active_adapter: str | None = None
-        self._merged = False
         # float32 weights take the active adapter merged in (no per-token adapter cost, and
         # W + d - d is exact to within an ulp); lower precisions run it unmerged instead.
         self._merge_adapters = str(self.model.dtype) == "torch.float32"
@@ -291,9 +290,8 @@ class TransformersBackend(Backend):
     def _use_base(self) -> None:
         if self._peft is None:
             return
-        if self._merged:
+        if self._merge_adapters and self._active_adapter is not None:
             self._peft.unmerge_adapter()
-            self._merged = False
         self._peft.base_model.disable_adapter_layers()
         self._active_adapter = None
 
@@ -303,7 +301,6 @@ class TransformersBackend(Backend):
             self._peft.set_adapter(self._adapter_names[adapter])
             if self._merge_adapters:
                 self._peft.merge_adapter()
-                self._merged = True
         self._active_adapter = adapter
 
     def _load_adapter(self, folder: str) -> str:
@@ -311,12 +308,12 @@ class TransformersBackend(Backend):
 
         if folder not in self._adapter_names:
             active = self._active_adapter
-            self._use_base()  # load into unmerged layers, then restore what was active
+            self._use_base()  # the new adapter goes into unmerged layers
             name = f"adapter{len(self._adapter_names)}"
             self._peft = models.attach_adapter(self.model, folder, name=name, peft_model=self._peft)
             self._peft.eval()
             self._adapter_names[folder] = name
-            self._use_base()
+            self._use_base()  # peft activates what it loads: back to the plain base model
             self._use(active)
         return self._adapter_names[folder]
 

@@ -145,7 +145,9 @@ def generate_slow(rng: random.Random, n: int, eval_fraction: float, pools: Pools
 
 # --------------------------------------------------------------------------- fast dialogues
 
-def _logged(role: str, content: str, kind: str, index: int) -> Any:
+def logged_message(role: str, content: str, kind: str, index: int) -> Any:
+    """A message as the agent's log store would hold it (the agent builds its contexts from
+    those)."""
     from duma.logstore import LoggedMessage
 
     return LoggedMessage(id=index, conversation_id="gen", role=role, content=content, meta={"kind": kind},
@@ -208,9 +210,9 @@ def fast_messages(system_prompt: str, turns: list[Turn]) -> tuple[list[dict[str,
     before: list[list[Any]] = []
     for turn in turns:
         before.append(list(history))
-        history.append(_logged("user", turn.text, fast_mind.KIND_USER, len(history)))
+        history.append(logged_message("user", turn.text, fast_mind.KIND_USER, len(history)))
         for role, content, kind in turn.outputs:
-            history.append(_logged(role, content, kind, len(history)))
+            history.append(logged_message(role, content, kind, len(history)))
     last_start = len(before[-1])
     context = fast_mind.build_context(system_prompt, before[-1], turns[-1].text, MEMORY_TURNS)
     tail = [fast_mind.fast_view(m) for m in history[last_start + 1:]]

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from .generate import DEFAULT_TODAY, KNOWLEDGE_DIR, MEMORY_TURNS, fixed_today
+from .generate import DEFAULT_TODAY, KNOWLEDGE_DIR, MEMORY_TURNS, fixed_today, logged_message
 
 
 class InvokeMetrics(BaseModel):
@@ -80,10 +80,7 @@ def _contains(answer: str, expected: str) -> bool:
 
 
 def _logged_history(items: list[dict[str, str]]) -> list[Any]:
-    from duma.logstore import LoggedMessage
-
-    return [LoggedMessage(id=i, conversation_id="measure", role=m["role"], content=m["content"],
-                          meta={"kind": m.get("kind", "")}, created=0.0) for i, m in enumerate(items)]
+    return [logged_message(m["role"], m["content"], m.get("kind", ""), i) for i, m in enumerate(items)]
 
 
 def measure_invoke(backend: Any, turns: list[dict[str, Any]], max_tokens: int

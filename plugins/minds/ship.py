@@ -21,14 +21,13 @@ SHIPPED_FILES = ("adapter_config.json", "adapter_model.safetensors", "duma_adapt
 
 
 def default_target() -> Path:
-    """``default_minds/`` inside the installed ``duma.agents`` package (the source tree's
-    ``agents/default_minds`` in an editable install)."""
-    import importlib.util
+    """Where ``duma chat`` looks for the shipped minds (``duma.models.shipped_minds_folder``)."""
+    from duma.models import shipped_minds_folder
 
-    spec = importlib.util.find_spec("duma.agents")
-    if spec is None or not spec.submodule_search_locations:
+    folder = shipped_minds_folder()
+    if folder is None:
         raise DumaError("the duma.agents package is not installed", "reinstall duma")
-    return Path(list(spec.submodule_search_locations)[0]) / "default_minds"
+    return folder
 
 
 def ship_adapter(adapter: Path, target: Path) -> dict[str, Any]:

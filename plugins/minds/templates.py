@@ -89,10 +89,9 @@ def _chinese_date(d: dt.date) -> str:
     return f"{d.year}年{d.month}月{d.day}日"
 
 
-def _run_steps(run: Runner, steps: list[Step]) -> list[Step]:
-    for s in steps:
-        s.observation = run(s.action)
-    return steps
+def _ran(run: Runner, reason: str, action: str) -> Step:
+    """A step with its real observation: the tool output of running ``action``."""
+    return Step(reason, action, run(action))
 
 
 # --------------------------------------------------------------------------- slow families
@@ -101,7 +100,7 @@ def _percent(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowT
     p = rng.choice([5, 8, 10, 12, 15, 17, 20, 25, 30, 35, 40, 45, 60, 75])
     n = rng.choice([rng.randrange(20, 999), rng.randrange(1000, 20000), rng.randrange(100, 5000) / 10])
     action = f"calculator({p}% of {n:g})"
-    steps = _run_steps(run, [Step("I need to compute the percentage." if lang == "en" else "需要计算百分比。", action)])
+    steps = [_ran(run, "I need to compute the percentage." if lang == "en" else "需要计算百分比。", action)]
     obs = steps[0].observation
     answer = f"{p}% of {n:g} is {obs}." if lang == "en" else f"{n:g}的{p}%是{obs}。"
     return SlowTask(phrasing.format(p=p, n=f"{n:g}"), steps, "I have the result." if lang == "en" else "已得到结果。",
@@ -110,7 +109,7 @@ def _percent(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowT
 
 def _arith(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowTask:
     a, b, c = rng.randrange(3, 99), rng.randrange(3, 99), rng.randrange(10, 999)
-    steps = _run_steps(run, [Step("Let me calculate it." if lang == "en" else "我来计算。", f"calculator({a} * {b} + {c})")])
+    steps = [_ran(run, "Let me calculate it." if lang == "en" else "我来计算。", f"calculator({a} * {b} + {c})")]
     obs = steps[0].observation
     answer = f"{a} × {b} + {c} = {obs}." if lang == "en" else f"{a}乘以{b}再加{c}等于{obs}。"
     return SlowTask(phrasing.format(a=a, b=b, c=c), steps, "Done." if lang == "en" else "完成。", answer, obs, lang)
@@ -118,8 +117,8 @@ def _arith(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowTas
 
 def _split_bill(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowTask:
     total, people = rng.randrange(40, 900), rng.randrange(2, 9)
-    steps = _run_steps(run, [Step("Divide the total by the number of people." if lang == "en" else "总额除以人数。",
-                                  f"calculator(round({total} / {people}, 2))")])
+    steps = [_ran(run, "Divide the total by the number of people." if lang == "en" else "总额除以人数。",
+                   f"calculator(round({total} / {people}, 2))")]
     obs = steps[0].observation
     answer = (f"Each person pays {obs} euros." if lang == "en" else f"每人需付{obs}欧元。")
     return SlowTask(phrasing.format(total=total, people=people), steps,
@@ -129,8 +128,8 @@ def _split_bill(rng: random.Random, phrasing: str, run: Runner, lang: str) -> Sl
 def _date_diff(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowTask:
     d1 = _date(rng)
     d2 = d1 + dt.timedelta(days=rng.randrange(3, 500))
-    steps = _run_steps(run, [Step("Count the days between the two dates." if lang == "en" else "计算两个日期之间的天数。",
-                                  f"date_diff({_iso(d1)}, {_iso(d2)})")])
+    steps = [_ran(run, "Count the days between the two dates." if lang == "en" else "计算两个日期之间的天数。",
+                   f"date_diff({_iso(d1)}, {_iso(d2)})")]
     obs = steps[0].observation
     answer = (f"There are {obs} days from {_iso(d1)} to {_iso(d2)}." if lang == "en"
               else f"从{_chinese_date(d1)}到{_chinese_date(d2)}共{obs}天。")
@@ -141,12 +140,10 @@ def _date_diff(rng: random.Random, phrasing: str, run: Runner, lang: str) -> Slo
 
 def _days_until(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowTask:
     """Two steps: today(), then date_diff from today."""
-    today_step = Step("I need today's date first.", "today()")
-    today_step.observation = run(today_step.action)
+    today_step = _ran(run, "I need today's date first.", "today()")
     today = dt.date.fromisoformat(today_step.observation.strip()[:10])
     target = today + dt.timedelta(days=rng.randrange(2, 300))
-    diff = Step("Now count the days from today.", f"date_diff({_iso(today)}, {_iso(target)})")
-    diff.observation = run(diff.action)
+    diff = _ran(run, "Now count the days from today.", f"date_diff({_iso(today)}, {_iso(target)})")
     answer = f"{_english_date(target)} is {diff.observation} days away (today is {_iso(today)})."
     return SlowTask(phrasing.format(d=_english_date(target)), [today_step, diff], "I have the count.",
                     answer, diff.observation)
@@ -154,7 +151,7 @@ def _days_until(rng: random.Random, phrasing: str, run: Runner, lang: str) -> Sl
 
 def _weekday(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowTask:
     d = _date(rng)
-    steps = _run_steps(run, [Step("Look up the weekday." if lang == "en" else "查询星期几。", f"weekday({_iso(d)})")])
+    steps = [_ran(run, "Look up the weekday." if lang == "en" else "查询星期几。", f"weekday({_iso(d)})")]
     obs = steps[0].observation
     answer = f"{_english_date(d)} is a {obs}." if lang == "en" else f"{_chinese_date(d)}是{obs}。"
     show = _english_date if lang == "en" else _chinese_date
@@ -163,7 +160,7 @@ def _weekday(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowT
 
 def _add_days(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowTask:
     d, n = _date(rng), rng.randrange(5, 200)
-    steps = _run_steps(run, [Step("Add the days to the date.", f"add_days({_iso(d)}, {n})")])
+    steps = [_ran(run, "Add the days to the date.", f"add_days({_iso(d)}, {n})")]
     obs = steps[0].observation
     return SlowTask(phrasing.format(d=_english_date(d), n=n), steps, "I have the date.",
                     f"{n} days after {_iso(d)} is {obs}.", obs)
@@ -178,8 +175,8 @@ _CONVERSIONS = [("km", "mi", "kilometres", "miles"), ("mi", "km", "miles", "kilo
 def _convert(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowTask:
     src, dst, src_name, dst_name = rng.choice(_CONVERSIONS)
     v = rng.choice([rng.randrange(1, 200), rng.randrange(10, 999) / 10])
-    steps = _run_steps(run, [Step("Convert the units." if lang == "en" else "进行单位换算。",
-                                  f"convert_units({v:g}, {src}, {dst})")])
+    steps = [_ran(run, "Convert the units." if lang == "en" else "进行单位换算。",
+                   f"convert_units({v:g}, {src}, {dst})")]
     obs = steps[0].observation
     answer = f"{obs} ({v:g} {src_name} in {dst_name})." if lang == "en" else f"{obs}。"
     return SlowTask(phrasing.format(v=f"{v:g}", src=src_name, dst=dst_name), steps,
@@ -188,11 +185,9 @@ def _convert(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowT
 
 def _convert_then_calc(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowTask:
     v, days = rng.randrange(2, 25), rng.choice([5, 7, 10, 14, 30])
-    first = Step("Convert the daily distance to miles first.", f"convert_units({v}, km, mi)")
-    first.observation = run(first.action)
+    first = _ran(run, "Convert the daily distance to miles first.", f"convert_units({v}, km, mi)")
     miles = _converted(first.observation)
-    second = Step(f"Now multiply by {days} days.", f"calculator(round({miles} * {days}, 2))")
-    second.observation = run(second.action)
+    second = _ran(run, f"Now multiply by {days} days.", f"calculator(round({miles} * {days}, 2))")
     answer = f"{v} km a day is {miles} miles; over {days} days that is {second.observation} miles."
     return SlowTask(phrasing.format(v=v, days=days), [first, second], "I have the total.", answer,
                     second.observation)
@@ -201,10 +196,8 @@ def _convert_then_calc(rng: random.Random, phrasing: str, run: Runner, lang: str
 def _weeks_between(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowTask:
     d1 = _date(rng)
     d2 = d1 + dt.timedelta(days=rng.randrange(14, 400))
-    first = Step("Count the days first.", f"date_diff({_iso(d1)}, {_iso(d2)})")
-    first.observation = run(first.action)
-    second = Step("Divide the days by 7.", f"calculator(round({_num(first.observation)} / 7, 1))")
-    second.observation = run(second.action)
+    first = _ran(run, "Count the days first.", f"date_diff({_iso(d1)}, {_iso(d2)})")
+    second = _ran(run, "Divide the days by 7.", f"calculator(round({_num(first.observation)} / 7, 1))")
     answer = f"That is {first.observation} days, about {second.observation} weeks."
     return SlowTask(phrasing.format(d1=_english_date(d1), d2=_english_date(d2)), [first, second],
                     "I have the number of weeks.", answer, second.observation)
@@ -241,12 +234,12 @@ _FACTS_ZH = [
 def _knowledge(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowTask:
     if lang == "zh":
         query, fact, answer, topic = rng.choice(_FACTS_ZH)
-        steps = _run_steps(run, [Step("在知识库中查找。", f"search_knowledge({query})")])
+        steps = [_ran(run, "在知识库中查找。", f"search_knowledge({query})")]
         if fact not in steps[0].observation:
             raise AssertionError(f"knowledge search for {query!r} lost the fact {fact!r}")
         return SlowTask(phrasing.format(topic=topic), steps, "找到了答案。", answer, fact, lang)
     query, fact, answer = rng.choice(_FACTS_EN)
-    steps = _run_steps(run, [Step("Search the knowledge base.", f"search_knowledge({query})")])
+    steps = [_ran(run, "Search the knowledge base.", f"search_knowledge({query})")]
     if fact not in steps[0].observation:
         raise AssertionError(f"knowledge search for {query!r} lost the fact {fact!r}")
     return SlowTask(phrasing.format(topic=_FACT_PHRASES_EN[query]), steps, "The knowledge base answers it.",
@@ -260,13 +253,11 @@ _PRICED = [("AeroBrew kettle price", "AeroBrew kettles", 129), ("Solstice toaste
 def _knowledge_then_calc(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowTask:
     query, product, _ = rng.choice(_PRICED)
     k = rng.randrange(2, 7)
-    first = Step("Find the unit price first.", f"search_knowledge({query})")
-    first.observation = run(first.action)
+    first = _ran(run, "Find the unit price first.", f"search_knowledge({query})")
     price = re.search(r"Price: (\d+) euros", first.observation)
     if price is None:
         raise AssertionError(f"no price for {query!r} in {first.observation!r}")
-    second = Step(f"Multiply the price by {k}.", f"calculator({price.group(1)} * {k})")
-    second.observation = run(second.action)
+    second = _ran(run, f"Multiply the price by {k}.", f"calculator({price.group(1)} * {k})")
     answer = f"{k} {product} cost {second.observation} euros ({price.group(1)} euros each)."
     return SlowTask(phrasing.format(k=k, product=product), [first, second], "I have the total.", answer,
                     second.observation)
@@ -275,12 +266,10 @@ def _knowledge_then_calc(rng: random.Random, phrasing: str, run: Runner, lang: s
 def _recover_units(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowTask:
     """Error recovery: a unit name the tool does not know, then the right abbreviation."""
     v = rng.randrange(2, 120)
-    bad = Step("Convert the distance.", f"convert_units({v}, kilometers-per-day, miles)")
-    bad.observation = run(bad.action)
+    bad = _ran(run, "Convert the distance.", f"convert_units({v}, kilometers-per-day, miles)")
     if not bad.observation.startswith("Error"):
         raise AssertionError(f"expected an error from {bad.action!r}, got {bad.observation!r}")
-    good = Step("That unit name was wrong; use the plain unit km.", f"convert_units({v}, km, mi)")
-    good.observation = run(good.action)
+    good = _ran(run, "That unit name was wrong; use the plain unit km.", f"convert_units({v}, km, mi)")
     return SlowTask(phrasing.format(v=v), [bad, good], "The second call worked.",
                     f"{good.observation}.", _converted(good.observation))
 
@@ -288,12 +277,10 @@ def _recover_units(rng: random.Random, phrasing: str, run: Runner, lang: str) ->
 def _recover_calc(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowTask:
     """Error recovery: words in the expression, then the bare arithmetic."""
     a, b = rng.randrange(12, 500), rng.randrange(2, 40)
-    bad = Step("Compute the product.", f"calculator({a} apples times {b})")
-    bad.observation = run(bad.action)
+    bad = _ran(run, "Compute the product.", f"calculator({a} apples times {b})")
     if not bad.observation.startswith("Error"):
         raise AssertionError(f"expected an error from {bad.action!r}, got {bad.observation!r}")
-    good = Step("The calculator only takes numbers and operators.", f"calculator({a} * {b})")
-    good.observation = run(good.action)
+    good = _ran(run, "The calculator only takes numbers and operators.", f"calculator({a} * {b})")
     return SlowTask(phrasing.format(a=a, b=b), [bad, good], "Fixed the expression.",
                     f"{a} × {b} = {good.observation}.", good.observation)
 
