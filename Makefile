@@ -41,25 +41,23 @@ test: install
 	$(BIN)/python -m pytest tests
 
 # Both minds' LoRA adapters from scratch: generate the data (seeded), train the two adapters
-# side by side (one CPU thread each; logs in .duma-minds/*-train.log), ship them into
+# one after the other on all cores (logs in .duma-minds/*-train.log), ship them into
 # agents/default_minds (what `duma chat` runs), then measure them against the untrained model.
 minds: install
 	$(BIN)/duma minds generate --out .duma-minds/data --seed 0
-	@echo "training the fast and slow minds side by side (about 47 minutes on 2 cores)..."
+	@echo "training the fast mind, then the slow one (about 55 minutes on 2 cores)..."
 	$(BIN)/duma train configs/duma-default/fast.yaml --overwrite training.progress=false \
-	    > .duma-minds/fast-train.log 2>&1 & fast=$$!; \
+	    > .duma-minds/fast-train.log 2>&1 || { tail -n 5 .duma-minds/fast-train.log; exit 1; }
 	$(BIN)/duma train configs/duma-default/slow.yaml --overwrite training.progress=false \
-	    > .duma-minds/slow-train.log 2>&1 & slow=$$!; \
-	wait $$fast; f=$$?; wait $$slow; s=$$?; \
-	tail -n 1 .duma-minds/fast-train.log .duma-minds/slow-train.log; test $$f = 0 && test $$s = 0
+	    > .duma-minds/slow-train.log 2>&1 || { tail -n 5 .duma-minds/slow-train.log; exit 1; }
+	tail -n 1 .duma-minds/fast-train.log .duma-minds/slow-train.log
 	$(BIN)/duma minds ship --fast-adapter .duma-minds/fast-adapter --slow-adapter .duma-minds/slow-adapter
-	@echo "measuring the untrained and the shipped minds side by side (one thread each)..."
-	OMP_NUM_THREADS=1 $(BIN)/duma minds measure --data .duma-minds/data $(MEASURE) \
-	    --out .duma-minds/untrained.json > .duma-minds/untrained.log 2>&1 & u=$$!; \
-	OMP_NUM_THREADS=1 $(BIN)/duma minds measure --data .duma-minds/data $(MEASURE) \
+	@echo "measuring the untrained and the shipped minds, one after the other (about 13 minutes)..."
+	$(BIN)/duma minds measure --data .duma-minds/data $(MEASURE) --out .duma-minds/untrained.json \
+	    > .duma-minds/untrained.log 2>&1 || { tail -n 5 .duma-minds/untrained.log; exit 1; }
+	$(BIN)/duma minds measure --data .duma-minds/data $(MEASURE) --out .duma-minds/trained.json \
 	    --fast-adapter agents/default_minds/fast --slow-adapter agents/default_minds/slow \
-	    --out .duma-minds/trained.json > .duma-minds/trained.log 2>&1 & t=$$!; \
-	wait $$u; a=$$?; wait $$t; b=$$?; test $$a = 0 && test $$b = 0
+	    > .duma-minds/trained.log 2>&1 || { tail -n 5 .duma-minds/trained.log; exit 1; }
 	$(BIN)/duma minds compare .duma-minds/untrained.json .duma-minds/trained.json
 
 # Each benchmark prints one JSON object: our figure, the baseline's, the ratio.

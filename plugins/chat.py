@@ -104,7 +104,8 @@ def shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Model: 'embedded', an HF model folder or a .gguf file (config model.model)."),
         click.option("--backend", help="Inference backend name (config model.backend)."),
         click.option("-o", "--option", "option_pairs", type=(str, str), multiple=True, metavar="KEY VALUE",
-                     help="Generation option, e.g. -o temperature 0.7 -o max_tokens 200 (repeatable)."),
+                     help="Generation option of the replies (the fast mind; the slow mind keeps its config), "
+                          "e.g. -o temperature 0.7 -o max_tokens 200 (repeatable)."),
         click.option("--router", help="Router that decides when the slow mind runs (config agent.router)."),
         click.option("--show-slow", is_flag=True, help="Show the slow mind's Reason/Act/Obs steps."),
         click.option("--no-stream", is_flag=True, help="Wait for the whole reply instead of streaming it."),

@@ -153,32 +153,26 @@ def resolve_model_folder(ref: str) -> Path:
             shutil.rmtree(target, ignore_errors=True)
             os.replace(tmp, target)
         return target
-    try:
-        from duma.models import resolve_model_path
-    except ImportError:
-        resolve_model_path = None
-    if resolve_model_path is not None:
-        return Path(resolve_model_path(ref))
-    path = Path(ref).expanduser()
-    if not (path / "config.json").is_file():
-        raise DumaError(f"model '{ref}' is not an HF model folder", "use 'tiny', 'embedded' or a folder with config.json")
-    return path
+    from duma.models import resolve_model_path
+
+    return resolve_model_path(ref)
 
 
 def load_tokenizer(folder: Path) -> Any:
-    from transformers import AutoTokenizer
+    """duma's tokenizer loader, plus a pad token (training batches need one)."""
+    from duma.models import load_tokenizer as load_model_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(folder))
+    tok = load_model_tokenizer(str(folder))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
 def load_causal_lm(folder: Path) -> Any:
-    import torch
-    from transformers import AutoModelForCausalLM
+    """duma's model loader, in float32 on the CPU (the DeepSpeed engine places it)."""
+    from duma.models import load_model
 
-    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    return load_model(str(folder), device="cpu", dtype="float32")
 
 
 # ----------------------------------------------------------------------------- batching

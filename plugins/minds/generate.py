@@ -275,7 +275,7 @@ def _chars(records: list[dict[str, Any]]) -> int:
     return sum(len(m["content"]) for r in records for m in r.get("messages", []))
 
 
-def generate(out: Path, seed: int = 0, n_fast: int = 600, n_slow: int = 500, eval_fraction: float = 0.15,
+def generate(out: Path, seed: int = 0, n_fast: int = 600, n_slow: int = 650, eval_fraction: float = 0.15,
              today: str = DEFAULT_TODAY, knowledge_dir: Path = KNOWLEDGE_DIR) -> GenerateSummary:
     """Write the data files to ``out``; same arguments give byte-identical files."""
     from duma.agents import fast_mind

@@ -30,6 +30,9 @@ class InvokeMetrics(BaseModel):
     precision: float | None = None
     recall: float | None = None
     parse_ok: float | None = None
+    # Same contexts for every model: the turns that need no slow mind, timed to the first
+    # visible token of the fast pass (the end-to-end figure depends on each model's routing).
+    median_first_token_s_fast_turns: float | None = None
 
 
 class SlowMetrics(BaseModel):
@@ -56,6 +59,14 @@ class RouterFigures(BaseModel):
     problem: str | None = None
 
 
+class RoutingQuality(BaseModel):
+    """On the held-out routing turns: share answered correctly by the fast mind alone and by
+    the slow mind alone (APGR needs the second above the first)."""
+
+    fast_only: float | None = None
+    slow_only: float | None = None
+
+
 class MeasureReport(BaseModel):
     model: str
     fast_adapter: str | None = None
@@ -65,6 +76,7 @@ class MeasureReport(BaseModel):
     slow: SlowMetrics = Field(default_factory=SlowMetrics)
     end_to_end: EndToEndMetrics = Field(default_factory=EndToEndMetrics)
     routing: dict[str, RouterFigures] = Field(default_factory=dict)
+    routing_quality: RoutingQuality = Field(default_factory=RoutingQuality)
 
 
 def _read(path: Path) -> list[dict[str, Any]]:
@@ -93,6 +105,7 @@ def measure_invoke(backend: Any, turns: list[dict[str, Any]], max_tokens: int
     system = fast_mind.fast_system_prompt(None, None)
     tp = fp = fn = tn = parsed = 0
     rows = []
+    first_tokens: list[float] = []
     for turn in turns:
         context = fast_mind.build_context(system, _logged_history(turn["history"]), turn["text"], MEMORY_TURNS)
         fast_pass = fast_mind.FastPass()  # the agent's own fast pass (prefill and parser)
@@ -101,6 +114,8 @@ def measure_invoke(backend: Any, turns: list[dict[str, Any]], max_tokens: int
         out = fast_pass.output
         assert out is not None
         parsed += out.parse_ok
+        if not turn["slow"] and fast_pass.first_token_s is not None:
+            first_tokens.append(fast_pass.first_token_s)
         if out.invoke and turn["slow"]:
             tp += 1
         elif out.invoke:
@@ -113,7 +128,8 @@ def measure_invoke(backend: Any, turns: list[dict[str, Any]], max_tokens: int
                      "fast_correct": (not out.invoke) and _contains(out.response, turn["expected"])})
     n = len(turns)
     return InvokeMetrics(n=n, accuracy=_share(tp + tn, n), precision=_share(tp, tp + fp), recall=_share(tp, tp + fn),
-                         parse_ok=_share(parsed, n)), rows
+                         parse_ok=_share(parsed, n),
+                         median_first_token_s_fast_turns=statistics.median(first_tokens) if first_tokens else None), rows
 
 
 def measure_slow(backend: Any, tools: dict[str, Any], episodes: list[tuple[str, str]], max_tokens: int,
@@ -185,7 +201,7 @@ def measure_end_to_end(fast: Any, slow: Any, tools: dict[str, Any], turns: list[
 
 
 def routing_figures(turns: list[dict[str, Any]], invoke_rows: list[dict[str, Any]], slow_correct: list[bool],
-                    router_train: Path) -> dict[str, RouterFigures]:
+                    router_train: Path) -> tuple[dict[str, RouterFigures], RoutingQuality]:
     """APGR and CPT(50%) of the duma router (Invoke), the classifier and random scores.
     Per turn: fast_score = the fast-only answer is correct; slow_score = the slow mind's
     answer is correct."""
@@ -193,6 +209,7 @@ def routing_figures(turns: list[dict[str, Any]], invoke_rows: list[dict[str, Any
     from duma.plugins.evaluation.routing import RoutingRecord, routing_metrics
 
     figures: dict[str, RouterFigures] = {}
+    quality = RoutingQuality()
     rng = random.Random(0)
     labelled = [LabelledTurn.model_validate(r) for r in _read(router_train)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -206,7 +223,8 @@ def routing_figures(turns: list[dict[str, Any]], invoke_rows: list[dict[str, Any
                    for t, r, ok, s in zip(turns, invoke_rows, slow_correct, scores)]
         report = routing_metrics(records, slow_share=None)
         figures[name] = RouterFigures(apgr=report.apgr, cpt50=report.cpt50, problem=report.problem)
-    return figures
+        quality = RoutingQuality(fast_only=report.quality_fast_only, slow_only=report.quality_slow_only)
+    return figures, quality
 
 
 def balanced(turns: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
@@ -249,7 +267,8 @@ def measure(data: Path, *, model: str = "embedded", fast_adapter: str | None = N
         retrospects = [(fast_mind.retrospect(_logged_history(t["history"]), t["text"], MEMORY_TURNS), t["expected"])
                        for t in turns]
         _, slow_correct = measure_slow(slow, tools, retrospects, max_tokens)
-        report.routing = routing_figures(turns, invoke_rows, slow_correct, data / "router_train.jsonl")
+        report.routing, report.routing_quality = routing_figures(turns, invoke_rows, slow_correct,
+                                                                 data / "router_train.jsonl")
         report.end_to_end = measure_end_to_end(fast, slow, tools, turns, max_tokens)
     return report
 
@@ -272,8 +291,14 @@ def to_markdown(report: MeasureReport) -> str:
             f"| end to end: correct final answers (turns={report.end_to_end.turns}) | "
             f"{_fmt(report.end_to_end.correct_share)} |",
             f"| end to end: share of turns sent to the slow mind | {_fmt(report.end_to_end.slow_share)} |",
-            f"| median time to first token, fast path (s) | {_fmt(report.end_to_end.median_first_token_s_fast_path)} |",
+            f"| median time to first token, fast-path turns, same contexts (s) | "
+            f"{_fmt(report.invoke.median_first_token_s_fast_turns)} |",
+            f"| end to end: median time to first token, turns the router kept fast (s) | "
+            f"{_fmt(report.end_to_end.median_first_token_s_fast_path)} |",
             f"| end to end: turns ended by an agent error | {report.end_to_end.errors} |"]
+    quality = report.routing_quality
+    rows.append(f"| routing turns correct: fast mind alone / slow mind alone | {_fmt(quality.fast_only)} / "
+                f"{_fmt(quality.slow_only)} |")
     for name, fig in report.routing.items():
         rows.append(f"| router {name}: APGR / CPT(50%) | {_fmt(fig.apgr)} / {_fmt(fig.cpt50)} |")
     return "\n".join(rows)
@@ -289,11 +314,16 @@ def _rows(report: MeasureReport) -> list[tuple[str, float | None, bool]]:
             ("slow: valid Act steps", report.slow.valid_act_share, True),
             ("slow: episodes reaching Finish", report.slow.finish_share, True),
             ("slow: answers with the correct tool result", report.slow.correct_share, True),
-            ("end to end: correct final answers", e2e.correct_share, True)]
+            ("end to end: correct final answers", e2e.correct_share, True),
+            ("routing turns: correct with the fast mind alone", report.routing_quality.fast_only, True),
+            ("routing turns: correct with the slow mind alone", report.routing_quality.slow_only, True)]
     for name, fig in report.routing.items():
         rows.append((f"router {name}: APGR", fig.apgr, True))
         rows.append((f"router {name}: CPT(50%) (share sent to the slow mind)", fig.cpt50, False))
-    rows.append(("median time to first token, fast path (s)", e2e.median_first_token_s_fast_path, False))
+    rows.append(("median time to first token, fast-path turns, same contexts (s)",
+                 report.invoke.median_first_token_s_fast_turns, False))
+    rows.append(("end to end: median time to first token, turns the router kept fast (s)",
+                 e2e.median_first_token_s_fast_path, False))
     return rows
 
 

@@ -42,6 +42,8 @@ def ship_adapter(adapter: Path, target: Path) -> dict[str, Any]:
             raise DumaError(f"{adapter} has no {name}", "give the output_dir of a finished lora run")
     config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = "embedded"  # not the trainer's local cache path
+    if isinstance(config.get("target_modules"), list):  # peft saves a set: keep the file stable
+        config["target_modules"] = sorted(config["target_modules"])
     tensors = {k: (v.to(torch.float16) if v.is_floating_point() else v)
                for k, v in load_file(str(adapter / "adapter_model.safetensors")).items()}
     tmp = target.with_name(f".{target.name}-{os.getpid()}")

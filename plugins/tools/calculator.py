@@ -212,7 +212,8 @@ calculator_tool = make_tool(
     calculator,
     name="calculator",
     description=(
-        "Evaluate an arithmetic expression, e.g. '17% of 2,340', '(3 + 4) * 2', 'sqrt(2)'; "
-        "numbers, + - * / ** %, parentheses and sqrt, round, abs, min, max, log only."
+        "Arithmetic, e.g. calculator(17% of 2340).\n"
+        "Numbers (2,340 is read as 2340), + - * / ** %, parentheses and sqrt, round, abs, min, max, log only; "
+        "e.g. '(3 + 4) * 2', 'sqrt(2)'."
     ),
 )

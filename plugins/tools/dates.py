@@ -111,13 +111,16 @@ def add_days(date: str, days: int) -> str:
         raise ToolException("the resulting date is outside years 1-9999") from None
 
 
-today_tool = make_tool(today, "today", "Today's date (YYYY-MM-DD) and weekday; takes no arguments.")
+# The first line of each description is what the slow mind's prompt lists: kept short, since the
+# prompt is sent on every step (and is most of each training trace).
+today_tool = make_tool(today, "today", "Today's date and weekday.\nTakes no arguments; answers YYYY-MM-DD (Weekday).")
 date_diff_tool = make_tool(
-    date_diff, "date_diff", "Number of days from the start date to the end date, e.g. date_diff(2024-01-01, 2024-03-01)."
+    date_diff, "date_diff", "Days from one date to another.\n"
+    "Dates as YYYY-MM-DD, e.g. date_diff(2024-01-01, 2024-03-01); negative when the end is before the start.",
 )
-weekday_tool = make_tool(weekday, "weekday", "Day of the week of a date, e.g. weekday(2024-03-01) -> Friday.")
+weekday_tool = make_tool(weekday, "weekday", "The weekday of a date (YYYY-MM-DD).\nAnswers the day's name, e.g. weekday(2024-03-01) -> Friday.")
 add_days_tool = make_tool(
-    add_days, "add_days", "The date N days after a date (negative N: before), e.g. add_days(2024-03-01, 30)."
+    add_days, "add_days", "The date N days after a date.\nE.g. add_days(2024-03-01, 30); a negative N counts back.",
 )
 
 DATE_TOOLS = [today_tool, date_diff_tool, weekday_tool, add_days_tool]

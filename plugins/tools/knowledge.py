@@ -229,7 +229,8 @@ NO_FOLDER_MESSAGE = (
     "No knowledge base is configured (set agent.knowledge_dir to a folder of .md/.txt files), "
     "so there is nothing to search."
 )
-_DESCRIPTION = "Search the knowledge base (the user's documents) and return the best-matching passages with their file names."
+_DESCRIPTION = ("Search the user's documents.\n"
+                "Answers the best-matching passages of the knowledge base with their file names.")
 
 
 def configured_knowledge_dir() -> Path | None:

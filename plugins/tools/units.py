@@ -191,6 +191,6 @@ def convert_units(value: float | str, from_unit: str = "", to_unit: str = "") ->
 convert_units_tool = make_tool(
     convert_units,
     "convert_units",
-    "Convert a value between units of length, mass, volume, time, speed, temperature (C/F/K) "
-    "or data size, e.g. convert_units(5, km, mi).",
+    "Convert units, e.g. convert_units(5, km, mi).\n"
+    "Length, mass, volume, time, speed, temperature (C/F/K) and data size; an unknown unit's error lists the known ones.",
 )
