@@ -191,11 +191,11 @@ def visible_fast_text(raw: str, final: bool) -> tuple[str, bool]:
     closed = cut >= 0
     text = content[:cut] if closed else content
     if not closed and not final:
-        # Hold back a tail that may be the start of Invoke[; but not a reply's first "I" (as in
-        # "I'm"): holding it costs a decode step of time to first token on many replies, and
-        # an Invoke[ right after Response[ (an empty reply) is malformed anyway.
+        # Hold back a tail that may be the start of Invoke[; but not a reply that is so far
+        # only "I" (as in "I'm"): holding it costs a decode step of time to first token on
+        # many replies, and an Invoke[ right after Response[ (an empty reply) is malformed.
         for k in range(min(len(INVOKE_OPEN), len(text)), 0, -1):
-            if INVOKE_OPEN.startswith(text[-k:]) and text[:-k].strip():
+            if INVOKE_OPEN.startswith(text[-k:]) and text.strip() != "I":
                 text = text[:-k]
                 break
     done = closed and _INVOKE_RE.search(content, cut) is not None

@@ -169,20 +169,10 @@ def token_length(tokenizer: Any, record: Record) -> int:
 
 
 def load_tokenizer(spec: str) -> Any:
-    """A tokenizer from ``embedded`` or a model folder (through duma's model loader when present)."""
-    try:
-        from duma.models import load_tokenizer as duma_load_tokenizer
-    except ImportError:
-        duma_load_tokenizer = None
-    if duma_load_tokenizer is not None:
-        return duma_load_tokenizer(spec)
-    from transformers import AutoTokenizer
+    """A tokenizer from ``embedded`` or a model folder (duma's one model loader)."""
+    from duma.models import load_tokenizer as load_model_tokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(spec)
-    except Exception as exc:
-        raise DumaError(f"cannot load a tokenizer from {spec}: {type(exc).__name__}",
-                        "pass 'embedded' or a model folder with tokenizer files") from None
+    return load_model_tokenizer(spec)
 
 
 def write_histogram(lengths: list[int], out: Path, title: str, xlabel: str) -> None:

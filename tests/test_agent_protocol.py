@@ -74,6 +74,16 @@ def test_stream_parser_shows_raw_text_immediately():
     assert parser.feed(" capital") == " capital"
 
 
+def test_stream_parser_shows_a_leading_i_but_holds_a_longer_invoke_prefix():
+    parser = FastStreamParser()
+    parser.feed("Response[")
+    assert parser.feed("I") == "I"  # "I'm ...": no decode step lost before the first visible token
+    assert parser.feed("'m here.") == "'m here."
+    parser = FastStreamParser()
+    parser.feed("Response[")
+    assert parser.feed("Inv") == ""  # may still become Invoke[
+
+
 def test_formatting_round_trips():
     raw = protocol.format_fast_output("Hello [x]", True)
     out = parse_fast(raw)

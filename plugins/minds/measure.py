@@ -209,7 +209,6 @@ def routing_figures(turns: list[dict[str, Any]], invoke_rows: list[dict[str, Any
     from duma.plugins.evaluation.routing import RoutingRecord, routing_metrics
 
     figures: dict[str, RouterFigures] = {}
-    quality = RoutingQuality()
     rng = random.Random(0)
     labelled = [LabelledTurn.model_validate(r) for r in _read(router_train)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -223,8 +222,8 @@ def routing_figures(turns: list[dict[str, Any]], invoke_rows: list[dict[str, Any
                    for t, r, ok, s in zip(turns, invoke_rows, slow_correct, scores)]
         report = routing_metrics(records, slow_share=None)
         figures[name] = RouterFigures(apgr=report.apgr, cpt50=report.cpt50, problem=report.problem)
-        quality = RoutingQuality(fast_only=report.quality_fast_only, slow_only=report.quality_slow_only)
-    return figures, quality
+    # The fast-only and slow-only qualities are the same for every router (the last report's).
+    return figures, RoutingQuality(fast_only=report.quality_fast_only, slow_only=report.quality_slow_only)
 
 
 def balanced(turns: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
