@@ -272,67 +272,52 @@ def measure(data: Path, *, model: str = "embedded", fast_adapter: str | None = N
     return report
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+def _fmt(value: float | int | str | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _rows(report: MeasureReport) -> list[tuple[str, float | int | str | None]]:
+    """(measure, value): the one list both the report table and the comparison print."""
+    e2e = report.end_to_end
+    rows: list[tuple[str, float | int | str | None]] = [
+        ("invoke accuracy", report.invoke.accuracy),
+        ("invoke precision (slow-mind calls)", report.invoke.precision),
+        ("invoke recall (slow-mind calls)", report.invoke.recall),
+        ("fast output follows the protocol", report.invoke.parse_ok),
+        ("slow: valid Act steps", report.slow.valid_act_share),
+        ("slow: episodes reaching Finish", report.slow.finish_share),
+        ("slow: answers with the correct tool result", report.slow.correct_share),
+        ("end to end: correct final answers", e2e.correct_share),
+        ("end to end: share of turns sent to the slow mind", e2e.slow_share),
+        ("routing turns: correct with the fast mind alone", report.routing_quality.fast_only),
+        ("routing turns: correct with the slow mind alone", report.routing_quality.slow_only)]
+    for name, fig in report.routing.items():
+        rows.append((f"router {name}: APGR", fig.apgr))
+        rows.append((f"router {name}: CPT(50%) (share sent to the slow mind)", fig.cpt50))
+    rows += [("median time to first token, fast-path turns, same contexts (s)",
+              report.invoke.median_first_token_s_fast_turns),
+             ("end to end: median time to first token, turns the router kept fast (s)",
+              e2e.median_first_token_s_fast_path),
+             ("end to end: turns ended by an agent error", e2e.errors),
+             ("items: fast turns / slow episodes / end-to-end turns",
+              f"{report.invoke.n} / {report.slow.episodes} / {e2e.turns}")]
+    return rows
 
 
 def to_markdown(report: MeasureReport) -> str:
     adapters = f"fast adapter {report.fast_adapter or 'none'}, slow adapter {report.slow_adapter or 'none'}"
-    rows = [f"Model {report.model}; {adapters}; limit {report.limit or 'none'}", "",
-            "| measure | value |", "|---|---|",
-            f"| invoke accuracy (n={report.invoke.n}) | {_fmt(report.invoke.accuracy)} |",
-            f"| invoke precision | {_fmt(report.invoke.precision)} |",
-            f"| invoke recall | {_fmt(report.invoke.recall)} |",
-            f"| fast output follows the protocol | {_fmt(report.invoke.parse_ok)} |",
-            f"| slow: valid Act steps (steps={report.slow.steps}) | {_fmt(report.slow.valid_act_share)} |",
-            f"| slow: episodes reaching Finish (n={report.slow.episodes}) | {_fmt(report.slow.finish_share)} |",
-            f"| slow: answers with the correct result | {_fmt(report.slow.correct_share)} |",
-            f"| end to end: correct final answers (turns={report.end_to_end.turns}) | "
-            f"{_fmt(report.end_to_end.correct_share)} |",
-            f"| end to end: share of turns sent to the slow mind | {_fmt(report.end_to_end.slow_share)} |",
-            f"| median time to first token, fast-path turns, same contexts (s) | "
-            f"{_fmt(report.invoke.median_first_token_s_fast_turns)} |",
-            f"| end to end: median time to first token, turns the router kept fast (s) | "
-            f"{_fmt(report.end_to_end.median_first_token_s_fast_path)} |",
-            f"| end to end: turns ended by an agent error | {report.end_to_end.errors} |"]
-    quality = report.routing_quality
-    rows.append(f"| routing turns correct: fast mind alone / slow mind alone | {_fmt(quality.fast_only)} / "
-                f"{_fmt(quality.slow_only)} |")
-    for name, fig in report.routing.items():
-        rows.append(f"| router {name}: APGR / CPT(50%) | {_fmt(fig.apgr)} / {_fmt(fig.cpt50)} |")
-    return "\n".join(rows)
-
-
-def _rows(report: MeasureReport) -> list[tuple[str, float | None, bool]]:
-    """(measure, value, higher is better) for the comparison table."""
-    e2e = report.end_to_end
-    rows = [("invoke accuracy", report.invoke.accuracy, True),
-            ("invoke precision (slow-mind calls)", report.invoke.precision, True),
-            ("invoke recall (slow-mind calls)", report.invoke.recall, True),
-            ("fast output follows the protocol", report.invoke.parse_ok, True),
-            ("slow: valid Act steps", report.slow.valid_act_share, True),
-            ("slow: episodes reaching Finish", report.slow.finish_share, True),
-            ("slow: answers with the correct tool result", report.slow.correct_share, True),
-            ("end to end: correct final answers", e2e.correct_share, True),
-            ("routing turns: correct with the fast mind alone", report.routing_quality.fast_only, True),
-            ("routing turns: correct with the slow mind alone", report.routing_quality.slow_only, True)]
-    for name, fig in report.routing.items():
-        rows.append((f"router {name}: APGR", fig.apgr, True))
-        rows.append((f"router {name}: CPT(50%) (share sent to the slow mind)", fig.cpt50, False))
-    rows.append(("median time to first token, fast-path turns, same contexts (s)",
-                 report.invoke.median_first_token_s_fast_turns, False))
-    rows.append(("end to end: median time to first token, turns the router kept fast (s)",
-                 e2e.median_first_token_s_fast_path, False))
-    return rows
+    lines = [f"Model {report.model}; {adapters}; limit {report.limit or 'none'}", "",
+             "| measure | value |", "|---|---|"]
+    lines += [f"| {name} | {_fmt(value)} |" for name, value in _rows(report)]
+    return "\n".join(lines)
 
 
 def compare_markdown(before: MeasureReport, after: MeasureReport, before_name: str = "untrained",
                      after_name: str = "trained") -> str:
     """A side-by-side table of two reports (same data and limit)."""
     lines = [f"| measure | {before_name} | {after_name} |", "|---|---|---|"]
-    for (name, a, _), (_, b, _) in zip(_rows(before), _rows(after)):
+    for (name, a), (_, b) in zip(_rows(before), _rows(after)):
         lines.append(f"| {name} | {_fmt(a)} | {_fmt(b)} |")
-    lines.append(f"| items: fast turns / slow episodes / end-to-end turns | {before.invoke.n} / "
-                 f"{before.slow.episodes} / {before.end_to_end.turns} | {after.invoke.n} / {after.slow.episodes} / "
-                 f"{after.end_to_end.turns} |")
     return "\n".join(lines)
