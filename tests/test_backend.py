@@ -367,6 +367,32 @@ def test_two_adapters_share_one_base_model_and_switch_per_call(tiny_model, tmp_p
     assert fast.generate(QUESTION, options).text == expected["fast"]
     assert fast.last_prefix_reused > 0  # its own cached prompt, reused
     assert fast.tokenizer is base.tokenizer
+    # The merged adapter runs as a plain model: no peft wrapper left in the forward path.
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    assert not any(isinstance(m, BaseTunerLayer) for m in base.model.modules())
+
+
+def test_unmerged_adapters_switch_on_half_precision(tiny_model, tmp_path):
+    """bfloat16 weights run the adapter unmerged (through peft's layers); the base model
+    between adapter calls is the plain model again."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    fast_dir = _random_adapter(tiny_model, tmp_path / "fast", 1)
+    slow_dir = _random_adapter(tiny_model, tmp_path / "slow", 2)
+    options = GenerationOptions(max_tokens=8)
+    base = models.load_backend(ModelSpec(model=str(tiny_model), dtype="bfloat16"))
+    plain = base.generate(QUESTION, options).text
+    fast = models.load_backend(ModelSpec(model=str(tiny_model), adapter=fast_dir, dtype="bfloat16"))
+    slow = models.load_backend(ModelSpec(model=str(tiny_model), adapter=slow_dir, dtype="bfloat16"))
+    first = fast.generate(QUESTION, options).text
+    assert any(isinstance(m, BaseTunerLayer) for m in base.model.modules())
+    slow.generate(QUESTION, options)
+    base.clear_cache()
+    assert base.generate(QUESTION, options).text == plain
+    assert not any(isinstance(m, BaseTunerLayer) for m in base.model.modules())
+    fast.clear_cache()
+    assert fast.generate(QUESTION, options).text == first
 
 
 def test_int8_minds_keep_one_copy_per_adapter(tiny_model, tmp_path):
