@@ -115,6 +115,13 @@ class FastOutput:
     raw: str
 
 
+def _markup_start(content: str) -> int:
+    """Where markup begins inside an unclosed ``Response[`` body: ``Invoke[``, or a second
+    ``Response[`` (a model that restarts its reply instead of closing the first); -1 if none."""
+    found = [i for i in (content.find(INVOKE_OPEN), content.find(RESPONSE_OPEN)) if i >= 0]
+    return min(found) if found else -1
+
+
 def _strip_invoke(text: str) -> str:
     """Raw text without a stray ``Invoke[...]`` and anything after it."""
     i = text.find(INVOKE_OPEN)
@@ -128,10 +135,10 @@ def parse_fast(raw: str) -> FastOutput:
     if stripped.startswith(RESPONSE_OPEN):
         start = len(RESPONSE_OPEN)
         end = find_closing(stripped, start)
-        inv = stripped.find(INVOKE_OPEN, start)
-        if end < 0 or (0 <= inv < end):
-            # Unclosed Response[: the reply runs to Invoke[ (or the end).
-            body = stripped[start: inv if inv >= 0 else len(stripped)]
+        markup = _markup_start(stripped[start:])
+        if end < 0 or (0 <= markup < end - start):
+            # Unclosed Response[: the reply runs to Invoke[, a restarted Response[ or the end.
+            body = stripped[start: start + markup if markup >= 0 else len(stripped)]
             return FastOutput(body.strip(), False, False, raw)
         body = stripped[start:end].strip()
         if invoke_match is None or invoke_match.start() < end:
@@ -146,7 +153,8 @@ class FastStreamParser:
     see now (the inside of ``Response[...]``, or the raw text when the output does not follow
     the protocol), holding back anything that may still turn out to be markup.
 
-    ``done`` becomes True once ``Invoke[...]`` is closed: the caller may stop generating.
+    ``done`` becomes True once ``Invoke[...]`` is closed, or once the model restarts its reply
+    with a second ``Response[``: the caller may stop generating.
     """
 
     def __init__(self) -> None:
@@ -185,20 +193,26 @@ def visible_fast_text(raw: str, final: bool) -> tuple[str, bool]:
         cut = find_closing(content, 0)
     else:
         content, cut = body, -1
-    inv = content.find(INVOKE_OPEN)
-    if inv >= 0 and (cut < 0 or inv < cut):
-        cut = inv
+    in_response = body.startswith(RESPONSE_OPEN)
+    markup = _markup_start(content) if in_response else content.find(INVOKE_OPEN)
+    restarted = markup >= 0 and (cut < 0 or markup < cut) and content.startswith(RESPONSE_OPEN, markup)
+    if markup >= 0 and (cut < 0 or markup < cut):
+        cut = markup
     closed = cut >= 0
     text = content[:cut] if closed else content
     if not closed and not final:
-        # Hold back a tail that may be the start of Invoke[; but not a reply that is so far
+        # Hold back a tail that may be the start of markup; but not a reply that is so far
         # only "I" (as in "I'm"): holding it costs a decode step of time to first token on
         # many replies, and an Invoke[ right after Response[ (an empty reply) is malformed.
-        for k in range(min(len(INVOKE_OPEN), len(text)), 0, -1):
-            if INVOKE_OPEN.startswith(text[-k:]) and text.strip() != "I":
-                text = text[:-k]
-                break
-    done = closed and _INVOKE_RE.search(content, cut) is not None
+        held = 0
+        for opener in (INVOKE_OPEN, RESPONSE_OPEN) if in_response else (INVOKE_OPEN,):
+            for k in range(min(len(opener), len(text)), held, -1):
+                if opener.startswith(text[-k:]) and text.strip() != "I":
+                    held = k
+                    break
+        text = text[:len(text) - held]
+    # Done: Invoke[...] is closed, or the reply was restarted (what follows is not shown).
+    done = (closed and _INVOKE_RE.search(content, cut) is not None) or restarted
     # Surrounding whitespace is held back (the final reply is stripped).
     return text.strip(), done
 

@@ -27,6 +27,7 @@ def test_well_formed_fast_output(raw, response, invoke, ok):
     ("Response[Paris.]", "Paris."),  # Invoke missing
     ("Response[Paris. Invoke[True]", "Paris."),  # Response never closed
     ("Response[Paris is", "Paris is"),  # cut off
+    ("Response[I can help.\n\nResponse[I can help.", "I can help."),  # restarted, never closed
     ("Paris. Invoke[True]", "Paris."),  # Response missing: no invoke, markup dropped
     ("Response[Paris.] Invoke[maybe]", "Paris."),  # garbled Invoke value
     ("", ""),
@@ -52,6 +53,7 @@ def _stream(raw: str, size: int) -> tuple[str, FastStreamParser]:
     "Response[cut off",
     "Resp",
     "  leading spaces then text",
+    "Response[I can help.\n\nResponse[I can help. Invoke[False]",
 ])
 @pytest.mark.parametrize("size", [1, 3, 7, 1000])
 def test_streamed_text_equals_parsed_reply_and_hides_markup(raw, size):
@@ -66,6 +68,17 @@ def test_stream_parser_reports_done_after_invoke():
     assert not parser.done
     parser.feed("lse]")
     assert parser.done
+
+
+def test_stream_parser_stops_a_restarted_reply():
+    """A model that opens a second Response[ instead of closing the first (seen on very long
+    inputs) has finished its reply: the markup is never shown and generation may stop."""
+    parser = FastStreamParser()
+    shown = parser.feed("Response[I can help.\n\nRes")
+    assert shown == "I can help." and not parser.done
+    parser.feed("ponse[I can")
+    assert parser.done
+    assert parser.finish() == "" and parser.result().response == "I can help."
 
 
 def test_stream_parser_shows_raw_text_immediately():
