@@ -5,12 +5,13 @@ both produce exactly ``--new-tokens`` tokens; runs alternate (duma, plain, duma,
 after a warm-up so that background load hits both alike, and the medians are reported.
 Prints one JSON object:
 
-    python bench/decode.py [--model embedded] [--new-tokens 128] [--runs 3] [--int8]
+    python bench/decode.py [--model embedded] [--new-tokens 128] [--runs 3] [--int8] [--minds]
 
 ``ratio`` is duma decode tok/s divided by plain decode tok/s. ``tiny_model_overhead`` is the
 per-token time of both loops on a tiny random model (pure loop overhead, robust to load). ``second_turn`` compares the
 time to first token of a follow-up turn with the KV cache of the first turn reused and with
-no cache.
+no cache. ``shipped_minds`` (``--minds``) compares the shipped fast-mind adapter, switched per
+call on one base model beside the slow mind's, with a plain model that has it folded in.
 """
 
 from __future__ import annotations
@@ -125,6 +126,37 @@ def _tiny_overhead(runs: int, new_tokens: int = 200) -> dict[str, float]:
             "plain_ms_per_token": round(statistics.median(plain) / new_tokens * 1e3, 3)}
 
 
+def _shipped_minds(model: str, runs: int, new_tokens: int) -> dict[str, Any]:
+    """Decode with the shipped fast-mind adapter active on a backend that holds both minds'
+    adapters (what ``duma chat`` runs) against ``model.generate`` on a plain model with that
+    adapter folded in for good (peft's merge_and_unload): the cost of switching adapters."""
+    from duma import models
+    from duma.backend import AdapterView
+    from duma.types import Message, ModelSpec
+    from duma.plugins.transformers_backend import TransformersBackend
+
+    fast_dir, slow_dir = models.shipped_mind_adapter("fast"), models.shipped_mind_adapter("slow")
+    if fast_dir is None or slow_dir is None:
+        return {"skipped": "this checkout ships no trained minds"}
+    base = TransformersBackend(ModelSpec(model=model))
+    base._eos_ids = set()
+    for folder in (slow_dir, fast_dir):
+        base.load_adapter(str(folder))
+    fast = AdapterView(base, str(fast_dir))
+    folded = models.load_model(model, device=base.device, adapter=str(fast_dir), merge_adapter=True)
+    messages = [Message(role="user", content=PROMPT)]
+    prompt_ids = base.prompt_ids(messages)
+    _duma_run(fast, messages, 8)
+    _plain_run(folded, prompt_ids, 8)
+    duma_runs, plain_runs = [], []
+    for _ in range(runs):
+        duma_runs.append(_duma_run(fast, messages, new_tokens))
+        plain_runs.append(_plain_run(folded, prompt_ids, new_tokens))
+    duma, plain = _median(duma_runs), _median(plain_runs)
+    return {"duma_switched_adapter": duma, "plain_generate_folded_adapter": plain,
+            "ratio": round(duma["decode_tok_s"] / plain["decode_tok_s"], 3)}
+
+
 def main(out: Any = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="embedded")
@@ -132,6 +164,8 @@ def main(out: Any = None) -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--int8", action="store_true", help="also measure the opt-in int8 backend")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    parser.add_argument("--minds", action="store_true",
+                        help="also measure the shipped fast-mind adapter on the two-adapter backend")
     args = parser.parse_args()
 
     import torch
@@ -184,6 +218,8 @@ def main(out: Any = None) -> None:
         int8 = _median([_duma_run(quantized, messages, args.new_tokens) for _ in range(args.runs)])
         result["duma_int8"] = int8
         result["int8_ratio_vs_plain"] = round(int8["decode_tok_s"] / plain["decode_tok_s"], 3)
+    if args.minds:
+        result["shipped_minds"] = _shipped_minds(args.model, args.runs, args.new_tokens)
     print(json.dumps(result), file=out or sys.stdout, flush=True)
 
 
