@@ -195,23 +195,20 @@ def visible_fast_text(raw: str, final: bool) -> tuple[str, bool]:
         content, cut = body, -1
     in_response = body.startswith(RESPONSE_OPEN)
     markup = _markup_start(content) if in_response else content.find(INVOKE_OPEN)
-    restarted = markup >= 0 and (cut < 0 or markup < cut) and content.startswith(RESPONSE_OPEN, markup)
     if markup >= 0 and (cut < 0 or markup < cut):
         cut = markup
     closed = cut >= 0
     text = content[:cut] if closed else content
-    if not closed and not final:
-        # Hold back a tail that may be the start of markup; but not a reply that is so far
-        # only "I" (as in "I'm"): holding it costs a decode step of time to first token on
-        # many replies, and an Invoke[ right after Response[ (an empty reply) is malformed.
-        held = 0
-        for opener in (INVOKE_OPEN, RESPONSE_OPEN) if in_response else (INVOKE_OPEN,):
-            for k in range(min(len(opener), len(text)), held, -1):
-                if opener.startswith(text[-k:]) and text.strip() != "I":
-                    held = k
-                    break
+    # Hold back a tail that may be the start of markup; but not a reply that is so far only
+    # "I" (as in "I'm"): holding it costs a decode step of time to first token on many
+    # replies, and an Invoke[ right after Response[ (an empty reply) is malformed.
+    if not closed and not final and text.strip() != "I":
+        openers = (INVOKE_OPEN, RESPONSE_OPEN) if in_response else (INVOKE_OPEN,)
+        held = max((k for opener in openers for k in range(1, min(len(opener), len(text)) + 1)
+                    if opener.startswith(text[-k:])), default=0)
         text = text[:len(text) - held]
-    # Done: Invoke[...] is closed, or the reply was restarted (what follows is not shown).
+    # Done: Invoke[...] is closed, or the reply was restarted (a second Response[ cut it).
+    restarted = closed and content.startswith(RESPONSE_OPEN, cut)
     done = (closed and _INVOKE_RE.search(content, cut) is not None) or restarted
     # Surrounding whitespace is held back (the final reply is stripped).
     return text.strip(), done

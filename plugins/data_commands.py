@@ -168,13 +168,6 @@ def token_length(tokenizer: Any, record: Record) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def load_tokenizer(spec: str) -> Any:
-    """A tokenizer from ``embedded`` or a model folder (duma's one model loader)."""
-    from duma.models import load_tokenizer as load_model_tokenizer
-
-    return load_model_tokenizer(spec)
-
-
 def write_histogram(lengths: list[int], out: Path, title: str, xlabel: str) -> None:
     """A length histogram PNG (matplotlib's Agg canvas: no display, no pyplot state)."""
     from matplotlib.figure import Figure
@@ -400,6 +393,8 @@ def stats_command(files: tuple[Path, ...], source: str | None, skip_invalid: boo
     """Records, turns, characters and categories of FILE... (and token lengths)."""
     paths = _files_arg(tuple(str(f) for f in files))
     source = _source_for(paths, source)
+    from duma.models import load_tokenizer
+
     tok = load_tokenizer(tokenizer) if tokenizer else None
     stats, reader = _stats_and_reader(source, paths, skip_invalid, rejects)
     result = DataStats()
