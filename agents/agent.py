@@ -20,8 +20,8 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from duma.backend import Backend
-from duma.config import DumaConfig, MindConfig, config_from, format_validation_error
-from duma.errors import DumaError
+from duma.config import DumaConfig, MindConfig, config_from
+from duma.errors import DumaError, first_line, format_validation_error
 from duma.events import (ErrorEvent, Event, FastDone, FastToken, FinalDone, FinalToken, Notice,
                          SlowDone, SlowStep)
 from duma.logstore import LoggedMessage, LogStore
@@ -144,11 +144,6 @@ def model_label(spec: ModelSpec) -> str:
         if spec.adapter == str(shipped_mind_adapter(which)):
             return f"{spec.model}+duma-{which}-mind"
     return f"{spec.model}+{spec.adapter}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
 
 
 class Agent:
@@ -334,7 +329,7 @@ class Agent:
         except DumaError as exc:
             yield ErrorEvent(conversation_id=cid, message=str(exc))
         except Exception as exc:  # a backend or tool failure ends this turn, not the process
-            yield ErrorEvent(conversation_id=cid, message=f"{type(exc).__name__}: {_first_line(exc)}")
+            yield ErrorEvent(conversation_id=cid, message=first_line(exc, with_type=True))
 
 
 class _ConversationLock:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from duma.backend import Backend
+from duma.errors import first_line
 from duma.events import SlowDone, SlowStep
 from duma.types import GenerationOptions, Message, Usage
 
@@ -70,11 +71,6 @@ def run_with_timeout(fn: Callable[[], Any], timeout_s: float) -> tuple[bool, Any
     if "error" in box:
         raise box["error"]
     return True, box.get("result")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _as_text(value: Any) -> str:
@@ -135,7 +131,7 @@ class SlowMind:
         try:
             ok, value = run_with_timeout(lambda: tool.invoke(arguments), self.tool_timeout_s)
         except Exception as exc:  # a tool's own failure is something to react to
-            return f"Error: {call.name} failed: {_first_line(exc)}"
+            return f"Error: {call.name} failed: {first_line(exc, with_type=True)}"
         if not ok:
             return f"Error: {call.name} timed out after {self.tool_timeout_s:g} s"
         text = _as_text(value).strip()
@@ -189,7 +185,7 @@ class SlowMind:
                         timed_out = True
                         break
             except Exception as exc:
-                model_error = f"model error: {_first_line(exc)}"
+                model_error = f"model error: {first_line(exc, with_type=True)}"
                 yield done("", False, "error")
                 return
             raw = "".join(parts)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from duma.errors import ConfigError
+from duma.errors import ConfigError, format_validation_error
 from duma.models import EMBEDDED, shipped_mind_adapter
 from duma.types import GenerationOptions, ModelSpec
 
@@ -99,40 +99,14 @@ def _origin_of(loc: tuple[Any, ...], origins: Origins | None) -> str | None:
     return origins[below[0]] if below and parts else None
 
 
-def _error_message(err: Any) -> str:
-    if err["type"] == "extra_forbidden":
-        return "unknown key"
-    if err["type"] == "literal_error" and "expected" in err.get("ctx", {}):
-        msg = f"must be one of {err['ctx']['expected']}"
-    else:
-        msg = err["msg"]
-    if "input" in err and not isinstance(err["input"], (dict, list, BaseModel)):
-        msg += f" (got {err['input']!r})"
-    return msg
-
-
-def format_validation_error(exc: ValidationError, source: str | None = None,
-                            origins: Origins | None = None) -> str:
-    """One line per problem: ``source: key.path: message``; the first problem first.
-
-    ``origins`` names the source of each key path (file:line, environment variable, command
-    line); ``source`` is used for keys it does not cover.
-    """
-    lines = []
-    for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        where = _origin_of(err["loc"], origins) or source
-        lines.append(f"{where + ': ' if where else ''}{path}: {_error_message(err)}")
-    return "; ".join(lines)
-
-
 def validate_model(model: type[BaseModel], data: Any, source: str | None = None,
                    origins: Origins | None = None) -> Any:
     """Validate ``data`` against ``model``; a :class:`ConfigError` names the key paths."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source, origins), _allowed_hint(model, exc)) from None
+        raise ConfigError(format_validation_error(exc, source=source, origin=lambda loc: _origin_of(loc, origins)),
+                          _allowed_hint(model, exc)) from None
 
 
 def _allowed_hint(model: type[BaseModel], exc: ValidationError) -> str:

@@ -27,7 +27,7 @@ from typing import IO, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from duma.errors import DumaError
+from duma.errors import DumaError, first_line, validation_problems
 from duma.types import Message
 
 
@@ -154,10 +154,6 @@ def check_readable(path: Path) -> None:
         raise DumaError(f"data file {path} is a folder", "pass the data files themselves")
 
 
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else ""
-
-
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     # Binary lines so that a bad byte is reported at its own line.
     with open(path, "rb") as fh:
@@ -270,7 +266,7 @@ def _iter_parquet(path: Path) -> Iterator[tuple[int, Any]]:
     try:
         reader = pq.ParquetFile(str(path))
     except Exception as exc:
-        raise DumaError(f"{path}: not a readable Parquet file ({_first_line(str(exc))})") from None
+        raise DumaError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
     row = 0
     for batch in reader.iter_batches(batch_size=1024):
         for item in batch.to_pylist():
@@ -317,20 +313,8 @@ def iter_raw(path: Path, *, allow_text: bool = False) -> Iterator[tuple[int, Any
 
 def problem_of(exc: ValidationError, prefix: str = "") -> RecordProblem:
     """The first pydantic error as ``field: problem`` (``field`` is a dotted path)."""
-    err = exc.errors(include_url=False)[0]
-    loc = ".".join(str(p) for p in err.get("loc", ()))
-    field_path = ".".join(p for p in (prefix, loc) if p) or "record"
-    msg = err.get("msg", "invalid")
-    kind, ctx = err.get("type"), err.get("ctx") or {}
-    if kind == "missing":
-        msg = "missing"
-    elif kind == "string_too_short" and ctx.get("min_length") == 1:
-        msg = "empty"
-    elif kind == "too_short":
-        msg = f"needs at least {ctx.get('min_length')} item{'s' * (ctx.get('min_length') != 1)}"
-    elif msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
-    return RecordProblem(field_path, msg)
+    path, message = validation_problems(exc)[0]
+    return RecordProblem(".".join(p for p in (prefix, path) if p) or "record", message)
 
 
 class JsonRecordSource(DataSource):
@@ -355,7 +339,7 @@ class JsonRecordSource(DataSource):
         except RecordProblem:
             raise
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            raise RecordProblem("record", _first_line(str(exc)) or type(exc).__name__) from None
+            raise RecordProblem("record", first_line(exc) or type(exc).__name__) from None
 
     def accepts(self, raw: Any) -> bool:
         try:

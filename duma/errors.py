@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 
 class DumaError(Exception):
     """An error the CLI prints as one line (no traceback unless --debug), exit code 1.
@@ -36,3 +39,68 @@ class ModelLoadError(DumaError):
 
 class LogStoreError(DumaError):
     """The conversation log database is locked, corrupt or unreadable."""
+
+
+def first_line(error: BaseException | str, *, with_type: bool = False, limit: int = 300) -> str:
+    """The first line of an exception's text (or of a string), cut to ``limit`` characters.
+
+    An exception with no text is named by its type; ``with_type`` prefixes the type anyway
+    (``"ValueError: ..."``), for messages where the kind of failure matters.
+    """
+    if isinstance(error, BaseException):
+        text = str(error).strip()
+        kind = type(error).__name__
+        line = text.splitlines()[0][:limit] if text else kind
+        return f"{kind}: {line}" if with_type and text else line
+    text = error.strip()
+    return text.splitlines()[0][:limit] if text else ""
+
+
+def validation_problems(exc: Any) -> list[tuple[str, str]]:
+    """A pydantic ``ValidationError`` as ``(dotted key path, short message)`` pairs, first
+    problem first. Messages are short and say what is allowed (``unknown key``, ``missing``,
+    ``must be one of ...``)."""
+    problems = []
+    for err in exc.errors(include_url=False):
+        path = ".".join(str(p) for p in err.get("loc", ()))
+        problems.append((path, _problem_message(err)))
+    return problems
+
+
+def _problem_message(err: Any) -> str:
+    kind, ctx = err.get("type"), err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "missing"
+    if kind == "string_too_short" and ctx.get("min_length") == 1:
+        return "empty"
+    if kind == "too_short":
+        n = ctx.get("min_length")
+        return f"needs at least {n} item{'s' * (n != 1)}"
+    if kind == "literal_error" and "expected" in ctx:
+        msg = f"must be one of {ctx['expected']}"
+    else:
+        msg = str(err.get("msg", "invalid"))
+        msg = msg.removeprefix("Value error, ")
+    value = err.get("input")
+    if "input" in err and not isinstance(value, (dict, list)) and not hasattr(value, "model_fields"):
+        shown = repr(value)
+        msg += f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
+    return msg
+
+
+def format_validation_error(exc: Any, *, prefix: str = "", source: str | None = None,
+                            origin: Callable[[tuple[Any, ...]], str | None] | None = None) -> str:
+    """The one-line form of a pydantic ``ValidationError``: ``where: key.path: message``
+    for each problem, joined with ``; `` (the first problem first).
+
+    ``prefix`` is the key path the validated data sits under (``agent.router_options``);
+    ``origin(loc)`` names where a key came from (``cfg.yaml:3``), ``source`` is the fallback.
+    """
+    lines = []
+    for err, (path, message) in zip(exc.errors(include_url=False), validation_problems(exc)):
+        full = ".".join(p for p in (prefix, path) if p) or "(top level)"
+        where = (origin(err.get("loc", ())) if origin else None) or source
+        lines.append(f"{where + ': ' if where else ''}{full}: {message}")
+    return "; ".join(lines)

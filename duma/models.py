@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from duma.errors import ModelLoadError
+from duma.errors import ModelLoadError, first_line
 from duma.paths import duma_home
 
 if TYPE_CHECKING:
@@ -42,11 +42,6 @@ _convert_lock = threading.Lock()
 _backends: dict[tuple[str, str, str | None, str, str], "Backend"] = {}
 _backends_lock = threading.Lock()
 _backend_key_locks: dict[tuple[str, str, str | None, str, str], threading.Lock] = {}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
-    return text.splitlines()[0][:300]
 
 
 def model_cache_dir() -> Path:
@@ -119,7 +114,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
         raise
     except Exception as exc:  # a corrupt or unsupported file fails deep inside transformers
         shutil.rmtree(tmp, ignore_errors=True)
-        raise ModelLoadError(f"cannot convert GGUF file {gguf}: {_first_line(exc)}",
+        raise ModelLoadError(f"cannot convert GGUF file {gguf}: {first_line(exc, with_type=True)}",
                              "check that the file is a complete GGUF model of a supported architecture") from None
     try:
         os.rename(tmp, target)
@@ -289,7 +284,7 @@ def load_tokenizer(model: str) -> Any:
         with _quiet_loading():
             return AutoTokenizer.from_pretrained(str(path))
     except Exception as exc:
-        raise ModelLoadError(f"cannot load the tokenizer from {path}: {_first_line(exc)}",
+        raise ModelLoadError(f"cannot load the tokenizer from {path}: {first_line(exc, with_type=True)}",
                              "check that the folder holds a complete tokenizer") from None
 
 
@@ -318,7 +313,7 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto", adapter: s
         with _quiet_loading():
             loaded = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
     except Exception as exc:
-        raise ModelLoadError(f"cannot load the model from {path}: {_first_line(exc)}",
+        raise ModelLoadError(f"cannot load the model from {path}: {first_line(exc, with_type=True)}",
                              "check that the folder holds complete model weights") from None
     if adapter:
         loaded = _apply_adapter(loaded, adapter, merge_adapter)
@@ -364,7 +359,7 @@ def attach_adapter(model: Any, adapter: str, *, name: str = "default", peft_mode
             else:
                 peft_model.load_adapter(str(folder), adapter_name=name)
     except Exception as exc:
-        raise ModelLoadError(f"cannot load the adapter from {folder}: {_first_line(exc)}",
+        raise ModelLoadError(f"cannot load the adapter from {folder}: {first_line(exc, with_type=True)}",
                              "check that the adapter was trained on this base model") from None
     return peft_model
 
@@ -444,7 +439,7 @@ def clear_backends() -> None:
         try:
             backend.close()
         except Exception as exc:  # closing is best effort
-            print(f"duma: warning: closing backend failed ({_first_line(exc)})", file=sys.stderr)
+            print(f"duma: warning: closing backend failed ({first_line(exc, with_type=True)})", file=sys.stderr)
 
 
 __all__ = [

@@ -33,54 +33,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel
 
 from duma.errors import DumaError
+from duma.judge import FAILED_PREFIX, NO_REFERENCE_PREFIX, UNPARSED_PREFIX, Judge, JudgeResult
 
 if TYPE_CHECKING:
     from duma.backend import Backend
-
-
-class JudgeResult(BaseModel):
-    """One judgement: ``score`` in [0, 1], or None with ``error`` saying why."""
-
-    score: float | None = None
-    raw: str = ""
-    error: str | None = None
-
-    @property
-    def failed(self) -> bool:
-        """The judge could not be asked (backend error), as opposed to an unreadable reply."""
-        return self.error is not None and self.error.startswith(FAILED_PREFIX)
-
-    @property
-    def unparsed(self) -> bool:
-        return self.error is not None and self.error.startswith(UNPARSED_PREFIX)
-
-
-FAILED_PREFIX = "failed: "
-UNPARSED_PREFIX = "unparsed: "
-NO_REFERENCE_PREFIX = "no reference: "
 
 
 def normalise_class(name: str) -> str:
     """Class names compare case-folded with white space (U+00A0 included) collapsed to one
     space: BELLE writes "closed\\u00a0qa" in the set and "closed\\u00a0QA" in its prompts."""
     return " ".join(unicodedata.normalize("NFKC", str(name)).split()).casefold()
-
-
-class Judge:
-    """Base class: ``name`` and ``score(question, answer, reference, klass)``.
-
-    ``needs_backend`` judges are constructed with ``backend=`` (a loaded
-    :class:`duma.backend.Backend`); the others with no arguments.
-    """
-
-    name: ClassVar[str]
-    needs_backend: ClassVar[bool] = False
-
-    def __init__(self, **options: Any) -> None:
-        self.options = options
-
-    def score(self, question: str, answer: str, reference: str, klass: str) -> JudgeResult:
-        raise NotImplementedError
 
 
 # --- rule judges ------------------------------------------------------------------------
