@@ -36,6 +36,21 @@ class CliState:
             self._config = load_config(self.config_path, self.overrides)
         return self._config
 
+    def config_with(self, flag_overrides: dict[str, Any] | None = None, *, model: str | None = None,
+                    backend: str | None = None):  # -> DumaConfig
+        """The configuration with one command's own flags applied last: the one way a
+        command applies ``-m/--model`` and ``--backend`` (they set ``model.model`` and
+        ``model.backend``) and any other flag that maps onto a config key."""
+        from duma.config import load_config, merge
+
+        overrides = dict(flag_overrides or {})
+        model_flags = {key: value for key, value in (("model", model), ("backend", backend)) if value}
+        if model_flags:
+            overrides = merge(overrides, {"model": model_flags})
+        if not overrides:
+            return self.config
+        return load_config(self.config_path, merge(self.overrides, overrides))
+
 
 pass_state = click.make_pass_decorator(CliState, ensure=True)
 

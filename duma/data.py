@@ -20,10 +20,10 @@ from __future__ import annotations
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, ClassVar, Literal
+from typing import IO, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -307,6 +307,33 @@ def iter_raw(path: Path, *, allow_text: bool = False) -> Iterator[tuple[int, Any
                             "use --format text, or convert the file to JSON Lines")
         return _iter_text_paragraphs(path)
     return {"jsonl": _iter_jsonl, "json": _iter_json_list, "parquet": _iter_parquet}[fmt](path)
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def read_validated(path: str | Path, model: type[ModelT], *, hint: str,
+                   prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                   ) -> Iterator[tuple[int, ModelT]]:
+    """``(line, item)`` for each item of a JSON Lines, JSON list or Parquet file, validated
+    against ``model``: the one reader for duma's small record files (eval sets, labelled
+    turns, routing records). The first bad item raises a one-line :class:`DumaError`
+    ``file:line: field: problem`` with ``hint`` (what a good item looks like).
+
+    ``prepare`` may fill defaults into each raw object before validation.
+    """
+    path = Path(path)
+    for line, raw in iter_raw(path):
+        if isinstance(raw, RecordProblem):
+            raise DumaError(f"{path}:{line}: {raw}", hint)
+        if not isinstance(raw, dict):
+            raise DumaError(f"{path}:{line}: expected a JSON object, got {type(raw).__name__}", hint)
+        try:
+            yield line, model.model_validate(prepare(dict(raw)) if prepare else raw)
+        except ValidationError as exc:
+            raise DumaError(f"{path}:{line}: {problem_of(exc)}", hint) from None
+        except RecordProblem as exc:
+            raise DumaError(f"{path}:{line}: {exc}", hint) from None
 
 
 # ----------------------------------------------------------------------------- JSON sources
