@@ -5,6 +5,6 @@
 
 from __future__ import annotations
 
-from .agent import Agent, FastMindDecides, Reply
+from .agent import Agent, Reply
 
-__all__ = ["Agent", "FastMindDecides", "Reply"]
+__all__ = ["Agent", "Reply"]

@@ -25,14 +25,14 @@ from duma.errors import DumaError, first_line, format_validation_error
 from duma.events import (ErrorEvent, Event, FastDone, FastToken, FinalDone, FinalToken, Notice,
                          SlowDone, SlowStep)
 from duma.logstore import LoggedMessage, LogStore
-from duma.routing import RouteDecision, RouteInput, Router
+from duma.models import load_backend
+from duma.routing import RouteInput, Router
 from duma.types import GenerationOptions, Message, ModelSpec, Usage
 
 from . import fast_mind, protocol
 from .slow_mind import SlowMind
 
 OptionsLike = GenerationOptions | dict[str, Any] | None
-KNOWLEDGE_TOOL = "search_knowledge"
 
 
 class Reply(BaseModel):
@@ -72,65 +72,35 @@ class Reply(BaseModel):
         )
 
 
-class FastMindDecides(Router):
-    """The ``duma`` router: the fast mind's own ``Invoke[...]`` decides. Built in here as a
-    fallback for when no plugin registers a router named ``duma``."""
-
-    name = "duma"
-    defers_to_fast_mind = True
-
-    def score(self, turn: RouteInput) -> float:
-        return 0.0
-
-    def route(self, turn: RouteInput) -> RouteDecision:
-        return RouteDecision(slow=None, score=None)
-
-
-def load_backend(spec: ModelSpec) -> Backend:
-    """The (process-wide cached) backend for a model spec."""
-    try:
-        from duma.models import load_backend as cached_loader
-    except ImportError:  # the loader is not there: construct directly
-        from duma import host
-
-        return host.get("backend", spec.backend)(spec)
-    return cached_loader(spec)
-
-
 def load_router(name: str, options: dict[str, Any]) -> Router:
+    """The registered router ``name``, built with its options (``agent.router_options``)."""
     from duma import host
 
-    try:
-        found = host.get("router", name)
-    except DumaError:
-        if name != FastMindDecides.name:
-            raise
-        found = FastMindDecides
+    found = host.get("router", name)
     return found(options) if isinstance(found, type) else found
 
 
-def load_tools(names: list[str] | None, knowledge_dir: Path | None = None) -> dict[str, Any]:
-    """The registered tools, limited to ``names`` when given (unknown names are an error).
-    With ``knowledge_dir``, the built-in ``search_knowledge`` searches that folder (the
-    registered one reads the config file, not this agent's config)."""
+def load_tools(config: DumaConfig) -> dict[str, Any]:
+    """The agent's tools by name: every registered tool, or those ``agent.tools`` names
+    (unknown names are an error). Tools registered as factories are built here, once, from
+    ``config``."""
+    from langchain_core.tools import BaseTool
+
     from duma import host
 
-    registered = {name: comp.obj for name, comp in host.components("tool").items()}
-    if knowledge_dir is not None and KNOWLEDGE_TOOL in registered:
-        try:
-            from duma.plugins.tools import make_knowledge_tool
-        except ImportError:
-            pass
-        else:
-            registered[KNOWLEDGE_TOOL] = make_knowledge_tool(knowledge_dir)
-    if names is None:
-        return registered
-    missing = [n for n in names if n not in registered]
-    if missing:
-        known = ", ".join(sorted(registered)) or "none"
-        raise DumaError(f"unknown tool(s) in agent.tools: {', '.join(missing)}",
-                        f"known tools: {known}; see 'duma plugins'")
-    return {n: registered[n] for n in names}
+    registered = host.components("tool")
+    names = config.agent.tools
+    if names is not None:
+        missing = [n for n in names if n not in registered]
+        if missing:
+            known = ", ".join(sorted(registered)) or "none"
+            raise DumaError(f"unknown tool(s) in agent.tools: {', '.join(missing)}",
+                            f"known tools: {known}; see 'duma plugins'")
+    tools = {}
+    for name in names if names is not None else registered:
+        obj = registered[name].obj
+        tools[name] = obj if isinstance(obj, BaseTool) else obj(config)
+    return tools
 
 
 def model_label(spec: ModelSpec) -> str:
@@ -171,7 +141,7 @@ class Agent:
             self.log_store = LogStore(":memory:")  # nothing written to disk
         self.router = router if router is not None else load_router(agent_cfg.router, agent_cfg.router_options)
         self.router_name = getattr(self.router, "name", type(self.router).__name__)
-        self.tools = tools if tools is not None else load_tools(agent_cfg.tools, agent_cfg.knowledge_dir)
+        self.tools = tools if tools is not None else load_tools(self.config)
         self._fast_backend = fast_backend
         self._slow_backend = slow_backend
         self._load_lock = threading.Lock()
@@ -325,7 +295,7 @@ class Agent:
         lock = self._conversation_lock(cid)  # a strong reference for the whole turn
         try:
             with lock:
-                yield from _Turn(self, text, cid, system, options).run()
+                yield from TurnRun(self, text, cid, system, options).run()
         except DumaError as exc:
             yield ErrorEvent(conversation_id=cid, message=str(exc))
         except Exception as exc:  # a backend or tool failure ends this turn, not the process
@@ -351,7 +321,7 @@ class _Raised:
         self.exc = exc
 
 
-class _Turn:
+class TurnRun:
     """One turn of one conversation (runs under that conversation's lock)."""
 
     def __init__(self, agent: Agent, text: str, cid: str, system: str | None,
@@ -529,4 +499,4 @@ def fallback_reply(slow_done: SlowDone, raw_reply: str) -> str:
     return f"I could not finish looking into this. {result}"
 
 
-__all__ = ["Agent", "FastMindDecides", "Reply", "load_backend", "load_router", "load_tools"]
+__all__ = ["Agent", "Reply", "load_router", "load_tools"]

@@ -92,7 +92,9 @@ def retrospect(history: Sequence[LoggedMessage], text: str, memory_turns: int) -
 # --------------------------------------------------------------------------- context fitting
 
 @dataclass
-class Fitted:
+class FittedPrompt:
+    """Messages cut to fit a model's context, and what was cut (for a notice to the user)."""
+
     messages: list[Message]
     dropped_turns: int = 0
     truncated: bool = False
@@ -108,12 +110,12 @@ class Fitted:
 
 def fit_to_context(backend: Backend, messages: list[Message], max_tokens: int,
                    is_turn_start: Callable[[Message], bool],
-                   keep: Literal["start", "end"] = "start") -> Fitted:
+                   keep: Literal["start", "end"] = "start") -> FittedPrompt:
     """Drop the oldest turns (never the system prompt or the last turn) until the prompt plus
     ``max_tokens`` fits the context; then shorten the longest message if still needed."""
     budget = max(backend.context_length - max_tokens, 16)
     msgs = list(messages)
-    fitted = Fitted(msgs)
+    fitted = FittedPrompt(msgs)
     if backend.count_tokens(msgs) <= budget:
         return fitted
     starts = [i for i, m in enumerate(msgs) if i > 0 and is_turn_start(m)]

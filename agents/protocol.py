@@ -199,13 +199,15 @@ def visible_fast_text(raw: str, final: bool) -> tuple[str, bool]:
         cut = markup
     closed = cut >= 0
     text = content[:cut] if closed else content
-    # Hold back a tail that may be the start of markup; but not a reply that is so far only
-    # "I" (as in "I'm"): holding it costs a decode step of time to first token on many
-    # replies, and an Invoke[ right after Response[ (an empty reply) is malformed.
-    if not closed and not final and text.strip() != "I":
+    # Hold back a tail that may be the start of markup. A reply's first character alone is
+    # not held: markup there would make the reply empty (malformed output), while holding it
+    # delays the first visible token by a decode step on every reply that starts that way.
+    if not closed and not final:
         openers = (INVOKE_OPEN, RESPONSE_OPEN) if in_response else (INVOKE_OPEN,)
         held = max((k for opener in openers for k in range(1, min(len(opener), len(text)) + 1)
                     if opener.startswith(text[-k:])), default=0)
+        if held == 1 and len(text.lstrip()) == 1:
+            held = 0
         text = text[:len(text) - held]
     # Done: Invoke[...] is closed, or the reply was restarted (a second Response[ cut it).
     restarted = closed and content.startswith(RESPONSE_OPEN, cut)

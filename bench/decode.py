@@ -212,7 +212,7 @@ def main(out: Any = None) -> None:
     if args.int8:
         backend.close()
         del backend
-        quantized = TransformersBackend(spec.model_copy(update={"device": "cpu"}), quantize="int8")
+        quantized = TransformersBackend(spec.model_copy(update={"device": "cpu", "dtype": "int8"}))
         quantized._eos_ids = set()
         _duma_run(quantized, messages, 8)
         int8 = _median([_duma_run(quantized, messages, args.new_tokens) for _ in range(args.runs)])

@@ -21,6 +21,9 @@ ENV_NESTING = "__"
 
 
 class Strict(BaseModel):
+    """A configuration section: an unknown key is an error naming it, and assigned values are
+    validated like read ones (duma's and the trainers' run configs)."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 

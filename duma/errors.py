@@ -78,8 +78,18 @@ def _problem_message(err: Any) -> str:
     if kind == "too_short":
         n = ctx.get("min_length")
         return f"needs at least {n} item{'s' * (n != 1)}"
-    if kind == "literal_error" and "expected" in ctx:
+    bounds = {"less_than_equal": ("<=", "le"), "less_than": ("<", "lt"),
+              "greater_than_equal": (">=", "ge"), "greater_than": (">", "gt")}
+    if kind in bounds:
+        symbol, key = bounds[kind]
+        bound = ctx.get(key)
+        msg = f"must be {symbol} {bound:g}" if isinstance(bound, float) else f"must be {symbol} {bound}"
+    elif kind == "literal_error" and "expected" in ctx:
         msg = f"must be one of {ctx['expected']}"
+    elif kind and kind.startswith("int_"):
+        msg = "must be an integer"
+    elif kind and kind.startswith("float_"):
+        msg = "must be a number"
     else:
         msg = str(err.get("msg", "invalid"))
         msg = msg.removeprefix("Value error, ")

@@ -55,8 +55,8 @@ def register_backends(register: Register) -> None:
 def register_quantizers(register: Register) -> None:
     """Register quantizers.
 
-    ``register(quantizer_cls)``: a class with a ``name`` (e.g. ``"gptq"``). Called by
-    ``duma quantize``.
+    ``register(quantizer_cls)``: a class with a ``name`` (e.g. ``"gptq"``) that writes a
+    smaller copy of a model. No quantizer is built in yet; the hook is where they register.
     """
 
 
@@ -74,7 +74,10 @@ def register_tools(register: Register) -> None:
     """Register tools for the slow mind.
 
     ``register(tool)``: a langchain-core ``BaseTool`` (e.g. from ``@tool``); its ``name`` is
-    what the slow mind writes in ``Act[name(args)]``. Called when the agent is built.
+    what the slow mind writes in ``Act[name(args)]``. A tool that depends on the agent's
+    configuration registers a factory instead: ``register(factory, name="search_knowledge")``,
+    where ``factory(config: DumaConfig) -> BaseTool`` is called once for each agent that is
+    built. Called when the agent is built.
     """
 
 

@@ -283,8 +283,9 @@ def _check_component(kind: str, obj: Any) -> None:
     elif kind == "tool":
         from langchain_core.tools import BaseTool
 
-        if not isinstance(obj, BaseTool):
-            raise TypeError(f"a tool must be a langchain-core BaseTool (e.g. from @tool), got {obj!r}")
+        if not (isinstance(obj, BaseTool) or callable(obj)):
+            raise TypeError("a tool must be a langchain-core BaseTool (e.g. from @tool) or a factory "
+                            f"that builds one from the agent's configuration, got {obj!r}")
 
 
 def _collect(kind: str) -> dict[str, Component]:

@@ -307,7 +307,7 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto", adapter: s
             raise ModelLoadError("dtype 'int8' (dynamic quantization) only runs on CPU",
                                  "use device 'cpu', or dtype 'auto' on a GPU")
         loaded = load_model(model, device, "float32", adapter, merge_adapter=True)
-        return quantize_int8(loaded)
+        return _quantize_int8(loaded)
     torch_dtype = pick_dtype(dtype, device)
     try:
         with _quiet_loading():
@@ -322,7 +322,7 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto", adapter: s
     return loaded
 
 
-def quantize_int8(model: Any) -> Any:
+def _quantize_int8(model: Any) -> Any:
     """Int8 weights (per output channel) and dynamically quantized activations for every
     Linear layer, in place (CPU only). Decoding on CPU is memory-bound, so 4x fewer weight
     bytes is roughly 2x the tokens/s."""
@@ -453,6 +453,5 @@ __all__ = [
     "model_cache_dir",
     "pick_device",
     "pick_dtype",
-    "quantize_int8",
     "resolve_model_path",
 ]

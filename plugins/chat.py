@@ -19,12 +19,13 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
+from duma import hookimpl, pass_state
 from duma.errors import DumaError
-from duma.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from duma.cli import CliState
     from duma.config import DumaConfig
     from duma.events import FinalDone
     from duma.logstore import LogStore
@@ -56,6 +57,7 @@ def parse_generation_options(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]
     import yaml
     from pydantic import ValidationError
 
+    from duma.errors import validation_problems
     from duma.types import GenerationOptions
 
     allowed = list(GenerationOptions.model_fields)
@@ -74,26 +76,9 @@ def parse_generation_options(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]
     try:
         GenerationOptions.model_validate(options)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = str(err["loc"][0]) if err["loc"] else "?"
-        raise OptionError(f"-o {key}: {_describe_option_error(err)}") from None
+        key, problem = validation_problems(exc)[0]
+        raise OptionError(f"-o {key.split('.')[0] or '?'}: {problem}") from None
     return options
-
-
-def _describe_option_error(err: dict[str, Any]) -> str:
-    """A pydantic error as a short phrase: ``must be <= 5``, ``must be an integer``."""
-    ctx = err.get("ctx") or {}
-    bounds = {"less_than_equal": ("<=", "le"), "less_than": ("<", "lt"),
-              "greater_than_equal": (">=", "ge"), "greater_than": (">", "gt")}
-    if err["type"] in bounds:
-        symbol, name = bounds[err["type"]]
-        bound = ctx.get(name)
-        return f"must be {symbol} {bound:g}" if isinstance(bound, float) else f"must be {symbol} {bound}"
-    if err["type"].startswith("int_"):
-        return f"must be an integer, got {err.get('input')!r}"
-    if err["type"].startswith("float_"):
-        return f"must be a number, got {err.get('input')!r}"
-    return str(err["msg"]).lower()
 
 
 def shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -119,9 +104,10 @@ def shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def build_overrides(*, system: str | None, model_ref: str | None, backend: str | None,
-                    router: str | None, no_stream: bool, no_log: bool) -> dict[str, Any]:
-    """The command-line flags as configuration overrides (the highest layer)."""
+def build_overrides(*, system: str | None, router: str | None, no_stream: bool,
+                    no_log: bool) -> dict[str, Any]:
+    """The command's flags as configuration overrides (the highest layer); ``-m/--backend``
+    are applied by :meth:`duma.cli.CliState.config_with`."""
     overrides: dict[str, Any] = {}
 
     def put(section: str, key: str, value: Any) -> None:
@@ -129,10 +115,6 @@ def build_overrides(*, system: str | None, model_ref: str | None, backend: str |
 
     if system is not None:
         put("chat", "system", system)
-    if model_ref is not None:
-        put("model", "model", model_ref)
-    if backend is not None:
-        put("model", "backend", backend)
     if router is not None:
         put("agent", "router", router)
     if no_stream:
@@ -140,15 +122,6 @@ def build_overrides(*, system: str | None, model_ref: str | None, backend: str |
     if no_log:
         put("logging", "enabled", False)
     return overrides
-
-
-def load_command_config(flag_overrides: dict[str, Any]) -> DumaConfig:
-    """Config file, then environment, then the global overrides, then this command's flags."""
-    from duma.cli import CliState
-    from duma.config import load_config, merge
-
-    state = click.get_current_context().find_object(CliState) or CliState(None, False)
-    return load_config(state.config_path, merge(state.overrides, flag_overrides))
 
 
 def log_database_path(config: DumaConfig) -> Path:
@@ -478,7 +451,8 @@ def run_turn(agent: Any, renderer: PlainRenderer | RichRenderer, text: str, conv
 
 @click.command(name="chat")
 @shared_options
-def chat_command(system: str | None, model_ref: str | None, backend: str | None,
+@pass_state
+def chat_command(state: CliState, system: str | None, model_ref: str | None, backend: str | None,
                  option_pairs: tuple[tuple[str, str], ...], router: str | None, show_slow: bool,
                  no_stream: bool, continue_last: bool, conversation_id: str | None, no_log: bool) -> None:
     """Chat with the DUMA agent.
@@ -488,8 +462,8 @@ def chat_command(system: str | None, model_ref: str | None, backend: str | None,
     input, every line is one message and only the replies are printed.
     """
     options = parse_generation_options(option_pairs)
-    config = load_command_config(build_overrides(system=system, model_ref=model_ref, backend=backend,
-                                                 router=router, no_stream=no_stream, no_log=no_log))
+    config = state.config_with(build_overrides(system=system, router=router, no_stream=no_stream, no_log=no_log),
+                               model=model_ref, backend=backend)
     store, cid = resolve_conversation(config, continue_last=continue_last, conversation_id=conversation_id)
     if stdin_is_terminal():
         failed = _chat_interactive(config, store, cid, options, show_slow)
@@ -548,7 +522,8 @@ def _chat_interactive(config: DumaConfig, store: LogStore | None, cid: str | Non
 @click.command(name="prompt")
 @click.argument("text", required=False)
 @shared_options
-def prompt_command(text: str | None, system: str | None, model_ref: str | None, backend: str | None,
+@pass_state
+def prompt_command(state: CliState, text: str | None, system: str | None, model_ref: str | None, backend: str | None,
                    option_pairs: tuple[tuple[str, str], ...], router: str | None, show_slow: bool,
                    no_stream: bool, continue_last: bool, conversation_id: str | None, no_log: bool) -> None:
     """Answer TEXT once and print the reply ('-' or no TEXT reads standard input)."""
@@ -559,8 +534,8 @@ def prompt_command(text: str | None, system: str | None, model_ref: str | None, 
         text = sys.stdin.read()
     if not text.strip():
         raise OptionError("TEXT: the prompt is empty")
-    config = load_command_config(build_overrides(system=system, model_ref=model_ref, backend=backend,
-                                                 router=router, no_stream=no_stream, no_log=no_log))
+    config = state.config_with(build_overrides(system=system, router=router, no_stream=no_stream, no_log=no_log),
+                               model=model_ref, backend=backend)
     store, cid = resolve_conversation(config, continue_last=continue_last, conversation_id=conversation_id)
     renderer: PlainRenderer | RichRenderer
     if sys.stdout.isatty():

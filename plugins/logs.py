@@ -13,28 +13,27 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from duma import hookimpl, pass_state
 from duma.errors import DumaError
-from duma.hookspecs import hookimpl
 
 if TYPE_CHECKING:
+    from duma.cli import CliState
     from duma.logstore import LogStore
 
 
-def database_path() -> Path:
+def database_path(state: CliState) -> Path:
     """The log database of the effective configuration (file, environment, global flags)."""
-    from duma.cli import CliState
     from duma.logstore import default_path
 
-    state = click.get_current_context().find_object(CliState) or CliState(None, False)
     configured = state.config.logging.database
     return Path(configured) if configured else default_path()
 
 
-def open_existing_store() -> LogStore | None:
+def open_existing_store(state: CliState) -> LogStore | None:
     """The log store, or None when nothing has been logged yet (no file is created)."""
     from duma.logstore import LogStore
 
-    path = database_path()
+    path = database_path(state)
     if not path.exists():
         return None
     return LogStore(path)
@@ -53,9 +52,10 @@ def logs_group() -> None:
 @click.option("-n", "--count", default=20, show_default=True, type=click.IntRange(min=1),
               help="How many conversations, most recent first.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
-def logs_list(count: int, as_json: bool) -> None:
+@pass_state
+def logs_list(state: CliState, count: int, as_json: bool) -> None:
     """List recent conversations: ID, model, message count, time."""
-    store = open_existing_store()
+    store = open_existing_store(state)
     summaries = store.conversations(limit=count) if store is not None else []
     if store is not None:
         store.close()
@@ -80,13 +80,14 @@ def logs_list(count: int, as_json: bool) -> None:
 @click.argument("conversation_id", metavar="[ID]", required=False)
 @click.option("-c", "--current", "latest", is_flag=True, help="The most recent conversation (the default).")
 @click.option("--json", "as_json", is_flag=True, help="Print the conversation as JSON.")
-def logs_show(conversation_id: str | None, latest: bool, as_json: bool) -> None:
+@pass_state
+def logs_show(state: CliState, conversation_id: str | None, latest: bool, as_json: bool) -> None:
     """Show the messages of conversation ID (default: the most recent one)."""
     if conversation_id and latest:
         raise DumaError("ID and -c/--current: give one of them, not both")
-    store = open_existing_store()
+    store = open_existing_store(state)
     if store is None:
-        raise DumaError(f"no conversations logged yet in {database_path()}",
+        raise DumaError(f"no conversations logged yet in {database_path(state)}",
                         "chat with 'duma chat' first")
     try:
         if conversation_id is None:
@@ -125,9 +126,10 @@ def logs_show(conversation_id: str | None, latest: bool, as_json: bool) -> None:
 
 
 @logs_group.command(name="path")
-def logs_path() -> None:
+@pass_state
+def logs_path(state: CliState) -> None:
     """Print where the log database is."""
-    click.echo(str(database_path()))
+    click.echo(str(database_path(state)))
 
 
 @hookimpl

@@ -12,7 +12,6 @@ starts.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -20,16 +19,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from duma.backend import Backend
-from duma.errors import DumaError, ModelLoadError
-from duma.hookspecs import hookimpl
+from duma import Backend, hookimpl
+from duma.errors import DumaError
 from duma.types import GenerationChunk, GenerationOptions, Message, ModelSpec, Timings, Usage
 
 # Conversations whose KV cache is kept for reuse (fast and slow minds share one backend).
 DEFAULT_CACHE_SLOTS = 4
-# Opt-in int8 dynamic quantization of Linear layers on CPU: ~4x less weight traffic per token
-# (decode on CPU is memory-bound). Outputs differ slightly from float32, so it is not the default.
-QUANTIZE_ENV = "DUMA_TRANSFORMERS_QUANTIZE"
 
 
 @hookimpl
@@ -163,10 +158,9 @@ class TransformersBackend(Backend):
     @classmethod
     def switches_adapters(cls, spec: ModelSpec) -> bool:
         # int8 weights cannot take a merged adapter back out: one copy per adapter then.
-        return spec.dtype != "int8" and not os.environ.get(QUANTIZE_ENV)
+        return spec.dtype != "int8"
 
-    def __init__(self, spec: ModelSpec, *, quantize: str | None = None,
-                 cache_slots: int = DEFAULT_CACHE_SLOTS) -> None:
+    def __init__(self, spec: ModelSpec, *, cache_slots: int = DEFAULT_CACHE_SLOTS) -> None:
         super().__init__(spec)
         import torch
 
@@ -177,11 +171,6 @@ class TransformersBackend(Backend):
         self.tokenizer = models.load_tokenizer(spec.model)
         self.model = models.load_model(spec.model, device=self.device, dtype=spec.dtype,
                                        adapter=spec.adapter, merge_adapter=True)
-        self.quantize = quantize if quantize is not None else (os.environ.get(QUANTIZE_ENV) or None)
-        if spec.dtype == "int8":  # quantized by the loader already
-            self.quantize = None
-        if self.quantize:
-            self._quantize(self.quantize)
         self._lock = threading.Lock()
         self._cache_slots = max(0, cache_slots)
         self._slots: list[_CacheSlot] = []  # most recently used last
@@ -201,16 +190,6 @@ class TransformersBackend(Backend):
         self._unwrapped: list[tuple[Any, str, Any]] = []
 
     # --- loading -------------------------------------------------------------------------
-
-    def _quantize(self, method: str) -> None:
-        from duma import models
-
-        if method != models.INT8:
-            raise ModelLoadError(f"unknown quantization '{method}' for the transformers backend",
-                                 f"use int8 or unset {QUANTIZE_ENV}")
-        if self.device != "cpu":
-            raise ModelLoadError("int8 dynamic quantization only runs on CPU", "use device 'cpu' or unset it")
-        self.model = models.quantize_int8(self.model)
 
     def _find_eos_ids(self) -> set[int]:
         ids: set[int] = set()

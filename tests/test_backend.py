@@ -307,14 +307,13 @@ def test_missing_adapter_is_a_one_line_error(tiny_model, tmp_path):
     assert "\n" not in str(info.value)
 
 
-def test_int8_quantization_is_opt_in_and_runs(tiny_model):
+def test_int8_dtype_is_opt_in_and_runs(tiny_model):
     from duma.plugins.transformers_backend import TransformersBackend
 
-    quantized = TransformersBackend(ModelSpec(model=str(tiny_model), device="cpu"), quantize="int8")
+    quantized = TransformersBackend(ModelSpec(model=str(tiny_model), device="cpu", dtype="int8"))
     completion = quantized.generate(QUESTION, GenerationOptions(max_tokens=5))
     assert completion.usage.completion_tokens >= 1
-    with pytest.raises(ModelLoadError, match="unknown quantization"):
-        TransformersBackend(ModelSpec(model=str(tiny_model)), quantize="int3")
+    assert not TransformersBackend.switches_adapters(ModelSpec(model=str(tiny_model), dtype="int8"))
 
 
 def test_loader_int8_dtype_quantizes_linear_layers(tiny_model):

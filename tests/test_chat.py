@@ -65,9 +65,9 @@ def test_generation_options_are_validated_naming_the_option() -> None:
                                           ("stop", "END")]) == {
         "temperature": 0.7, "max_tokens": 20, "stop": ["###", "END"]}
     cases = {
-        ("temperature", "9"): "-o temperature: must be <= 5",
-        ("top_p", "0"): "-o top_p: must be > 0",
-        ("max_tokens", "lots"): "-o max_tokens: must be an integer, got 'lots'",
+        ("temperature", "9"): "-o temperature: must be <= 5 (got 9)",
+        ("top_p", "0"): "-o top_p: must be > 0 (got 0)",
+        ("max_tokens", "lots"): "-o max_tokens: must be an integer (got 'lots')",
     }
     for pair, message in cases.items():
         with pytest.raises(chat.OptionError) as info:

@@ -104,4 +104,4 @@ def test_bad_set_option_is_a_one_line_error():
     bad_value = run_duma(["-S", "agent.max_slow_steps=0", "config", "show"])
     assert bad_value.returncode == 2
     [line] = bad_value.stderr.strip().splitlines()
-    assert line.startswith("Error: command line: agent.max_slow_steps: Input should be greater than or equal to 1")
+    assert line.startswith("Error: command line: agent.max_slow_steps: must be >= 1 (got 0)")
