@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 
-from duma.backend import Backend
+from duma import Backend
 from duma.types import GenerationChunk, GenerationOptions, Message, ModelSpec, Timings, Usage
 
 
