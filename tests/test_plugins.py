@@ -308,6 +308,34 @@ def test_components_that_break_their_contract_are_plugin_failures(capsys):
     assert "plugin 'nameless'" in err and "without a name" in err
 
 
+def test_a_tool_factory_is_built_once_per_agent_from_its_config(tmp_path):
+    from langchain_core.tools import tool
+
+    from duma import Agent
+
+    built_for: list[object] = []
+
+    def folder_tool(config):
+        built_for.append(config)
+        folder = str(config.agent.knowledge_dir)
+
+        @tool
+        def which_folder() -> str:
+            """Name the agent's knowledge folder."""
+            return folder
+
+        return which_folder
+
+    host.register_plugin(_Plugin(register_tools=lambda register: register(folder_tool, name="which_folder")),
+                         "factory")
+    first = Agent.from_config({"agent": {"knowledge_dir": str(tmp_path / "a")}}, log=False)
+    second = Agent.from_config({"agent": {"knowledge_dir": str(tmp_path / "b")}}, log=False)
+    assert [c.agent.knowledge_dir for c in built_for] == [tmp_path / "a", tmp_path / "b"]
+    assert first.tools["which_folder"].invoke({}) == str(tmp_path / "a")
+    assert second.tools["which_folder"].invoke({}) == str(tmp_path / "b")
+    assert first.tools["which_folder"] is not second.tools["which_folder"]
+
+
 def test_register_plugin_rejects_unknown_hooks_and_duplicate_names():
     with pytest.raises(PluginError, match="unknown hooks: register_backend"):
         host.register_plugin(_Plugin(register_backend=lambda register: None), "typo")

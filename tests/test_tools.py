@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from duma import host
+from duma import DumaConfig, host
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_KB = REPO / "examples" / "knowledge"
@@ -18,29 +18,41 @@ def tool(name: str):
     return host.get("tool", name)
 
 
+def knowledge_tool(folder):
+    from duma.plugins.tools.knowledge import make_knowledge_tool
+
+    return make_knowledge_tool(folder)
+
+
 def test_all_builtin_tools_are_registered_with_ordered_args():
+    from langchain_core.tools import BaseTool
+
     from duma.plugins.tools import BUILTIN_TOOL_NAMES
 
     registered = host.components("tool")
     for name in BUILTIN_TOOL_NAMES:
         assert registered[name].plugin == "tools"
-        assert registered[name].obj.description
+    for name in set(BUILTIN_TOOL_NAMES) - {"search_knowledge"}:
+        assert isinstance(registered[name].obj, BaseTool) and registered[name].obj.description
     assert list(tool("calculator").args) == ["expression"]
     assert list(tool("today").args) == []
     assert list(tool("date_diff").args) == ["start", "end"]
     assert list(tool("weekday").args) == ["date"]
     assert list(tool("add_days").args) == ["date", "days"]
     assert list(tool("convert_units").args) == ["value", "from_unit", "to_unit"]
-    assert list(tool("search_knowledge").args) == ["query"]
+    search_knowledge = tool("search_knowledge")(DumaConfig())
+    assert isinstance(search_knowledge, BaseTool) and search_knowledge.description
+    assert list(search_knowledge.args) == ["query"]
 
 
-def test_importing_the_plugin_module_does_not_import_langchain():
+def test_importing_the_plugin_module_does_not_import_heavy_libraries():
     import subprocess
     import sys
 
     code = (
         "import sys, duma.plugins.tools, duma.plugins.routers; "
-        "heavy = [m for m in ('langchain_core', 'numpy', 'torch', 'duma.routing') if m in sys.modules]; "
+        "heavy = [m for m in ('langchain_core', 'numpy', 'torch', 'duma.routing', 'pint', 'bm25s', 'jieba') "
+        "if m in sys.modules]; "
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -199,6 +211,29 @@ def test_bad_fixed_clock_is_reported(monkeypatch):
         (1, "GB", "MB", "1 GB = 1000 MB"),
         (100, "Mbit", "MB", "100 Mbit = 12.5 MB"),
         (8, "b", "B", "8 b = 1 B"),
+        (60, "mph", "km/h", "60 mph = 96.56064 km/h"),
+        (32, "fahrenheit", "celsius", "32 fahrenheit = 0 celsius"),
+        (100, "degrees Celsius", "°F", "100 degrees Celsius = 212 °F"),
+        (1, "℃", "K", "1 ℃ = 274.15 K"),
+        (1, "MiB", "KB", "1 MiB = 1048.576 KB"),
+        (1, "KB", "B", "1 KB = 1000 B"),
+        (1, "mb", "kb", "1 mb = 1000 kb"),
+        (1, "Mb", "KB", "1 Mb = 125 KB"),
+        (1, "fl oz", "ml", "1 fl oz = 29.57353 ml"),
+        (1, "cup", "fl oz", "1 cup = 8 fl oz"),
+        (3, "miles", "km", "3 miles = 4.828032 km"),
+        (6, "feet", "m", "6 feet = 1.8288 m"),
+        (1, "nautical mile", "m", "1 nautical mile = 1852 m"),
+        (1, "m3", "l", "1 m3 = 1000 l"),
+        (1, "uk gallon", "l", "1 uk gallon = 4.54609 l"),
+        (1, "us ton", "kg", "1 us ton = 907.1847 kg"),
+        (1, "st", "lb", "1 st = 14 lb"),
+        (2, "jin", "kg", "2 jin = 1 kg"),
+        (1, "斤", "g", "1 斤 = 500 g"),
+        (2, "kilos", "lb", "2 kilos = 4.409245 lb"),
+        (2, "wk", "days", "2 wk = 14 days"),
+        (3, "hrs", "min", "3 hrs = 180 min"),
+        (1, "KM", "m", "1 KM = 1000 m"),
     ],
 )
 def test_convert_units(value, source, target, expected):
@@ -213,6 +248,8 @@ def test_convert_units(value, source, target, expected):
         ({"value": "5 in to cm"}, "5 in = 12.7 cm"),
         ({"value": "2,340 g in kg"}, "2340 g = 2.34 kg"),
         ({"value": "-40 °C -> °F"}, "-40 °C = -40 °F"),
+        ({"value": "60 mph into km/h"}, "60 mph = 96.56064 km/h"),
+        ({"value": "1 fl oz to ml"}, "1 fl oz = 29.57353 ml"),
     ],
 )
 def test_convert_units_reads_units_written_into_the_value(args, expected):
@@ -222,10 +259,20 @@ def test_convert_units_reads_units_written_into_the_value(args, expected):
 @pytest.mark.parametrize(
     "value, source, target, fragment",
     [
-        (1, "kg", "m", "cannot convert mass (kg) to length (m)"),
-        (1, "parsec", "m", "unknown unit 'parsec'"),
-        (1, "C", "kg", "cannot convert temperature"),
+        (1, "kg", "m", "cannot convert kg (mass) to m (length)"),
+        (1, "kilogram", "metre", "cannot convert kilogram (mass) to metre (length)"),
+        (1, "blorp", "m", "unknown unit 'blorp'"),
+        (1, "m", "furlongz", "unknown unit 'furlongz'"),
+        (1, "C", "kg", "cannot convert C (temperature) to kg (mass)"),
+        (1, "MB", "rad", "cannot convert MB (data size) to rad (radian)"),
+        (1, "km/h", "km", "cannot convert km/h (speed) to km (length)"),
+        (1, "us ton", "s", "cannot convert us ton (mass) to s (time)"),
+        (1, "km h", "m", "unknown unit 'km h'"),
+        (1, "a.b", "m", "unknown unit 'a.b'"),
+        (1, "m**", "m", "unknown unit 'm**'"),
+        (1, "percent", "m", "unknown unit 'percent'"),
         (-300, "C", "K", "below absolute zero"),
+        (-500, "°F", "°C", "below absolute zero"),
         ("five", "m", "km", "'five' is not a number"),
         ("5", "", "", "give a value, its unit and the unit to convert to"),
         ([5], "m", "km", "invalid arguments for convert_units"),
@@ -251,30 +298,57 @@ def test_convert_units_reports_bad_arguments(value, source, target, fragment):
     ],
 )
 def test_search_knowledge_ranks_the_right_file_first(query, best_file):
-    from duma.plugins.tools import make_knowledge_tool
-
-    result = make_knowledge_tool(EXAMPLE_KB).invoke({"query": query})
+    result = knowledge_tool(EXAMPLE_KB).invoke({"query": query})
     assert result.splitlines()[0].startswith(f"[{best_file}]"), result
 
 
-def test_search_knowledge_reads_the_configured_folder(monkeypatch):
-    assert "No knowledge base is configured" in tool("search_knowledge").invoke({"query": "warranty"})
-    monkeypatch.setenv("DUMA_AGENT__KNOWLEDGE_DIR", str(EXAMPLE_KB))
-    result = tool("search_knowledge").invoke({"query": "warranty years"})
+@pytest.mark.parametrize(
+    "query, best_passage",
+    [
+        ("how many days do I have to return a product for a refund?", "[returns-and-warranty.md] Returns:"),
+        ("what does error E1 on the kettle mean", "[troubleshooting.md] Kettle error codes: E1"),
+        ("who is the CEO of Lumora", "[company.md] Leadership: Ingrid Solberg"),
+        ("how much does delivery to Canada cost", "[shipping.txt] Shipping:"),
+        ("price of the Tidal blender", "[products.md] Tidal blender:"),
+        ("warranty years", "[returns-and-warranty.md] Warranty:"),
+    ],
+)
+def test_search_knowledge_finds_the_right_english_passage(query, best_passage):
+    assert knowledge_tool(EXAMPLE_KB).invoke({"query": query}).startswith(best_passage)
+
+
+@pytest.mark.parametrize(
+    "query, best_passage",
+    [
+        ("保修期多久", "[faq-zh.md] 保修:"),
+        ("保修几年", "[faq-zh.md] 保修:"),
+        ("水壶可以保温吗", "[faq-zh.md] 常见问题:"),
+        ("退货要多少天", "[faq-zh.md] 退货:"),
+        ("退款多久到账", "[faq-zh.md] 退货:"),
+        ("客服中心在哪里", "[faq-zh.md] 客服:"),
+    ],
+)
+def test_search_knowledge_finds_the_right_chinese_passage(query, best_passage):
+    assert knowledge_tool(EXAMPLE_KB).invoke({"query": query}).startswith(best_passage)
+
+
+def test_search_knowledge_is_built_from_the_agents_config(monkeypatch):
+    factory = tool("search_knowledge")
+    monkeypatch.setenv("DUMA_AGENT__KNOWLEDGE_DIR", str(EXAMPLE_KB))  # the agent's config decides, not the environment
+    assert "No knowledge base is configured" in factory(DumaConfig()).invoke({"query": "warranty"})
+    result = factory(DumaConfig(agent={"knowledge_dir": EXAMPLE_KB})).invoke({"query": "warranty years"})
     assert result.startswith("[returns-and-warranty.md]")
 
 
 def test_search_knowledge_bad_queries_and_folders(tmp_path):
-    from duma.plugins.tools import make_knowledge_tool
-
-    assert make_knowledge_tool(EXAMPLE_KB).invoke({"query": "  "}).startswith("Error: give a search query")
-    assert "No passage" in make_knowledge_tool(EXAMPLE_KB).invoke({"query": "quantum chromodynamics"})
-    missing = make_knowledge_tool(tmp_path / "nope").invoke({"query": "x"})
+    assert knowledge_tool(EXAMPLE_KB).invoke({"query": "  "}).startswith("Error: give a search query")
+    assert "No passage" in knowledge_tool(EXAMPLE_KB).invoke({"query": "quantum chromodynamics"})
+    missing = knowledge_tool(tmp_path / "nope").invoke({"query": "x"})
     assert missing.startswith("Error: ") and "does not exist" in missing
-    assert "no .md or .txt files" in make_knowledge_tool(tmp_path).invoke({"query": "x"})
-    assert "No knowledge base" in make_knowledge_tool(None).invoke({"query": "x"})
+    assert "no .md or .txt files" in knowledge_tool(tmp_path).invoke({"query": "x"})
+    assert "No knowledge base" in knowledge_tool(None).invoke({"query": "x"})
     (tmp_path / "links.md").write_text("See [the manual](http://x) for the gizmo.", encoding="utf-8")
-    found = make_knowledge_tool(tmp_path).invoke({"query": "gizmo manual"})
+    found = knowledge_tool(tmp_path).invoke({"query": "gizmo manual"})
     assert found == "[links.md] See (the manual)(http://x) for the gizmo."  # brackets would end Obs[...]
 
 
@@ -297,13 +371,26 @@ def test_knowledge_index_is_cached_and_rebuilt_when_files_change(tmp_path):
 
 
 def test_bm25_and_tokenizer():
-    from duma.plugins.tools.knowledge import BM25, split_chunks, tokenize
+    from duma.plugins.tools.knowledge import build_bm25, split_chunks, tokenize
 
     assert tokenize("The Kettle's E1 errors") == ["kettle", "e1", "error"]
     assert tokenize("batteries and glass") == ["battery", "glass"]
-    assert tokenize("保修三年") == ["保", "修", "三", "年", "保修", "修三", "三年"]
-    bm25 = BM25([["apple", "pie"], ["apple", "apple", "tart"], ["banana"]])
-    scores = bm25.scores(["apple"])
+    assert tokenize("保修三年") == ["保修", "三年"]
+    assert tokenize("保修期多久") == ["保修", "保修期"]  # search mode: the long word and its parts
+    assert tokenize("Lumora的水壶") == ["lumora", "水壶"]
+    assert tokenize("コーヒー") == ["コ", "ー", "ヒ", "ー", "コー", "ーヒ", "ヒー"]
+    scores = build_bm25([["apple", "pie"], ["apple", "apple", "tart"], ["banana"]]).get_scores(["apple"])
     assert scores[1] > scores[0] > 0 == scores[2]
     chunks = split_chunks("# Title\n\nFirst paragraph.\n\nSecond one.", "f.md")
     assert [c.text for c in chunks] == ["Title: First paragraph.", "Title: Second one."]
+
+
+def test_chinese_segmentation_writes_nothing_to_stderr():
+    import subprocess
+    import sys
+
+    code = "from duma.plugins.tools.knowledge import tokenize; print(tokenize('保修期多久'))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert "保修期" in result.stdout

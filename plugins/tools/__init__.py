@@ -6,7 +6,8 @@ arguments map in this order):
 - ``calculator(expression)``
 - ``today()``, ``date_diff(start, end)``, ``weekday(date)``, ``add_days(date, days)``
 - ``convert_units(value, from_unit, to_unit)`` (also ``convert_units(5 km, mi)``, ``convert_units(5 km to mi)``)
-- ``search_knowledge(query)``
+- ``search_knowledge(query)``: registered as a factory, built for each agent from its
+  ``agent.knowledge_dir`` (:func:`duma.plugins.tools.knowledge.knowledge_tool_from_config`)
 
 Errors: every tool's ``invoke`` returns an observation starting with ``"Error: "`` for bad
 arguments instead of raising (the Python functions behind them raise ``ToolException``);
@@ -31,23 +32,19 @@ BUILTIN_TOOL_NAMES = (
 
 
 def builtin_tools() -> list[BaseTool]:
-    """The built-in tool objects, in a stable order."""
+    """The built-in tools that need no configuration, in a stable order (``search_knowledge``
+    is built per agent, see :func:`register_tools`)."""
     from duma.plugins.tools.calculator import calculator_tool
     from duma.plugins.tools.dates import DATE_TOOLS
-    from duma.plugins.tools.knowledge import search_knowledge_tool
     from duma.plugins.tools.units import convert_units_tool
 
-    return [calculator_tool, *DATE_TOOLS, convert_units_tool, search_knowledge_tool]
-
-
-def make_knowledge_tool(folder: Any, k: int = 3) -> BaseTool:
-    """A ``search_knowledge`` tool bound to a folder (for agents built from an explicit config)."""
-    from duma.plugins.tools.knowledge import make_knowledge_tool as make
-
-    return make(folder, k)
+    return [calculator_tool, *DATE_TOOLS, convert_units_tool]
 
 
 @duma.hookimpl
 def register_tools(register: Any) -> None:
+    from duma.plugins.tools.knowledge import KNOWLEDGE_TOOL_NAME, knowledge_tool_from_config
+
     for tool in builtin_tools():
         register(tool)
+    register(knowledge_tool_from_config, name=KNOWLEDGE_TOOL_NAME)

@@ -107,7 +107,7 @@ def _strip_thousands_separators(text: str) -> str:
 
 
 def normalize_expression(expression: str) -> str:
-    """Rewrite human arithmetic into Python arithmetic (still only parsed, never run)."""
+    """Rewrite human arithmetic into Python arithmetic, which is parsed and never run."""
     text = expression.strip()
     text = re.sub(r"^(?:what\s+is|what's|calculate|compute)\s+", "", text, flags=re.IGNORECASE)
     text = text.rstrip("?=! \t").strip()

@@ -16,6 +16,8 @@ from typing import Any
 from langchain_core.tools import BaseTool, StructuredTool, ToolException
 from pydantic import ValidationError
 
+from duma.errors import first_line, format_validation_error
+
 ERROR_PREFIX = "Error: "
 
 
@@ -36,18 +38,13 @@ def format_number(value: float | int, significant: int = 10) -> str:
 
 
 def _tool_error(exc: ToolException) -> str:
-    message = str(exc).strip() or type(exc).__name__
+    message = first_line(exc)
     return message if message.startswith(ERROR_PREFIX) else ERROR_PREFIX + message
 
 
 def _validation_error(tool_name: str) -> Callable[[ValidationError], str]:
     def describe(exc: ValidationError) -> str:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "arguments"
-            got = f" (got {err['input']!r})" if err["type"] != "missing" and "input" in err else ""
-            problems.append(f"{where}: {err['msg']}{got}")
-        return f"{ERROR_PREFIX}invalid arguments for {tool_name}: " + "; ".join(problems)
+        return f"{ERROR_PREFIX}invalid arguments for {tool_name}: {format_validation_error(exc)}"
 
     return describe
 

@@ -1,29 +1,33 @@
-"""The ``search_knowledge`` tool: BM25 (Okapi) over a folder of ``.md``/``.txt`` files.
+"""The ``search_knowledge`` tool: BM25 (:mod:`bm25s`) over a folder of ``.md``/``.txt`` files.
 
 Files are split into paragraph chunks (a Markdown heading travels with the paragraph under
-it, so a chunk names its topic). Tokens are lower-cased English words and numbers, and
-single CJK characters plus CJK character bigrams (Chinese has no spaces between words).
-The index of a folder is built on first use and rebuilt when any file's size or mtime
-changes, a file appears or a file goes away.
+it, so a chunk names its topic). Tokens are lower-cased English words and numbers (stop words
+dropped, plurals folded), Chinese words as :mod:`jieba` segments them (in search mode, so
+``保修期`` also yields ``保修``), and Japanese kana as characters plus character bigrams. The
+index of a folder is built on first use and rebuilt when any file's size or mtime changes, a
+file appears or a file goes away.
 
-The registered tool reads the folder from config ``agent.knowledge_dir`` (through
-:func:`duma.config.load_config`) when it runs; an agent built from an explicit config should
-use :func:`make_knowledge_tool` with its own folder instead.
+Each agent gets its own tool, bound to its ``agent.knowledge_dir``: the plugin registers
+:func:`knowledge_tool_from_config`, which the host calls with the agent's configuration.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 import re
 import threading
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.tools import BaseTool
 
 from duma.plugins.tools.common import ToolException, make_tool
 
+if TYPE_CHECKING:
+    import duma
+
+KNOWLEDGE_TOOL_NAME = "search_knowledge"
 KNOWLEDGE_SUFFIXES = (".md", ".txt", ".markdown")
 DEFAULT_TOP_K = 3
 MAX_CHUNK_CHARS = 1200  # longer paragraphs are split at line or sentence ends
@@ -31,24 +35,45 @@ MAX_SHOWN_CHARS = 700  # what one hit shows the slow mind
 MAX_FILE_BYTES = 5_000_000
 MAX_FILES = 10_000
 RELATIVE_CUTOFF = 0.3  # hits scoring under this share of the best hit are not shown
+BM25_K1 = 1.5
+BM25_B = 0.75
 
-_CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af"
-_TOKEN = re.compile(rf"[{_CJK}]+|[^\W_]+(?:['’][^\W_]+)?", re.UNICODE)
-_CJK_RUN = re.compile(rf"^[{_CJK}]+$")
+_HAN = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_KANA = r"\u3040-\u30ff"
+_TOKEN = re.compile(rf"(?P<han>[{_HAN}]+)|(?P<kana>[{_KANA}]+)|[^\W_{_HAN}{_KANA}]+(?:['’][^\W_{_HAN}{_KANA}]+)?")
 STOPWORDS = frozenset(
     """a an and are as at be but by can do does for from has have how i if in is it its of on or
     our so that the their there these this to was we what when where which who why will with
     you your me my about into than then them they he she his her not no yes""".split()
 )
+# Particles, pronouns and question words: every Chinese question has some, no passage is about them.
+CHINESE_STOPWORDS = frozenset(
+    """的 了 吗 呢 吧 啊 呀 是 在 和 与 或 我 你 您 他 她 它 我们 你们 他们 这 那 这个 那个 什么 怎么
+    怎么样 如何 哪 哪里 哪儿 多少 多久 几 请问""".split()
+)
+
+
+@functools.cache
+def _chinese_segmenter() -> Any:
+    """jieba, loaded on first Chinese text, with its "Building prefix dict" log lines silenced."""
+    import logging
+
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    jieba.initialize()
+    return jieba
 
 
 def tokenize(text: str) -> list[str]:
-    """English words/numbers (lower-case, stop words dropped, plurals folded) and CJK unigrams
-    + bigrams."""
+    """English words/numbers (lower-case, stop words dropped, plurals folded), Chinese words
+    (jieba, search mode) and kana unigrams + bigrams."""
     tokens: list[str] = []
     for match in _TOKEN.finditer(text.lower()):
         word = match.group(0)
-        if _CJK_RUN.match(word):
+        if match.group("han"):
+            tokens.extend(w for w in _chinese_segmenter().cut_for_search(word) if w not in CHINESE_STOPWORDS)
+        elif match.group("kana"):
             tokens.extend(word)
             tokens.extend(word[i : i + 2] for i in range(len(word) - 1))
         elif word not in STOPWORDS:
@@ -113,31 +138,13 @@ def split_chunks(text: str, source: str) -> list[Chunk]:
     return chunks
 
 
-class BM25:
-    """BM25 Okapi with the non-negative idf ``log(1 + (N - n + 0.5) / (n + 0.5))``."""
+def build_bm25(documents: list[list[str]]) -> Any:
+    """A :class:`bm25s.BM25` index (Lucene's BM25, non-negative idf) of tokenised documents."""
+    import bm25s
 
-    def __init__(self, documents: list[list[str]], k1: float = 1.5, b: float = 0.75) -> None:
-        self.k1, self.b = k1, b
-        self.term_counts = [Counter(doc) for doc in documents]
-        self.lengths = [len(doc) for doc in documents]
-        self.average_length = (sum(self.lengths) / len(documents)) if documents else 0.0
-        document_frequency: Counter[str] = Counter()
-        for counts in self.term_counts:
-            document_frequency.update(counts.keys())
-        n = len(documents)
-        self.idf = {t: math.log(1 + (n - df + 0.5) / (df + 0.5)) for t, df in document_frequency.items()}
-
-    def scores(self, query: list[str]) -> list[float]:
-        out = []
-        for counts, length in zip(self.term_counts, self.lengths):
-            norm = self.k1 * (1 - self.b + self.b * length / (self.average_length or 1.0))
-            score = 0.0
-            for term in query:
-                tf = counts.get(term, 0)
-                if tf:
-                    score += self.idf[term] * tf * (self.k1 + 1) / (tf + norm)
-            out.append(score)
-        return out
+    index = bm25s.BM25(k1=BM25_K1, b=BM25_B)
+    index.index(documents, show_progress=False)
+    return index
 
 
 @dataclass
@@ -145,14 +152,14 @@ class KnowledgeIndex:
     folder: Path
     signature: tuple[tuple[str, int, int], ...]
     chunks: list[Chunk] = field(default_factory=list)
-    bm25: BM25 | None = None
+    bm25: Any = None  # bm25s.BM25, None when there are no chunks
 
     def search(self, query: str, k: int = DEFAULT_TOP_K) -> list[tuple[Chunk, float]]:
         """The best ``k`` chunks with their scores, best first."""
         terms = tokenize(query)
         if not terms or self.bm25 is None:
             return []
-        scores = self.bm25.scores(terms)
+        scores = [float(s) for s in self.bm25.get_scores(terms)]
         ranked = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
         best = scores[ranked[0]] if ranked else 0.0
         # Passages far below the best one are noise from common words; leave them out.
@@ -201,7 +208,7 @@ def load_index(folder: str | Path) -> KnowledgeIndex:
                 continue
             text = path.read_text(encoding="utf-8", errors="replace")
             chunks.extend(split_chunks(text, path.relative_to(root).as_posix()))
-        index = KnowledgeIndex(root, signature, chunks, BM25([tokenize(c.text) for c in chunks]) if chunks else None)
+        index = KnowledgeIndex(root, signature, chunks, build_bm25([tokenize(c.text) for c in chunks]) if chunks else None)
         _cache[root] = index
         return index
 
@@ -233,25 +240,6 @@ _DESCRIPTION = ("Search the user's documents.\n"
                 "Answers the best-matching passages of the knowledge base with their file names.")
 
 
-def configured_knowledge_dir() -> Path | None:
-    """``agent.knowledge_dir`` from the configuration file and environment."""
-    from duma.config import load_config
-    from duma.errors import DumaError
-
-    try:
-        return load_config().agent.knowledge_dir
-    except DumaError as exc:  # a broken config file should read as an observation, not a crash
-        raise ToolException(f"cannot read the configuration: {exc}") from None
-
-
-def search_knowledge(query: str) -> str:
-    """Search the configured knowledge base for passages about the query."""
-    folder = configured_knowledge_dir()
-    if folder is None:
-        return NO_FOLDER_MESSAGE
-    return search_folder(folder, query)
-
-
 def make_knowledge_tool(folder: str | Path | None, k: int = DEFAULT_TOP_K) -> BaseTool:
     """A ``search_knowledge`` tool bound to ``folder`` (None: it says no knowledge base is set)."""
 
@@ -261,7 +249,9 @@ def make_knowledge_tool(folder: str | Path | None, k: int = DEFAULT_TOP_K) -> Ba
             return NO_FOLDER_MESSAGE
         return search_folder(folder, query, k)
 
-    return make_tool(search_knowledge, "search_knowledge", _DESCRIPTION)
+    return make_tool(search_knowledge, KNOWLEDGE_TOOL_NAME, _DESCRIPTION)
 
 
-search_knowledge_tool = make_tool(search_knowledge, "search_knowledge", _DESCRIPTION)
+def knowledge_tool_from_config(config: duma.DumaConfig) -> BaseTool:
+    """The ``search_knowledge`` tool of one agent: it searches the agent's ``agent.knowledge_dir``."""
+    return make_knowledge_tool(config.agent.knowledge_dir)

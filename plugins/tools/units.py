@@ -1,158 +1,164 @@
-"""The ``convert_units`` tool: length, mass, volume, time, speed, data size and temperature.
+"""The ``convert_units`` tool, on :mod:`pint`.
 
-Every unit but temperature is a factor to its dimension's base unit (metre, kilogram, litre,
-second, metre per second, byte). Temperatures are affine, so they convert through kelvin.
-Unit names are matched exactly first (``B`` byte vs ``b`` bit, ``Mb`` vs ``MB``), then
-case-insensitively, with plural ``s`` and degree signs tolerated.
+pint knows the units; this module reads what people write into names pint understands:
+``C``/``F`` are temperatures (pint reads coulomb and farad), ``kb``/``mb`` are kilobytes and
+megabytes while ``Kb``/``Mb`` are kilobits and megabits, ``fl oz`` is one unit and not
+femtolitre times ounce, ``m3`` is a cubic metre. Names are tried as written first, then
+lower-cased. Temperatures are offset units, so values convert through pint's ``Quantity``.
 """
 
 from __future__ import annotations
 
+import functools
 import re
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from duma.errors import first_line
 from duma.plugins.tools.common import ToolException, format_number, make_tool
 
+if TYPE_CHECKING:
+    import pint
 
-@dataclass(frozen=True)
-class Unit:
-    dimension: str
-    factor: float = 1.0  # base units per one of this unit
-    offset: float = 0.0  # temperature only: kelvin = value * factor + offset
+MAX_UNIT_CHARS = 60
 
+# Units pint lacks, in pint's definition syntax.
+EXTRA_DEFINITIONS = (
+    "jin = 0.5 * kilogram = 斤",
+    "@alias gram = gramme",
+    "@alias stone = st",
+    "@alias week = wk",
+)
 
-_INCH = 0.0254
-_FOOT = 12 * _INCH
-_MILE = 5280 * _FOOT
-_POUND = 0.45359237
-_US_GALLON = 3.785411784
-_HOUR = 3600.0
-
-# name -> unit; every alias listed once, lower-case unless the case matters.
-UNITS: dict[str, Unit] = {}
-
-
-def _define(dimension: str, factor: float, *names: str, offset: float = 0.0) -> None:
-    for name in names:
-        UNITS[name] = Unit(dimension, factor, offset)
-
-
-_define("length", 1.0, "m", "meter", "metre")
-_define("length", 1000.0, "km", "kilometer", "kilometre")
-_define("length", 0.01, "cm", "centimeter", "centimetre")
-_define("length", 0.001, "mm", "millimeter", "millimetre")
-_define("length", 1e-6, "µm", "um", "micrometer", "micrometre", "micron")
-_define("length", 1e-9, "nm", "nanometer", "nanometre")
-_define("length", _INCH, "in", "inch", "inches", '"')
-_define("length", _FOOT, "ft", "foot", "feet", "'")
-_define("length", 3 * _FOOT, "yd", "yard")
-_define("length", _MILE, "mi", "mile")
-_define("length", 1852.0, "nmi", "nautical mile")
-_define("length", 1e3 * 1e3 * 9.4607304725808e9, "ly", "light year", "light-year")
-
-_define("mass", 1.0, "kg", "kilogram", "kilo")
-_define("mass", 0.001, "g", "gram", "gramme")
-_define("mass", 1e-6, "mg", "milligram")
-_define("mass", 1e-9, "µg", "ug", "microgram")
-_define("mass", 1000.0, "t", "tonne", "metric ton")
-_define("mass", _POUND, "lb", "lbs", "pound")
-_define("mass", _POUND / 16, "oz", "ounce")
-_define("mass", 14 * _POUND, "st", "stone")
-_define("mass", 2000 * _POUND, "short ton", "us ton")
-_define("mass", 0.5, "斤", "jin")
-
-_define("volume", 1.0, "l", "liter", "litre")
-_define("volume", 0.001, "ml", "milliliter", "millilitre", "cc", "cm3", "cm³")
-_define("volume", 0.01, "cl", "centiliter", "centilitre")
-_define("volume", 0.1, "dl", "deciliter", "decilitre")
-_define("volume", 1000.0, "m3", "m³", "cubic meter", "cubic metre")
-_define("volume", _US_GALLON, "gal", "gallon", "us gallon")
-_define("volume", 4.54609, "imperial gallon", "uk gallon")
-_define("volume", _US_GALLON / 4, "qt", "quart")
-_define("volume", _US_GALLON / 8, "pt", "pint")
-_define("volume", _US_GALLON / 16, "cup")
-_define("volume", _US_GALLON / 128, "fl oz", "floz", "fluid ounce")
-_define("volume", _US_GALLON / 256, "tbsp", "tablespoon")
-_define("volume", _US_GALLON / 768, "tsp", "teaspoon")
-
-_define("time", 1.0, "s", "sec", "second")
-_define("time", 0.001, "ms", "millisecond")
-_define("time", 1e-6, "µs", "us", "microsecond")
-_define("time", 60.0, "min", "minute")
-_define("time", _HOUR, "h", "hr", "hour")
-_define("time", 24 * _HOUR, "d", "day")
-_define("time", 7 * 24 * _HOUR, "wk", "week")
-_define("time", 365.25 * 24 * _HOUR, "yr", "year")  # Julian year
-
-_define("speed", 1.0, "m/s", "mps", "meter per second", "metre per second", "meters per second")
-_define("speed", 1000 / _HOUR, "km/h", "kmh", "kph", "kmph", "kilometer per hour", "kilometers per hour")
-_define("speed", _MILE / _HOUR, "mph", "mi/h", "mile per hour", "miles per hour")
-_define("speed", 1852 / _HOUR, "kn", "kt", "knot")
-_define("speed", _FOOT, "ft/s", "fps", "foot per second", "feet per second")
-
-_define("temperature", 1.0, "k", "kelvin", offset=0.0)
-_define("temperature", 1.0, "c", "°c", "celsius", "centigrade", "℃", offset=273.15)
-_define("temperature", 5 / 9, "f", "°f", "fahrenheit", "℉", offset=273.15 - 32 * 5 / 9)
-
-# Data sizes: case matters for the short forms (B byte, b bit); decimal and binary prefixes.
-_define("data", 1.0, "B", "byte")
-_define("data", 1 / 8, "b", "bit")
-for _i, (_dec, _bin, _word) in enumerate(
-    [("K", "Ki", "kilo"), ("M", "Mi", "mega"), ("G", "Gi", "giga"), ("T", "Ti", "tera"), ("P", "Pi", "peta")],
-    start=1,
-):
-    _define("data", 1000.0**_i, f"{_dec}B", f"{_dec.lower()}B", f"{_word}byte")
-    _define("data", 1024.0**_i, f"{_bin}B", f"{_bin.lower()}b", f"{_bin[0].lower()}ib", f"{_word[:2]}bibyte")
-    # "Mb" is a megabit, but lower-case "mb" is read as a megabyte (see _LOWER below).
-    _define("data", 1000.0**_i / 8, f"{_dec}b", f"{_dec}bit", f"{_dec.lower()}bit", f"{_word}bit")
-
-# Case-insensitive fallback; the first definition of a lower-cased name wins, so "kb" and
-# "mb" (written lower-case by most people) mean kilobyte and megabyte, not bits.
-_LOWER: dict[str, Unit] = {}
-for _name, _unit in UNITS.items():
-    _LOWER.setdefault(_name.lower(), _unit)
-for _name in ("kb", "mb", "gb", "tb", "pb"):
-    _LOWER[_name] = UNITS[_name.upper()]
-
-_DIMENSION_EXAMPLES = {
-    "length": "m, km, cm, mm, in, ft, yd, mi",
-    "mass": "kg, g, mg, t, lb, oz, st",
-    "volume": "l, ml, m3, gal, qt, pt, cup, fl oz, tbsp, tsp",
-    "time": "s, ms, min, h, day, week, year",
-    "speed": "m/s, km/h, mph, knot, ft/s",
-    "temperature": "C, F, K",
-    "data": "B, KB, MB, GB, TB, KiB, MiB, GiB, bit, Mbit",
+# What people write -> pint's name, where pint reads the spelling as another unit or not at all.
+SPELLINGS = {
+    "C": "degC", "c": "degC", "℃": "degC", "centigrade": "degC",  # pint: coulomb, speed of light
+    "F": "degF", "f": "degF", "℉": "degF",  # pint: farad
+    "k": "kelvin",  # pint: Boltzmann constant
+    "kilo": "kilogram",  # pint: a prefix
+    "fl oz": "fluid_ounce", "us ton": "short_ton", "us gallon": "gallon", "uk gallon": "imperial_gallon",
+    "kmh": "km/h", "kph": "km/h", "kmph": "km/h",
+    '"': "inch", "'": "foot",
 }
 
+# Data sizes: ``B``/``byte`` is a byte, ``bit`` a bit; a bare ``b`` is a bit after an upper-case
+# prefix (``Mb``, as standards write it) and a byte after a lower-case one (``mb``, as people
+# write megabytes). ``i`` marks a binary prefix (``MiB``).
+_DATA_UNIT = re.compile(r"^([kmgtpe]?)(i?)(b|bits?|bytes?)$", re.IGNORECASE)
+_DECIMAL_PREFIXES = {"": "", "k": "kilo", "m": "mega", "g": "giga", "t": "tera", "p": "peta", "e": "exa"}
+_BINARY_PREFIXES = {"k": "kibi", "m": "mebi", "g": "gibi", "t": "tebi", "p": "pebi", "e": "exbi"}
 
-def find_unit(name: str) -> Unit:
-    """Look a unit up by name; raises ``ToolException`` listing the known ones."""
+_DEGREE = re.compile(r"^(?:degrees?\s+|°\s*)", re.IGNORECASE)
+_POWER_SUFFIX = re.compile(r"^([^\W\d_]+)([23])$")  # m3, cm2
+_IMPLICIT_PRODUCT = re.compile(r"[\w)]\*(?!\*)")
+_UNIT_TEXT = re.compile(r"^[^\W\d_][\w\s/*^()²³-]*$")  # letters first; no dots, semicolons, quotes
+
+# Dimension names for error messages, as pint's derived dimensions.
+_NAMED_DIMENSIONS = (
+    "length", "mass", "time", "temperature", "area", "volume", "speed", "acceleration", "force",
+    "energy", "power", "pressure", "frequency", "density", "current", "luminosity", "substance",
+)
+UNIT_EXAMPLES = "m, km, mi, ft, in, kg, lb, oz, l, gal, fl oz, s, h, day, km/h, mph, C, F, K, MB, GiB, Mbit"
+
+
+@functools.cache
+def unit_registry() -> pint.UnitRegistry:
+    """The one registry every conversion uses, built on first use (building it takes a while)."""
+    import pint
+
+    registry = pint.UnitRegistry()
+    for definition in EXTRA_DEFINITIONS:
+        registry.define(definition)
+    return registry
+
+
+def _data_unit(name: str) -> str | None:
+    match = _DATA_UNIT.match(name)
+    if match is None:
+        return None
+    prefix, binary, unit = match.groups()
+    base = "bit" if unit.lower().startswith("bit") or (unit == "b" and (not prefix or prefix.isupper())) else "byte"
+    if binary:
+        if not prefix:
+            return None
+        return _BINARY_PREFIXES[prefix.lower()] + base
+    return _DECIMAL_PREFIXES[prefix.lower()] + base
+
+
+def _parse(registry: pint.UnitRegistry, name: str) -> pint.Unit | None:
+    """``name`` as pint reads it, or None when pint does not know it or would multiply two
+    words (``us ton`` is not microsecond times ton)."""
+    from pint.util import string_preprocessor
+
+    if not _UNIT_TEXT.match(name):
+        return None
+    if "*" not in name and _IMPLICIT_PRODUCT.search(string_preprocessor(name)):
+        return None
+    try:
+        unit = registry.parse_units(name)
+    except Exception:  # pint's parser raises many kinds (TokenError, AssertionError...) on junk
+        return None
+    return unit if isinstance(unit, registry.Unit) else None
+
+
+def find_unit(name: str) -> pint.Unit:
+    """The pint unit for a name people write; raises ``ToolException`` naming it."""
     raw = (name or "").strip()
-    candidates = [raw, re.sub(r"^degrees?\s+", "", raw.lower()).replace("°", "")]
-    lookups = [(key, UNITS) for key in candidates] + [(key.lower(), _LOWER) for key in candidates]
-    for key, table in lookups:
-        if key in table:
-            return table[key]
-        if len(key) > 2 and key.endswith("s") and key[:-1] in table:  # plurals: "meters", "hrs"
-            return table[key[:-1]]
-        if key.endswith("es") and key[:-2] in table:  # "inches"
-            return table[key[:-2]]
-    known = "; ".join(f"{dim}: {examples}" for dim, examples in _DIMENSION_EXAMPLES.items())
-    raise ToolException(f"unknown unit {name!r}; known units: {known}")
+    if not raw:
+        raise ToolException(f"give a unit, e.g. convert_units(5, km, mi); known units include {UNIT_EXAMPLES}")
+    if len(raw) > MAX_UNIT_CHARS:
+        raise ToolException(f"the unit {raw[:MAX_UNIT_CHARS]!r}... is too long; use a unit name such as km or mph")
+    registry = unit_registry()
+    text = _DEGREE.sub("", raw) or raw
+    for candidate in dict.fromkeys([text, text.lower()]):
+        spelled = _data_unit(candidate) or SPELLINGS.get(candidate)
+        if spelled is None and candidate.endswith("s"):
+            spelled = SPELLINGS.get(candidate[:-1])
+        if spelled is None:
+            spelled = _POWER_SUFFIX.sub(r"\1**\2", candidate)
+        for spelling in dict.fromkeys([spelled, re.sub(r"[\s-]+", "_", spelled)]):
+            unit = _parse(registry, spelling)
+            if unit is not None and (not unit.dimensionless or _root_unit(unit) != "dimensionless"):
+                return unit  # a plain number such as ``percent`` is no unit to convert
+    raise ToolException(f"unknown unit {raw!r}; known units include {UNIT_EXAMPLES}")
+
+
+def _root_unit(unit: pint.Unit) -> str:
+    return str(unit_registry().get_root_units(unit)[1])
+
+
+def dimension_name(unit: pint.Unit) -> str:
+    """``length``, ``speed``, ``data size``... for error messages."""
+    registry = unit_registry()
+    if unit.dimensionless:
+        return "data size" if _root_unit(unit) == "bit" else _root_unit(unit)
+    dimensionality = unit.dimensionality
+    for name in _NAMED_DIMENSIONS:
+        if registry.get_dimensionality(f"[{name}]") == dimensionality:
+            return name
+    return str(dimensionality)
 
 
 def convert(value: float, from_unit: str, to_unit: str) -> float:
     """``value`` in ``from_unit`` expressed in ``to_unit``."""
+    import pint
+
     source, target = find_unit(from_unit), find_unit(to_unit)
-    if source.dimension != target.dimension:
+    # Bytes and radians are both dimensionless to pint: their root units tell them apart.
+    if source.dimensionality != target.dimensionality or _root_unit(source) != _root_unit(target):
         raise ToolException(
-            f"cannot convert {source.dimension} ({from_unit}) to {target.dimension} ({to_unit})"
+            f"cannot convert {from_unit} ({dimension_name(source)}) to {to_unit} ({dimension_name(target)})"
         )
-    base = value * source.factor + source.offset
-    result = (base - target.offset) / target.factor
-    if source.dimension == "temperature" and base < -1e-9:
-        raise ToolException(f"{format_number(value)} {from_unit} is below absolute zero")
-    return result
+    registry = unit_registry()
+    is_temperature = source.dimensionality == registry.get_dimensionality("[temperature]")
+    try:
+        quantity = registry.Quantity(value, source)
+        if is_temperature and quantity.to("kelvin").magnitude < -1e-9:
+            raise ToolException(f"{format_number(value)} {from_unit} is below absolute zero")
+        result = float(quantity.to(target).magnitude)
+    except pint.errors.PintError as exc:
+        raise ToolException(f"cannot convert {from_unit} to {to_unit}: {first_line(exc)}") from None
+    # Offset units convert through kelvin, which leaves float noise (32 F -> 5.7e-14 C).
+    return round(result, 9) if is_temperature else result
 
 
 _QUANTITY = re.compile(
@@ -192,5 +198,5 @@ convert_units_tool = make_tool(
     convert_units,
     "convert_units",
     "Convert units, e.g. convert_units(5, km, mi).\n"
-    "Length, mass, volume, time, speed, temperature (C/F/K) and data size; an unknown unit's error lists the known ones.",
+    "Length, mass, volume, time, speed, temperature (C/F/K), data size and more; an unknown unit's error names it.",
 )
