@@ -15,8 +15,8 @@ from duma.backend import Backend
 from duma.cli import cli, load_plugin_commands
 from duma.plugins.evaluation.agent_eval import (FAST_ONLY, ROUTED, ROUTING_FILE, SLOW_ONLY, TURNS_FILE,
                                                 run_agent_eval)
+from duma.plugins.evaluation.builtin_judges import ContainsJudge
 from duma.plugins.evaluation.dataset import EvalItem
-from duma.plugins.evaluation.judging import ContainsJudge
 from duma.types import GenerationChunk
 
 ITEMS = [EvalItem(id="sum", question="What is 2 + 3?", std_answer="5", klass="math"),
@@ -72,7 +72,7 @@ def test_agent_eval_resumes_and_retries_failures(tmp_path):
     first = run_agent_eval(ITEMS, agents, ContainsJudge(), tmp_path, retries=1)
     assert first.n_complete == 1 and flaky.questions.count("Where is Paris?") == 2  # tried twice
     turns = [json.loads(line) for line in (tmp_path / TURNS_FILE).read_text().splitlines()]
-    assert "model crashed" in turns[1]["slow"]["error"]
+    assert "model crashed" in turns[1]["slow"]["answer_error"]
     again = {ROUTED: FakeAgent(ROUTED), FAST_ONLY: FakeAgent(FAST_ONLY), SLOW_ONLY: FakeAgent(SLOW_ONLY)}
     second = run_agent_eval(ITEMS, again, ContainsJudge(), tmp_path)
     # only the failed answer is asked again
@@ -153,4 +153,5 @@ def test_eval_run_with_the_agent(minds, tmp_path):
     assert result.exit_code == 0, result.output
     [record] = [json.loads(line) for line in (tmp_path / "o" / "answers.jsonl").read_text().splitlines()]
     assert record["answer"] == "The answer is 5; Paris is in France." and record["score"] == 1.0
+    assert record["slow_ran"] is True
     assert "always-slow" in json.loads((tmp_path / "o" / "report.json").read_text())["model"]

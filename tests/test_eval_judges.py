@@ -10,17 +10,17 @@ import pytest
 
 from duma import host
 from duma.errors import DumaError
-from duma.plugins.evaluation.judging import (ContainsJudge, ExactJudge, LLMJudge, NumericJudge, build_judge_prompt,
-                                             load_judge_prompts, normalise_class, parse_numbers, parse_score)
+from duma.judge import Judge, JudgeResult
+from duma.plugins.evaluation.builtin_judges import (DEFAULT_PROMPTS, ContainsJudge, ExactJudge, LLMJudge, NumericJudge,
+                                                    build_judge_prompt, load_judge_prompts, parse_numbers, parse_score)
+from duma.plugins.evaluation.dataset import normalise_class
 from duma.testing import ScriptedBackend
 
 BELLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "belle"
 
 
-def test_judges_are_registered_and_importable_from_the_plugin_module():
+def test_builtin_judges_are_registered():
     assert set(host.components("judge")) >= {"llm", "exact", "contains", "numeric"}
-    from duma.plugins.judges import Judge, JudgeResult
-
     assert issubclass(host.get("judge", "exact"), Judge)
     assert JudgeResult(score=1.0).score == 1.0
 
@@ -179,8 +179,6 @@ def test_belle_classes_normalise_to_the_prompt_classes():
     assert sum(set_classes.values()) == 1000 and len(set_classes) == 10
     assert "translation" in prompts and len(prompts) == 11
     # duma's own prompts cover the same classes
-    from duma.plugins.evaluation.judging import DEFAULT_PROMPTS
-
     assert set(prompts) == set(DEFAULT_PROMPTS)
 
 
@@ -197,5 +195,5 @@ def test_judge_prompts_errors_name_the_line(tmp_path):
         load_judge_prompts(bad)
     broken = tmp_path / "q.jsonl"
     broken.write_text('{"class": "math",\n')
-    with pytest.raises(DumaError, match=r"q.jsonl:1: invalid JSON"):
+    with pytest.raises(DumaError, match=r"q.jsonl:1: json: not valid JSON"):
         load_judge_prompts(broken)

@@ -111,8 +111,12 @@ def test_bad_routing_file_is_one_line_naming_the_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": 1, "fast_score": 0, "slow_score": 1, "router_score": 0.5}\n'
                    '{"id": 2, "fast_score": "high", "slow_score": 1, "router_score": 0.5}\n')
-    with pytest.raises(DumaError, match=r"bad.jsonl:2: field 'fast_score'"):
+    with pytest.raises(DumaError, match=r"bad.jsonl:2: fast_score: .*\(each item needs an id and the finite numbers"):
         read_routing_records(bad)
+    infinite = tmp_path / "infinite.jsonl"
+    infinite.write_text('{"id": 1, "fast_score": 0, "slow_score": Infinity, "router_score": 0.5}\n')
+    with pytest.raises(DumaError, match=r"infinite.jsonl:1: slow_score: .*finite"):
+        read_routing_records(infinite)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     with pytest.raises(DumaError, match="no records"):

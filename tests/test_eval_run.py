@@ -14,15 +14,19 @@ from duma import host
 from duma.backend import Backend
 from duma.cli import cli, load_plugin_commands
 from duma.errors import DumaError
+from duma.plugins.evaluation.builtin_judges import ContainsJudge, LLMJudge, NumericJudge
 from duma.plugins.evaluation.dataset import read_eval_set
-from duma.plugins.evaluation.judged import ANSWERS_FILE, load_records_json, run_judged_eval
-from duma.plugins.evaluation.judging import ContainsJudge, LLMJudge, NumericJudge
 from duma.plugins.evaluation.report import ScoredItem, score_items
+from duma.plugins.evaluation.runner import ANSWERS_FILE, Answer, run_judged_eval
 from duma.testing import ScriptedBackend
 from duma.types import GenerationChunk, Message
 
 DATA = Path(__file__).parent / "data" / "eval"
 BELLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "belle"
+
+
+def load_records_json(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 # --- reading sets -------------------------------------------------------------------------
@@ -44,7 +48,7 @@ def test_read_eval_set_accepts_a_json_list(tmp_path):
 
 
 def test_bad_sets_are_one_line_errors(tmp_path):
-    with pytest.raises(DumaError, match=r"bad_set.jsonl:2: field 'question'"):
+    with pytest.raises(DumaError, match=r"bad_set.jsonl:2: question: empty \(each item needs a non-empty question"):
         read_eval_set(DATA / "bad_set.jsonl")
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n")
@@ -56,7 +60,7 @@ def test_bad_sets_are_one_line_errors(tmp_path):
         read_eval_set(tmp_path / "nope.jsonl")
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"question": "a", "class": "math"}\n{"question": \n')
-    with pytest.raises(DumaError, match=r"broken.jsonl:2: invalid JSON"):
+    with pytest.raises(DumaError, match=r"broken.jsonl:2: json: not valid JSON"):
         read_eval_set(broken)
 
 
@@ -98,13 +102,13 @@ class Interrupt(KeyboardInterrupt):
 
 def counting_answerer(answers: dict[str, str], calls: list[str], stop_after: int | None = None,
                       failing: Sequence[str] = ()):
-    def answer(question: str) -> tuple[str, float]:
+    def answer(question: str) -> Answer:
         if stop_after is not None and len(calls) >= stop_after:
             raise Interrupt()
         calls.append(question)
         if question in failing:
             raise RuntimeError("model crashed")
-        return answers.get(question, "I do not know"), 0.01
+        return Answer(answer=answers.get(question, "I do not know"), latency_s=0.01)
 
     return answer
 
@@ -153,6 +157,15 @@ def test_failed_answers_and_judges_are_retried_on_resume(tmp_path):
     assert calls == ["What is 10% of 50?"]  # q2 is judged again without answering again
     assert second.n_scored == 3 and second.n_failed == 0
     assert len(load_records_json(tmp_path / ANSWERS_FILE)) == 3
+
+
+def test_a_resumed_run_on_fewer_items_keeps_the_others(tmp_path):
+    items = read_eval_set(DATA / "small_set.jsonl")
+    calls: list[str] = []
+    run_judged_eval(items, counting_answerer(ANSWERS, calls), NumericJudge(), tmp_path, bootstrap=0)
+    report = run_judged_eval(items[:2], counting_answerer(ANSWERS, calls), NumericJudge(), tmp_path, bootstrap=0)
+    assert len(calls) == 6 and report.n == 2
+    assert [r["id"] for r in load_records_json(tmp_path / ANSWERS_FILE)] == [i.id for i in items]
 
 
 def test_no_resume_starts_afresh(tmp_path):

@@ -13,38 +13,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-import duma
+from duma import hookimpl, pass_state
+
+if TYPE_CHECKING:
+    from duma.cli import CliState
+    from duma.judge import Judge
+    from duma.plugins.evaluation.report import EvalReport
+    from duma.types import ModelSpec
 
 DEFAULT_OUT = "eval-results"
-
-
-def _state(ctx: click.Context) -> Any:
-    from duma.cli import CliState
-
-    state = ctx.find_object(CliState)
-    return state if state is not None else CliState(None, False)
-
-
-def _model_spec(ctx: click.Context, model: str | None, backend: str | None) -> Any:
-    """The config's ``model`` spec with ``-m``/``--backend`` applied."""
-    spec = _state(ctx).config.model
-    update = {k: v for k, v in (("model", model), ("backend", backend)) if v}
-    return spec.model_copy(update=update) if update else spec
-
-
-def load_backend(spec: Any) -> Any:
-    """A backend instance for a model spec (shared per spec when duma.models has the cache)."""
-    try:
-        from duma.models import load_backend as cached
-    except ImportError:
-        from duma import host
-
-        return host.get("backend", spec.backend)(spec)
-    return cached(spec)
 
 
 def _split_classes(classes: tuple[str, ...]) -> list[str] | None:
@@ -52,16 +33,27 @@ def _split_classes(classes: tuple[str, ...]) -> list[str] | None:
     return names or None
 
 
-def build_judge(name: str, judge_spec: Any, prompts_path: str | None, retries: int) -> Any:
-    """A judge instance: ``needs_backend`` judges get the judge model's backend."""
+def judge_spec(answering: ModelSpec, judge_model: str | None, judge_backend: str | None) -> ModelSpec:
+    """The judge's model spec: the answering one (a mind's without its system prompt) with
+    ``--judge-model`` and ``--judge-backend`` applied."""
+    from duma.types import ModelSpec
+
+    fields = answering.model_dump(include=set(ModelSpec.model_fields))
+    fields.update({key: value for key, value in (("model", judge_model), ("backend", judge_backend)) if value})
+    return ModelSpec.model_validate(fields)
+
+
+def build_judge(name: str, spec: ModelSpec, prompts_path: str | None, retries: int) -> Judge:
+    """A judge instance: ``needs_backend`` judges get the backend of ``spec``."""
     from duma import host
+    from duma.models import load_backend
 
     judge_cls = host.get("judge", name)
     if not getattr(judge_cls, "needs_backend", False):
         return judge_cls()
-    kwargs: dict[str, Any] = {"backend": load_backend(judge_spec), "retries": retries}
+    kwargs: dict[str, Any] = {"backend": load_backend(spec), "retries": retries}
     if prompts_path:
-        from duma.plugins.evaluation.judging import load_judge_prompts
+        from duma.plugins.evaluation.builtin_judges import load_judge_prompts
 
         kwargs["prompts"] = load_judge_prompts(prompts_path)
     return judge_cls(**kwargs)
@@ -99,15 +91,15 @@ def _progress(index: int, total: int, item_id: str, klass: str, detail: str) -> 
     click.echo(f"[{index}/{total}] {item_id} ({klass}) {detail}", err=True)
 
 
-@duma.hookimpl
-def register_commands(cli: Any) -> None:
+@hookimpl
+def register_commands(cli: click.Group) -> None:
     @cli.group(name="eval")
     def eval_group() -> None:
         """Evaluate models and the agent: judged sets, perplexity, routing."""
 
     @eval_group.command(name="run")
     @click.option("--set", "set_path", required=True, type=click.Path(dir_okay=False),
-                  help="Evaluation set: JSONL (or a JSON list) of {question, std_answer, class}.")
+                  help="Evaluation set: JSONL, a JSON list or Parquet of {question, std_answer, class}.")
     @_set_options
     @click.option("-m", "--model", default=None, help="Model to answer with (default: config 'model').")
     @click.option("--backend", default=None, help="Backend of the answering model (default: config).")
@@ -118,8 +110,8 @@ def register_commands(cli: Any) -> None:
     @click.option("--bootstrap", type=click.IntRange(0), default=1000, show_default=True,
                   help="Bootstrap resamples for the 95% intervals (0: none).")
     @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
-    @click.pass_context
-    def eval_run(ctx: click.Context, set_path: str, limit: int | None, classes: tuple[str, ...], resume: bool,
+    @pass_state
+    def eval_run(state: CliState, set_path: str, limit: int | None, classes: tuple[str, ...], resume: bool,
                  model: str | None, backend: str | None, use_agent: bool, judge_name: str, judge_model: str | None,
                  judge_backend: str | None, judge_prompts: str | None, retries: int, out_dir: str,
                  bootstrap: int, seed: int) -> None:
@@ -129,39 +121,36 @@ def register_commands(cli: Any) -> None:
         math and code, each with a seeded bootstrap 95% interval. Answers are appended to
         OUT/answers.jsonl as they come: rerun the same command to resume.
         """
+        from duma.models import load_backend
+        from duma.plugins.evaluation.agent_eval import ROUTED, build_agents
         from duma.plugins.evaluation.dataset import read_eval_set
-        from duma.plugins.evaluation.judged import run_judged_eval, timed
         from duma.plugins.evaluation.report import write_report
-        from duma.types import Message
+        from duma.plugins.evaluation.runner import (AnswerRecord, agent_answerer, backend_answerer,
+                                                    run_judged_eval)
 
         items = read_eval_set(set_path, limit=limit, classes=_split_classes(classes))
-        spec = _model_spec(ctx, model, backend)
-        judge_spec = spec.model_copy(update={k: v for k, v in (("model", judge_model),
-                                                               ("backend", judge_backend)) if v})
+        config = state.config_with(model=model, backend=backend)
+        spec = config.model
         if use_agent:
-            agent = _routed_agent(ctx)
-            answerer = timed(lambda question: agent.chat(question).text)
-            label = f"agent ({_state(ctx).config.agent.router} router)"
+            answerer = agent_answerer(build_agents(config, only=ROUTED)[ROUTED])
+            label = f"agent ({config.agent.router} router)"
         else:
-            answer_backend = load_backend(spec)
-            answerer = timed(lambda question: answer_backend.generate(
-                [Message(role="user", content=question)], spec.options).text)
+            answerer = backend_answerer(load_backend(spec), spec.options)
             label = f"{spec.backend}:{spec.model}"
-        judge = build_judge(judge_name, judge_spec, judge_prompts, retries)
+        judge = build_judge(judge_name, judge_spec(spec, judge_model, judge_backend), judge_prompts, retries)
 
-        def on_item(record: Any, progress: Any) -> None:
-            done = progress.skipped + progress.answered
+        def on_record(record: AnswerRecord, position: int) -> None:
             if record.answer_error:
                 detail = f"answer failed: {record.answer_error}"
             elif record.score is None:
                 detail = f"judge: {record.judge_error}"
             else:
                 detail = f"score {record.score:.2f}"
-            _progress(done, progress.total, record.id, record.klass, detail)
+            _progress(position, len(items), record.id, record.klass, detail)
 
         report = run_judged_eval(items, answerer, judge, out_dir, resume=resume, retries=retries,
                                  bootstrap=bootstrap, seed=seed, set_name=str(set_path), model=label,
-                                 on_item=on_item)
+                                 on_record=on_record)
         paths = write_report(report, out_dir)
         click.echo(_summary_line(report))
         click.echo(f"wrote {Path(out_dir) / 'answers.jsonl'}, {paths['markdown']}, {paths['json']}, {paths['chart']}")
@@ -226,55 +215,37 @@ def register_commands(cli: Any) -> None:
     @click.option("--out", "out_dir", default=DEFAULT_OUT + "/agent", show_default=True,
                   type=click.Path(file_okay=False),
                   help="Folder for agent_turns.jsonl, routing.jsonl, routing.json, routing.png, agent_summary.json.")
-    @click.pass_context
-    def eval_agent(ctx: click.Context, set_path: str, limit: int | None, classes: tuple[str, ...], resume: bool,
+    @pass_state
+    def eval_agent(state: CliState, set_path: str, limit: int | None, classes: tuple[str, ...], resume: bool,
                    judge_name: str, judge_model: str | None, judge_backend: str | None, judge_prompts: str | None,
                    retries: int, slow_share: float, out_dir: str) -> None:
         """Run the agent on SET (and its fast mind alone, and its slow path alone), judge the
         answers and measure routing: whether the slow mind ran, the router's score,
         latencies, and the routing metrics of 'duma eval routing'."""
-        from duma.plugins.evaluation.agent_eval import build_agents, run_agent_eval
+        from duma.plugins.evaluation.agent_eval import AgentTurnRecord, build_agents, run_agent_eval
         from duma.plugins.evaluation.dataset import read_eval_set
 
         items = read_eval_set(set_path, limit=limit, classes=_split_classes(classes))
-        config = _state(ctx).config
-        fast_spec = config.mind("fast")
-        judge_spec = _plain_spec(fast_spec).model_copy(
-            update={k: v for k, v in (("model", judge_model), ("backend", judge_backend)) if v})
-        judge = build_judge(judge_name, judge_spec, judge_prompts, retries)
+        config = state.config
+        judge = build_judge(judge_name, judge_spec(config.mind("fast"), judge_model, judge_backend),
+                            judge_prompts, retries)
         agents = build_agents(config)
-        total = len(items)
-        counter = {"n": 0}
 
-        def on_item(record: Any) -> None:
-            counter["n"] += 1
-            scores = ", ".join(f"{w} {_fmt(getattr(record, w).score)}" for w in ("routed", "fast", "slow"))
-            slow = "slow" if record.routed.slow_ran else "fast"
-            _progress(counter["n"], total, record.id, record.klass, f"{slow} path; {scores}")
+        def on_record(record: AgentTurnRecord, position: int) -> None:
+            scores = ", ".join(f"{name} {_fmt(answer.score)}" for name, answer in record.answers().items())
+            path = "slow" if record.routed.slow_ran else "fast"
+            _progress(position, len(items), record.id, record.klass, f"{path} path; {scores}")
 
         summary = run_agent_eval(items, agents, judge, out_dir, resume=resume, slow_share=slow_share,
-                                 retries=min(retries, 1), on_item=on_item)
+                                 retries=retries, on_record=on_record)
         click.echo(json.dumps(summary.model_dump(mode="json"), indent=2))
-
-
-def _routed_agent(ctx: click.Context) -> Any:
-    from duma.plugins.evaluation.agent_eval import ROUTED, build_agents
-
-    return build_agents(_state(ctx).config, only=ROUTED)[ROUTED]
-
-
-def _plain_spec(mind: Any) -> Any:
-    """A ModelSpec from a MindConfig (which adds system_prompt)."""
-    from duma.types import ModelSpec
-
-    return ModelSpec(**mind.model_dump(exclude={"system_prompt"}))
 
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _summary_line(report: Any) -> str:
+def _summary_line(report: EvalReport) -> str:
     def f(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}"
 
@@ -284,4 +255,4 @@ def _summary_line(report: Any) -> str:
             f"over {report.n_scored}/{report.n} items{extra}{unknown}")
 
 
-__all__ = ["build_judge", "load_backend", "register_commands"]
+__all__ = ["build_judge", "judge_spec", "register_commands"]

@@ -13,16 +13,18 @@ has no score, 1.0 when the slow mind ran and 0.0 when not) and both latencies.
 from __future__ import annotations
 
 import json
-import os
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Self
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
+from duma.judge import Judge
 from duma.plugins.evaluation.dataset import EvalItem
-from duma.plugins.evaluation.judging import FAILED_PREFIX, Judge, JudgeResult
+from duma.plugins.evaluation.runner import Answer, ChatAgent, ItemRecord, agent_answerer, answer_and_judge
+
+if TYPE_CHECKING:
+    from duma.config import DumaConfig
 
 TURNS_FILE = "agent_turns.jsonl"
 ROUTING_FILE = "routing.jsonl"
@@ -30,43 +32,20 @@ ROUTED, FAST_ONLY, SLOW_ONLY = "routed", "fast", "slow"
 ROUTER_OVERRIDES = {FAST_ONLY: "always-fast", SLOW_ONLY: "always-slow"}
 
 
-class ChatAgent(Protocol):
-    """What this module needs of :class:`duma.agents.Agent`."""
-
-    def chat(self, text: str, conversation_id: str | None = None) -> Any: ...
-
-
-class AgentAnswer(BaseModel):
-    text: str | None = None
-    error: str | None = None
-    latency_s: float | None = None
-    slow_ran: bool | None = None
-    router_score: float | None = None
-    score: float | None = None
-    judge_raw: str = ""
-    judge_error: str | None = None
-
-    @property
-    def done(self) -> bool:
-        if self.text is None or self.error is not None:
-            return False
-        return self.score is not None or not (self.judge_error or "").startswith(FAILED_PREFIX)
-
-
-class AgentTurnRecord(BaseModel):
+class AgentTurnRecord(ItemRecord):
     """One line of ``agent_turns.jsonl``: the three answers to one question."""
 
-    id: str
-    klass: str
-    question: str
-    std_answer: str = ""
-    routed: AgentAnswer
-    fast: AgentAnswer
-    slow: AgentAnswer
+    routed: Answer
+    fast: Answer
+    slow: Answer
 
-    @property
-    def done(self) -> bool:
-        return self.routed.done and self.fast.done and self.slow.done
+    def answers(self) -> dict[str, Answer]:
+        return {ROUTED: self.routed, FAST_ONLY: self.fast, SLOW_ONLY: self.slow}
+
+    @classmethod
+    def from_answers(cls, item: EvalItem, answers: dict[str, Answer]) -> Self:
+        return cls(**cls.item_fields(item), routed=answers[ROUTED], fast=answers[FAST_ONLY],
+                   slow=answers[SLOW_ONLY])
 
     def routing_record(self) -> dict[str, Any] | None:
         """The ``duma eval routing`` record of this turn (None without both scores)."""
@@ -93,106 +72,23 @@ class AgentEvalSummary(BaseModel):
     routing: dict[str, Any] | None = None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}"
-
-
-def ask(agent: ChatAgent, question: str, retries: int = 1) -> AgentAnswer:
-    """One turn in a fresh conversation; a failing turn is retried, then marked."""
-    error = None
-    for _ in range(retries + 1):
-        start = time.perf_counter()
-        try:
-            reply = agent.chat(question)
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # one failing turn marks the item; the run goes on
-            error = _first_line(exc)
-            continue
-        measured = time.perf_counter() - start
-        total = getattr(reply, "total_s", None)
-        timings = getattr(reply, "timings", None)  # the API sketch had .timings.total_s
-        if not total and timings is not None:
-            total = getattr(timings, "total_s", None)
-        score = getattr(reply, "router_score", None)
-        return AgentAnswer(text=reply.text, latency_s=float(total) if total else measured,
-                           slow_ran=bool(getattr(reply, "slow_ran", False)),
-                           router_score=float(score) if score is not None else None)
-    return AgentAnswer(error=f"{error} (after {retries + 1} attempts)")
-
-
-def _judge(judge: Judge, item: EvalItem, answer: AgentAnswer) -> None:
-    if answer.text is None or answer.error is not None:
-        return
-    try:
-        result = judge.score(item.question, answer.text, item.std_answer, item.klass)
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:
-        result = JudgeResult(error=f"{FAILED_PREFIX}{_first_line(exc)}")
-    answer.score, answer.judge_raw, answer.judge_error = result.score, result.raw, result.error
-
-
-def read_turns(path: Path) -> dict[str, AgentTurnRecord]:
-    records: dict[str, AgentTurnRecord] = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                record = AgentTurnRecord.model_validate_json(line)
-            except (ValidationError, ValueError):
-                continue  # a line cut short by an interruption: that item runs again
-            records[record.id] = record
-    return records
-
-
 def _mean(values: Sequence[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return sum(present) / len(present) if present else None
 
 
 def run_agent_eval(items: Sequence[EvalItem], agents: dict[str, ChatAgent], judge: Judge, out_dir: str | Path, *,
-                   resume: bool = True, slow_share: float = 0.5, retries: int = 1,
-                   on_item: Callable[[AgentTurnRecord], None] | None = None) -> AgentEvalSummary:
+                   resume: bool = True, slow_share: float = 0.5, retries: int = 2,
+                   on_record: Callable[[AgentTurnRecord, int], None] | None = None) -> AgentEvalSummary:
     """Answer with ``agents[ROUTED]``, ``agents[FAST_ONLY]`` and ``agents[SLOW_ONLY]``, judge,
     write ``agent_turns.jsonl``, ``routing.jsonl``, ``routing.json``, ``routing.png`` and
     ``agent_summary.json`` into ``out_dir``."""
     from duma.plugins.evaluation.routing import RoutingRecord, plot_pgr_curve, routing_metrics
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / TURNS_FILE
-    previous = read_turns(path) if resume else {}
-    results: dict[str, AgentTurnRecord] = {}
-    try:
-        with path.open("a" if resume else "w", encoding="utf-8") as fh:
-            for item in items:
-                old = previous.get(item.id)
-                if old is not None and old.done:
-                    results[item.id] = old
-                    continue
-                record = AgentTurnRecord(id=item.id, klass=item.klass, question=item.question,
-                                         std_answer=item.std_answer, routed=AgentAnswer(), fast=AgentAnswer(),
-                                         slow=AgentAnswer())
-                for which in (ROUTED, FAST_ONLY, SLOW_ONLY):
-                    kept = getattr(old, which) if old is not None else None
-                    if kept is not None and kept.done:
-                        setattr(record, which, kept)
-                        continue
-                    answer = ask(agents[which], item.question, retries)
-                    _judge(judge, item, answer)
-                    setattr(record, which, answer)
-                fh.write(record.model_dump_json() + "\n")
-                fh.flush()
-                results[item.id] = record
-                if on_item is not None:
-                    on_item(record)
-    finally:
-        done = [results[i.id] for i in items if i.id in results]
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(r.model_dump_json() + "\n" for r in done), encoding="utf-8")
-        os.replace(tmp, path)
-    records = [results[i.id] for i in items if i.id in results]
+    answerers = {which: agent_answerer(agents[which]) for which in (ROUTED, FAST_ONLY, SLOW_ONLY)}
+    records = answer_and_judge(items, answerers, judge, out / TURNS_FILE, AgentTurnRecord, resume=resume,
+                               retries=retries, on_record=on_record)
     routing_rows = [row for row in (r.routing_record() for r in records) if row is not None]
     (out / ROUTING_FILE).write_text("".join(json.dumps(row) + "\n" for row in routing_rows), encoding="utf-8")
     summary = AgentEvalSummary(
@@ -216,16 +112,12 @@ def run_agent_eval(items: Sequence[EvalItem], agents: dict[str, ChatAgent], judg
     return summary
 
 
-def build_agents(config: Any, only: str | None = None) -> dict[str, ChatAgent]:
+def build_agents(config: DumaConfig, only: str | None = None) -> dict[str, ChatAgent]:
     """The configured agent and its always-fast / always-slow twins (sharing loaded models:
     ``duma.models.load_backend`` caches backends per spec), or just ``only`` of them.
     Conversations stay in memory."""
-    try:
-        from duma.agents import Agent
-    except ImportError as exc:
-        from duma.errors import DumaError
+    from duma.agents import Agent
 
-        raise DumaError(f"the agent is not available ({_first_line(exc)})", "reinstall duma") from None
     agents: dict[str, ChatAgent] = {}
     if only in (None, ROUTED):
         agents[ROUTED] = Agent.from_config(config, log=False)

@@ -1,4 +1,4 @@
-"""Evaluation sets in BELLE's format: JSONL (or a JSON list) of
+"""Evaluation sets in BELLE's format: JSONL (or a JSON list, or Parquet) of
 ``{"question", "std_answer", "class"}``, an optional ``"id"``.
 
 Items without an ``id`` get ``q<position>`` (their 1-based position in the file), so the ids
@@ -8,15 +8,23 @@ what it already did.
 
 from __future__ import annotations
 
-import json
+import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from duma.data import read_validated
 from duma.errors import DumaError
-from duma.plugins.evaluation.judging import normalise_class
+
+SET_HINT = "each item needs a non-empty question and class, std_answer may be empty; see BELLE's eval_set.json"
+
+
+def normalise_class(name: str) -> str:
+    """Class names compare case-folded with white space (U+00A0 included) collapsed to one
+    space: BELLE writes "closed\\u00a0qa" in the set and "closed\\u00a0QA" in its prompts."""
+    return " ".join(unicodedata.normalize("NFKC", str(name)).split()).casefold()
 
 
 class EvalItem(BaseModel):
@@ -29,28 +37,20 @@ class EvalItem(BaseModel):
     std_answer: str = ""
     klass: str = Field(alias="class", min_length=1)
 
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, (int, float)) else value
 
-def _rows(path: Path) -> Iterable[tuple[int, Any]]:
-    """``(line number, parsed value)``: a JSON list (line 0) or one JSON value per line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DumaError(f"evaluation set {path} does not exist", "check the path given to --set") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DumaError(f"cannot read evaluation set {path}: {exc}", "give a UTF-8 JSONL file") from None
-    if text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise DumaError(f"{path}: invalid JSON list: {exc}", "fix the file or write one JSON object per line") from None
-        yield from ((0, row) for row in data)
-        return
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                yield lineno, json.loads(line)
-            except ValueError as exc:
-                raise DumaError(f"{path}:{lineno}: invalid JSON: {exc}", "fix that line (one JSON object per line)") from None
+    @field_validator("std_answer", mode="before")
+    @classmethod
+    def _no_answer_as_empty(cls, value: Any) -> Any:
+        return "" if value is None else value
+
+    @field_validator("klass", mode="before")
+    @classmethod
+    def _normalised(cls, value: Any) -> Any:
+        return normalise_class(value) if isinstance(value, str) else value
 
 
 def read_eval_set(path: str | Path, *, limit: int | None = None, classes: Iterable[str] | None = None) -> list[EvalItem]:
@@ -58,28 +58,22 @@ def read_eval_set(path: str | Path, *, limit: int | None = None, classes: Iterab
     cut to the first ``limit``. Errors name ``file:line`` and the field."""
     path = Path(path)
     wanted = {normalise_class(c) for c in classes} if classes else None
+    position = 0
+
+    def with_default_id(raw: dict[str, Any]) -> dict[str, Any]:
+        nonlocal position
+        position += 1
+        if raw.get("id") is None:
+            raw["id"] = f"q{position}"
+        return raw
+
     items: list[EvalItem] = []
-    seen: dict[str, str] = {}
-    for position, (lineno, row) in enumerate(_rows(path), 1):
-        where = f"{path}:{lineno}" if lineno else f"{path} item {position}"
-        if not isinstance(row, dict):
-            raise DumaError(f"{where}: expected a JSON object with question, std_answer and class",
-                            "see BELLE's eval_set.json for the format")
-        data = dict(row)
-        data["id"] = str(data["id"]) if data.get("id") is not None else f"q{position}"
-        if data.get("std_answer") is None:
-            data["std_answer"] = ""
-        try:
-            item = EvalItem.model_validate(data)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"]) or "(record)"
-            raise DumaError(f"{where}: field '{field}': {err['msg']}",
-                            "each item needs a non-empty question and class (std_answer may be empty)") from None
+    seen: dict[str, int] = {}
+    for line, item in read_validated(path, EvalItem, hint=SET_HINT, prepare=with_default_id):
         if item.id in seen:
-            raise DumaError(f"{where}: id '{item.id}' repeats the one at {seen[item.id]}", "give every item its own id")
-        seen[item.id] = where
-        item.klass = normalise_class(item.klass)
+            raise DumaError(f"{path}:{line}: id '{item.id}' repeats the one on line {seen[item.id]}",
+                            "give every item its own id")
+        seen[item.id] = line
         if wanted is not None and item.klass not in wanted:
             continue
         items.append(item)

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from duma.plugins.evaluation.judging import NO_REFERENCE_PREFIX, UNPARSED_PREFIX, normalise_class
+from duma.judge import NO_REFERENCE_PREFIX, UNPARSED_PREFIX
+from duma.plugins.evaluation.dataset import normalise_class
 
 # The classes of BELLE's eval set; others are scored under their own name and listed.
 KNOWN_CLASSES = ("open qa", "brainstorming", "rewrite", "generation", "math", "classification",

@@ -30,20 +30,20 @@ has both latencies, the mean latency (slow latency for routed turns, fast for th
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from duma.data import read_validated
 from duma.errors import DumaError
 
 
 class RoutingRecord(BaseModel):
     """One turn of a routing file."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     id: str | int
     fast_score: float
@@ -86,33 +86,10 @@ class RoutingReport(BaseModel):
 
 
 def read_routing_records(path: str | Path) -> list[RoutingRecord]:
-    """Records of a routing JSONL file; errors name ``file:line`` and the field."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DumaError(f"routing file {path} does not exist", "check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DumaError(f"cannot read routing file {path}: {exc}", "give a UTF-8 JSONL file") from None
-    records = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except ValueError as exc:
-            raise DumaError(f"{path}:{lineno}: invalid JSON: {exc}", "write one JSON object per line") from None
-        try:
-            record = RoutingRecord.model_validate(data)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"]) or "(record)"
-            raise DumaError(f"{path}:{lineno}: field '{field}': {err['msg']}",
-                            "each line needs id, fast_score, slow_score and router_score (numbers)") from None
-        for name in ("fast_score", "slow_score", "router_score"):
-            if not math.isfinite(getattr(record, name)):
-                raise DumaError(f"{path}:{lineno}: field '{name}' is not a finite number", "fix that line")
-        records.append(record)
+    """Records of a routing file (JSONL, a JSON list or Parquet); errors name ``file:line``
+    and the field."""
+    hint = "each item needs an id and the finite numbers fast_score, slow_score and router_score"
+    records = [record for _, record in read_validated(path, RoutingRecord, hint=hint)]
     if not records:
         raise DumaError(f"routing file {path} has no records",
                         "write one {\"id\", \"fast_score\", \"slow_score\", \"router_score\"} object per line")

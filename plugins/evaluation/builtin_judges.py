@@ -1,4 +1,5 @@
-"""Answer judges for ``duma eval`` (registered by :mod:`duma.plugins.judges`): an LLM judge (BELLE-style, any backend) and rule judges.
+"""The built-in answer judges of ``duma eval`` (registered by :mod:`duma.plugins.judges`): an
+LLM judge (BELLE-style, any backend) and rule judges, and the loading of judge prompts.
 
 A judge scores one answer 0-1 (``Judge.score``). It never raises for a bad reply: a judge
 model's reply without a readable score gives ``JudgeResult(score=None, error="unparsed: ...")``
@@ -16,33 +17,28 @@ Judges:
 - ``numeric``: 1 when the last number of the answer equals the last number of the reference
   (``2,340``, ``3/4``, ``45%`` and full-width digits understood). For math.
 
-Not imported at CLI start-up (pydantic is too slow for ``duma --help``): the hook in
-:mod:`duma.plugins.judges` imports this module when judges are first needed.
+The hook in :mod:`duma.plugins.judges` imports this module when judges are first needed,
+so that ``duma --help`` does not import pydantic.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
 import unicodedata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
-from duma.errors import DumaError
+from duma.data import read_validated
+from duma.errors import DumaError, first_line
 from duma.judge import FAILED_PREFIX, NO_REFERENCE_PREFIX, UNPARSED_PREFIX, Judge, JudgeResult
+from duma.plugins.evaluation.dataset import normalise_class
 
 if TYPE_CHECKING:
     from duma.backend import Backend
-
-
-def normalise_class(name: str) -> str:
-    """Class names compare case-folded with white space (U+00A0 included) collapsed to one
-    space: BELLE writes "closed\\u00a0qa" in the set and "closed\\u00a0QA" in its prompts."""
-    return " ".join(unicodedata.normalize("NFKC", str(name)).split()).casefold()
 
 
 # --- rule judges ------------------------------------------------------------------------
@@ -50,7 +46,7 @@ def normalise_class(name: str) -> str:
 _TRAILING_PUNCT = " \t\n.。!！?？,，;；:：'\"“”‘’`"
 
 
-def normalise_text(text: str) -> str:
+def normalise_answer(text: str) -> str:
     """NFKC (full-width to half-width), case-folded, white space collapsed, outer
     punctuation stripped: what the rule judges compare."""
     text = " ".join(unicodedata.normalize("NFKC", text or "").split()).casefold()
@@ -64,7 +60,7 @@ def _needs_reference(name: str, reference: str) -> JudgeResult | None:
 
 
 class ExactJudge(Judge):
-    """1 when answer and reference are equal after :func:`normalise_text`, else 0."""
+    """1 when answer and reference are equal after :func:`normalise_answer`, else 0."""
 
     name = "exact"
 
@@ -72,7 +68,7 @@ class ExactJudge(Judge):
         missing = _needs_reference(self.name, reference)
         if missing:
             return missing
-        return JudgeResult(score=float(normalise_text(answer) == normalise_text(reference)))
+        return JudgeResult(score=float(normalise_answer(answer) == normalise_answer(reference)))
 
 
 class ContainsJudge(Judge):
@@ -84,7 +80,7 @@ class ContainsJudge(Judge):
         missing = _needs_reference(self.name, reference)
         if missing:
             return missing
-        return JudgeResult(score=float(normalise_text(reference) in normalise_text(answer)))
+        return JudgeResult(score=float(normalise_answer(reference) in normalise_answer(answer)))
 
 
 _NUMBER = re.compile(r"[-−]?\d+(?:,\d{3})*(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?\s*%?")
@@ -216,42 +212,23 @@ def build_judge_prompt(instruction: str, question: str, answer: str, reference: 
     return "\n".join(parts)
 
 
+class JudgePrompt(BaseModel):
+    """One line of a judge prompts file (BELLE's ``eval_prompt.json``)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    klass: str = Field(alias="class", min_length=1)
+    prompt: str = Field(min_length=1)
+
+
 def load_judge_prompts(path: str | Path) -> dict[str, str]:
     """Judge prompts from a file in the format of BELLE's ``eval_prompt.json``: JSONL (or a
     JSON list) of ``{"class", "prompt"}``; keys are normalised class names."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DumaError(f"cannot read judge prompts {path}: {exc}", "give a JSONL file of {\"class\", \"prompt\"}") from None
-    rows: list[tuple[int, Any]] = []
-    if text.lstrip().startswith("["):
-        try:
-            rows = [(0, row) for row in json.loads(text)]
-        except ValueError as exc:
-            raise DumaError(f"{path}: invalid JSON: {exc}", "fix the file or write one JSON object per line") from None
-    else:
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append((lineno, json.loads(line)))
-                except ValueError as exc:
-                    raise DumaError(f"{path}:{lineno}: invalid JSON: {exc}", "fix that line") from None
-    prompts: dict[str, str] = {}
-    for lineno, row in rows:
-        where = f"{path}:{lineno}" if lineno else str(path)
-        if not isinstance(row, dict) or not isinstance(row.get("class"), str) or not isinstance(row.get("prompt"), str):
-            raise DumaError(f"{where}: a judge prompt needs string fields 'class' and 'prompt'",
-                            "see BELLE's eval_prompt.json for the format")
-        prompts[normalise_class(row["class"])] = row["prompt"]
+    hint = "each item needs string fields 'class' and 'prompt', as in BELLE's eval_prompt.json"
+    prompts = {normalise_class(row.klass): row.prompt for _, row in read_validated(path, JudgePrompt, hint=hint)}
     if not prompts:
         raise DumaError(f"{path}: no judge prompts", "write one {\"class\", \"prompt\"} object per line")
     return prompts
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}"
 
 
 class LLMJudge(Judge):
@@ -286,7 +263,7 @@ class LLMJudge(Judge):
             try:
                 reply = self.backend.generate([Message(role="user", content=prompt)], options).text
             except Exception as exc:  # a judge that fails is retried, then the item is marked
-                error = _first_line(exc)
+                error = first_line(exc, with_type=True)
                 if attempt < self.retries and self.retry_delay_s:
                     time.sleep(self.retry_delay_s * (attempt + 1))
                 continue
