@@ -95,12 +95,13 @@ def median(xs: list[float]) -> float:
 
 def bench_trl(trainer, folder: Path, args: argparse.Namespace, work: Path) -> tuple[float | None, str | None]:
     """TRL's SFTTrainer on the same pre-tokenized rows (padding to the longest in a batch)."""
-    try:
+    try:  # TRL and datasets are not duma dependencies: without them the comparison is left out
         import trl
         from datasets import Dataset
-        from transformers import TrainerCallback
     except ImportError as exc:
         return None, f"trl not installed ({exc})"
+    from transformers import TrainerCallback
+
     from duma.trainers.base import load_causal_lm
 
     times: list[float] = []

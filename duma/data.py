@@ -583,8 +583,9 @@ class RecordWriter:
         self.close()
 
 
-def record_text(record: Record) -> str:
-    """All the text of a record (for statistics and de-duplication)."""
+def flat_text(record: Record) -> str:
+    """All the text of a record as one string, a conversation as ``role: content`` lines (for
+    statistics and de-duplication; training renders records with the chat template instead)."""
     if isinstance(record, Conversation):
         return "\n".join(f"{m.role}: {m.content}" for m in record.messages)
     if isinstance(record, TextRecord):

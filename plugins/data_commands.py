@@ -13,7 +13,6 @@ import json
 import random
 import re
 import unicodedata
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ import duma
 from duma.errors import DumaError
 
 if TYPE_CHECKING:
-    import numpy as np
+    from datasketch import MinHash, MinHashLSH
 
     from duma.data import DataSource, Located, ReadStats, Record
 
@@ -52,7 +51,7 @@ def _stats_and_reader(source: str, files: list[Path], skip_invalid: bool, reject
 
 
 def _has_writer(source: DataSource) -> bool:
-    from duma.data import DataSource
+    from duma import DataSource
 
     return type(source).to_raw is not DataSource.to_raw
 
@@ -101,7 +100,7 @@ _format_option = click.option("--format", "-f", "source", default=None, metavar=
 # ----------------------------------------------------------------------------- statistics
 
 @dataclass
-class DataStats:
+class DataStatsReport:
     """What ``duma data stats`` reports."""
 
     records: int = 0
@@ -117,7 +116,7 @@ class DataStats:
 
     def add(self, record: Record, tokenizer: Any = None, max_length: int | None = None,
             keep_char_lengths: bool = False) -> None:
-        from duma.data import Conversation, TextRecord, record_text
+        from duma.data import Conversation, TextRecord, flat_text
 
         self.records += 1
         self.kinds[type(record).__name__] += 1
@@ -136,7 +135,7 @@ class DataStats:
             if max_length and self.token_lengths[-1] > max_length:
                 self.truncated += 1
         if keep_char_lengths:
-            self.char_lengths.append(len(record_text(record)))
+            self.char_lengths.append(len(flat_text(record)))
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"records": self.records, "kinds": dict(self.kinds),
@@ -185,91 +184,65 @@ def write_histogram(lengths: list[int], out: Path, title: str, xlabel: str) -> N
 
 # ----------------------------------------------------------------------------- de-duplication
 
-def normalise_text(text: str) -> str:
+def normalise_for_dedup(text: str) -> str:
     """Case-, width- and whitespace-insensitive form used by both duplicate checks."""
     return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip().lower()
 
 
-_MERSENNE = (1 << 61) - 1
-_MAX32 = (1 << 32) - 1
+def shingles(text: str, size: int) -> set[str]:
+    """The character ``size``-grams of ``text`` (a shorter text is its own single shingle)."""
+    return {text[i:i + size] for i in range(max(1, len(text) - size + 1))}
 
 
-def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
-    """Bands and rows per band minimising the (equally weighted) false positive and negative
-    probability mass around ``threshold`` (the MinHash LSH S-curve)."""
-    import numpy as np
-
-    s_low = np.linspace(0.0, threshold, 200)
-    s_high = np.linspace(threshold, 1.0, 200)
-    best, best_err = (1, num_perm), float("inf")
-    for bands in range(1, num_perm + 1):
-        for rows in range(1, num_perm // bands + 1):
-            fp = np.trapezoid(1 - (1 - s_low ** rows) ** bands, s_low)
-            fn = np.trapezoid((1 - s_high ** rows) ** bands, s_high)
-            if fp + fn < best_err:
-                best, best_err = (bands, rows), fp + fn
-    return best
-
-
-class MinHashLSH:
-    """Near-duplicate detection: MinHash signatures of character shingles, LSH buckets to find
-    candidates, then the signature estimate of Jaccard similarity against ``threshold``."""
+class NearDuplicateFilter:
+    """Near-duplicate detection with datasketch: MinHash signatures of character shingles,
+    LSH buckets to find candidates, then the signature estimate of Jaccard similarity
+    against ``threshold``. The first of a group of near duplicates is kept."""
 
     def __init__(self, threshold: float = 0.8, num_perm: int = 128, shingle: int = 5, seed: int = 1) -> None:
-        import numpy as np
+        from datasketch import MinHash
 
         if not 0.0 < threshold <= 1.0:
             raise DumaError(f"threshold {threshold} is out of range", "use a Jaccard similarity in (0, 1]")
-        self.threshold, self.num_perm, self.shingle = threshold, num_perm, shingle
-        rng = np.random.RandomState(seed)
-        self._a = rng.randint(1, _MERSENNE, size=num_perm, dtype=np.uint64)
-        self._b = rng.randint(0, _MERSENNE, size=num_perm, dtype=np.uint64)
-        self.bands, self.rows = lsh_params(threshold, num_perm)
-        self._buckets: list[dict[bytes, list[int]]] = [{} for _ in range(self.bands)]
-        # Kept signatures, one row each (grown by doubling) so candidates compare in one op.
-        self._signatures = np.zeros((1024, num_perm), dtype=np.uint64)
-        self._kept = 0
+        self.threshold, self.shingle = threshold, shingle
+        # Every signature is a copy of this empty one: the permutations are drawn once, from ``seed``.
+        self._empty = MinHash(num_perm=num_perm, seed=seed)
+        self._index = _lsh_index(threshold, num_perm)
+        self._kept: list[MinHash] = []
 
-    def signature(self, text: str) -> np.ndarray:
-        import numpy as np
-
-        k = self.shingle
-        shingles = {text[i:i + k] for i in range(max(1, len(text) - k + 1))}
-        hashes = np.fromiter((zlib.crc32(s.encode("utf-8")) for s in shingles), dtype=np.uint64,
-                             count=len(shingles))
-        # Universal hashing (a*x + b) mod p, one permutation per column; uint64 wraps on purpose.
-        permuted = (np.outer(hashes, self._a) + self._b) % np.uint64(_MERSENNE) & np.uint64(_MAX32)
-        return permuted.min(axis=0)
-
-    def _band_keys(self, sig: np.ndarray) -> list[bytes]:
-        r = self.rows
-        return [sig[i * r:(i + 1) * r].tobytes() for i in range(self.bands)]
+    def signature(self, text: str) -> MinHash:
+        """The MinHash of ``text``'s shingles."""
+        signature = self._empty.copy()
+        signature.update_batch([s.encode("utf-8") for s in shingles(text, self.shingle)])
+        return signature
 
     def add_if_new(self, text: str) -> bool:
         """True (and remembered) if no kept text is a near duplicate of ``text``."""
-        import numpy as np
-
-        sig = self.signature(text)
-        keys = self._band_keys(sig)
-        candidates: set[int] = set()
-        for band, key in enumerate(keys):
-            candidates.update(self._buckets[band].get(key, ()))
-        if candidates:
-            rows = self._signatures[np.fromiter(candidates, dtype=np.int64, count=len(candidates))]
-            if float((rows == sig).mean(axis=1).max()) >= self.threshold:
-                return False
-        index = self._kept
-        if index == len(self._signatures):
-            self._signatures = np.concatenate([self._signatures, np.zeros_like(self._signatures)])
-        self._signatures[index] = sig
-        self._kept += 1
-        for band, key in enumerate(keys):
-            self._buckets[band].setdefault(key, []).append(index)
+        signature = self.signature(text)
+        if any(signature.jaccard(self._kept[i]) >= self.threshold for i in self._index.query(signature)):
+            return False
+        self._index.insert(len(self._kept), signature)
+        self._kept.append(signature)
         return True
+
+
+def _lsh_index(threshold: float, num_perm: int) -> MinHashLSH:
+    """datasketch's LSH index with the bands and rows it finds best for ``threshold``."""
+    from datasketch import MinHashLSH
+
+    try:
+        return MinHashLSH(threshold=threshold, num_perm=num_perm)
+    except ValueError:
+        # Near a threshold of 1 the best split is a single band, which datasketch refuses; two
+        # bands of half the rows find every candidate that one band would (and the Jaccard
+        # check decides).
+        return MinHashLSH(threshold=threshold, num_perm=num_perm, params=(2, num_perm // 2))
 
 
 @dataclass
 class DedupCounts:
+    """Records seen and removed by :func:`dedup_records`, filled in as they stream."""
+
     seen: int = 0
     exact: int = 0
     near: int = 0
@@ -284,19 +257,19 @@ def dedup_records(records: Iterable[Record], counts: DedupCounts, *, threshold: 
     """The records without exact duplicates (same normalised text) and, with ``near``, without
     near duplicates (MinHash Jaccard >= ``threshold`` on character shingles); the first
     occurrence is kept. ``counts`` is filled in as the records stream."""
-    from duma.data import record_text
+    from duma.data import flat_text
 
     seen_hashes: set[bytes] = set()
-    lsh = MinHashLSH(threshold, num_perm, shingle) if near else None
+    near_filter = NearDuplicateFilter(threshold, num_perm, shingle) if near else None
     for record in records:
         counts.seen += 1
-        text = normalise_text(record_text(record))
+        text = normalise_for_dedup(flat_text(record))
         digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
         if digest in seen_hashes:
             counts.exact += 1
             continue
         seen_hashes.add(digest)
-        if lsh is not None and not lsh.add_if_new(text):
+        if near_filter is not None and not near_filter.add_if_new(text):
             counts.near += 1
             continue
         yield record
@@ -397,7 +370,7 @@ def stats_command(files: tuple[Path, ...], source: str | None, skip_invalid: boo
 
     tok = load_tokenizer(tokenizer) if tokenizer else None
     stats, reader = _stats_and_reader(source, paths, skip_invalid, rejects)
-    result = DataStats()
+    result = DataStatsReport()
     for located in reader:
         result.add(located.record, tok, max_length, keep_char_lengths=out is not None and tok is None)
     summary = {"source": source, **result.summary()}

@@ -11,11 +11,11 @@ import pytest
 from duma.data import Conversation, iter_records
 from duma.plugins.data_commands import (
     DedupCounts,
-    MinHashLSH,
+    NearDuplicateFilter,
     choose_eval,
     dedup_records,
-    lsh_params,
-    normalise_text,
+    normalise_for_dedup,
+    shingles,
 )
 from duma.testing import run_cli
 from duma.types import Message
@@ -47,8 +47,8 @@ def test_validate_bad_file_exits_1_with_one_line(capsys):
     path = FIXTURES / "belle_bad.jsonl"
     code, out, err = run("data", "validate", "belle", str(path))
     assert code == 1
-    assert err.strip() == (f"Error: {path}:2: conversations.1.from: Input should be 'human', 'assistant', "
-                           "'gpt', 'user' or 'system'")
+    assert err.strip() == (f"Error: {path}:2: conversations.1.from: must be one of 'human', 'assistant', "
+                           "'gpt', 'user' or 'system' (got 'bot')")
 
 
 def test_validate_wrong_source_suggests_the_right_one(capsys):
@@ -180,20 +180,52 @@ def test_dedup_exact_only_and_strict_threshold(capsys, tmp_path):
 
 
 def test_minhash_estimates_jaccard():
-    lsh = MinHashLSH(threshold=0.5, num_perm=256, shingle=5)
+    near_filter = NearDuplicateFilter(threshold=0.5, num_perm=256, shingle=5)
     rng = random.Random(3)
-    text = normalise_text(_sentence(rng, 200))
-    other = normalise_text(_sentence(rng, 200))
-    same = float((lsh.signature(text) == lsh.signature(text)).mean())
-    different = float((lsh.signature(text) == lsh.signature(other)).mean())
-    assert same == 1.0 and different < 0.3
-    assert lsh.add_if_new(text) and not lsh.add_if_new(text) and lsh.add_if_new(other)
+    text = normalise_for_dedup(_sentence(rng, 200))
+    other = normalise_for_dedup(_sentence(rng, 200))
+    exact = len(shingles(text, 5) & shingles(other, 5)) / len(shingles(text, 5) | shingles(other, 5))
+    assert near_filter.signature(text).jaccard(near_filter.signature(text)) == 1.0
+    assert abs(near_filter.signature(text).jaccard(near_filter.signature(other)) - exact) < 0.05
+    assert near_filter.add_if_new(text) and not near_filter.add_if_new(text) and near_filter.add_if_new(other)
 
 
-def test_lsh_params_fit_the_permutations():
-    bands, rows = lsh_params(0.8, 128)
-    assert bands * rows <= 128
-    assert 0.6 < (1 / bands) ** (1 / rows) < 0.9  # the S-curve's knee sits near the threshold
+def _with_words_changed(text: str, positions: list[int]) -> str:
+    words = text.split()
+    for i in positions:
+        words[i] = "changed"
+    return " ".join(words)
+
+
+def test_near_duplicates_found_and_distinct_texts_kept():
+    rng = random.Random(11)
+    originals = [_sentence(rng, 80) for _ in range(20)]
+    variants = [_with_words_changed(text, [10, 40, 70]) for text in originals]  # 3 words of 80
+    conversations = [Conversation(messages=[Message(role="user", content="Summarise this."),
+                                            Message(role="assistant", content=text)])
+                     for text in originals + variants]
+    counts = DedupCounts()
+    kept = list(dedup_records(conversations, counts))
+    assert kept == conversations[:20]  # the first of each near-duplicate pair, in order
+    assert (counts.exact, counts.near, counts.kept) == (0, 20, 20)
+
+
+def test_near_duplicate_results_do_not_depend_on_the_run(capsys, tmp_path):
+    src = tmp_path / "d.jsonl"
+    _crafted_dedup_file(src)
+    for name in ("one", "two"):
+        assert run("data", "dedup", str(src), "--out", str(tmp_path / f"{name}.jsonl"), "--threshold", "0.6",
+                   "--num-perm", "16")[0] == 0
+    assert (tmp_path / "one.jsonl").read_bytes() == (tmp_path / "two.jsonl").read_bytes()
+
+
+def test_high_thresholds_and_few_permutations_work():
+    """Where one LSH band would be best (datasketch takes two or more)."""
+    rng = random.Random(5)
+    text, other = normalise_for_dedup(_sentence(rng)), normalise_for_dedup(_sentence(rng))
+    for threshold, num_perm in ((1.0, 128), (0.99, 8), (0.8, 8)):
+        near_filter = NearDuplicateFilter(threshold=threshold, num_perm=num_perm)
+        assert near_filter.add_if_new(text) and not near_filter.add_if_new(text) and near_filter.add_if_new(other)
 
 
 def test_dedup_records_api():

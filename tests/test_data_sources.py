@@ -88,7 +88,7 @@ def test_preference_records():
 
 BAD = {
     "belle": ("belle_bad.jsonl", [1, 7], [
-        "2: conversations.1.from: Input should be 'human', 'assistant', 'gpt', 'user' or 'system'",
+        "2: conversations.1.from: must be one of 'human', 'assistant', 'gpt', 'user' or 'system' (got 'bot')",
         "3: conversations: needs at least one assistant turn",
         "4: json: not valid JSON (Expecting value at column 1)",
         "5: conversations.1: empty assistant reply",
@@ -100,7 +100,7 @@ BAD = {
         "5: instruction: the flattened dialogue must end with 'Assistant:' (the reply is the output)",
     ]),
     "sharegpt": ("sharegpt_bad.jsonl", [1], [
-        "2: messages.0.role: Input should be 'system', 'user' or 'assistant'",
+        "2: messages.0.role: must be one of 'system', 'user' or 'assistant' (got 'tool')",
         "3: conversations: missing (sharegpt records have conversations: [{from, value}] or messages: [{role, content}])",
     ]),
     "text": ("text_bad.jsonl", [1], [
@@ -331,10 +331,10 @@ def test_record_writer_formats(tmp_path):
     assert json.loads((tmp_path / "out.json").read_text()) == items
 
 
-def test_record_text():
+def test_flat_text():
     conv = Conversation(messages=msgs(("user", "q"), ("assistant", "a")))
-    assert data.record_text(conv) == "user: q\nassistant: a"
-    assert data.record_text(PreferenceRecord(prompt="p", chosen="c", rejected="r")) == "p\nc\nr"
+    assert data.flat_text(conv) == "user: q\nassistant: a"
+    assert data.flat_text(PreferenceRecord(prompt="p", chosen="c", rejected="r")) == "p\nc\nr"
 
 
 def test_a_single_pretty_printed_object_is_explained(tmp_path):

@@ -108,9 +108,9 @@ def test_fast_samples_equal_the_agents_context(data):
 
 def test_samples_render_with_trainable_tokens(data, tiny_model):
     from duma.rendering import render_training
-    from duma.trainers.base import load_tokenizer
+    from duma.trainers.base import load_padded_tokenizer
 
-    tokenizer = load_tokenizer(tiny_model)
+    tokenizer = load_padded_tokenizer(tiny_model)
     for name in ("fast_train.jsonl", "fast_eval.jsonl", "slow_train.jsonl", "slow_eval.jsonl"):
         for r in read(data / name):
             assert render_training(tokenizer, r["messages"]).trainable_tokens > 0

@@ -78,9 +78,9 @@ def test_sft_loss_goes_down_and_outputs_load(tiny_model, tmp_path):
 
 def test_multi_turn_masking(tiny_model):
     from duma.rendering import IGNORE_INDEX, render_training
-    from duma.trainers.base import load_tokenizer
+    from duma.trainers.base import load_padded_tokenizer
 
-    tok = load_tokenizer(tiny_model)
+    tok = load_padded_tokenizer(tiny_model)
     msgs = [{"role": "system", "content": "Be brief."},
             {"role": "user", "content": "Hello!"}, {"role": "assistant", "content": "Hi there."},
             {"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "It is 4."}]
@@ -252,7 +252,7 @@ def test_bad_inputs_fail_before_training(tiny_model, tmp_path):
         _prepare(run_config(tiny_model, out, data={"files": [str(mixed)]}))
     skipping = _prepare(run_config(tiny_model, out, data={"files": [str(mixed)], "skip_invalid": True,
                                                           "rejects_path": str(tmp_path / "rejects.jsonl")}))
-    assert skipping.stats.invalid == 1 and len(skipping.train_rows) == 20
+    assert skipping.data_counts.invalid == 1 and len(skipping.train_rows) == 20
     assert (tmp_path / "rejects.jsonl").read_text().count("\n") == 1
     for e in (ConfigError, DumaError):
         assert "\n" not in str(e("x", "y"))
@@ -278,6 +278,6 @@ def test_cli_start_does_not_import_torch():
 def test_overlong_samples_truncated_or_skipped_and_counted(tiny_model, tmp_path):
     cut = _prepare(run_config(tiny_model, tmp_path / "a", data={"max_length": 40, "overlong": "truncate"}))
     skip = _prepare(run_config(tiny_model, tmp_path / "b", data={"max_length": 40, "overlong": "skip"}))
-    assert cut.stats.truncated > 0 and all(len(r) <= 40 for r in cut.train_rows)
-    assert skip.stats.skipped_overlong == cut.stats.truncated
-    assert len(skip.train_rows) == len(cut.train_rows) - cut.stats.truncated + cut.stats.skipped_all_masked
+    assert cut.data_counts.truncated > 0 and all(len(r) <= 40 for r in cut.train_rows)
+    assert skip.data_counts.skipped_overlong == cut.data_counts.truncated
+    assert len(skip.train_rows) == len(cut.train_rows) - cut.data_counts.truncated + cut.data_counts.skipped_all_masked

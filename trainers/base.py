@@ -14,6 +14,8 @@ so a resumed run replays exactly the micro-batches that an uninterrupted run wou
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import math
 import os
@@ -22,15 +24,18 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from duma import models
 from duma.errors import ConfigError, DumaError
 from duma.rendering import IGNORE_INDEX
-from duma.trainers.config import RunConfig
+from duma.trainers.config import DataConfig, RunConfig
+
+if TYPE_CHECKING:
+    from duma.data import Record
 
 LOG_FILE = "train_log.jsonl"
 RUN_FILE = "duma_run.json"
@@ -57,7 +62,9 @@ class Sample:
 
 
 @dataclass
-class DataStats:
+class TrainingDataCounts:
+    """What became of the data: records read and skipped, rows built (logged and summarised)."""
+
     records: int = 0
     invalid: int = 0
     truncated: int = 0
@@ -67,73 +74,31 @@ class DataStats:
     eval_rows: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def summary(self) -> dict[str, Any]:
+        """The counts as the training log and the run summary show them."""
+        return {"records": self.records, "invalid_skipped": self.invalid, "truncated": self.truncated,
+                "skipped_overlong": self.skipped_overlong, "skipped_all_masked": self.skipped_all_masked,
+                "train_rows": self.train_rows, "eval_rows": self.eval_rows, **self.extra}
+
 
 # ----------------------------------------------------------------------------- data reading
 
-def read_records(data_cfg: Any, stats: DataStats | None = None) -> Iterator[Any]:
-    """Records (``duma.data`` models) from the configured source and files, in file order;
+def read_records(data_cfg: DataConfig, counts: TrainingDataCounts | None = None) -> Iterator[Record]:
+    """Records from the configured source and files, in file order, at most ``data.limit``;
     invalid records stop the run, or with ``data.skip_invalid`` are counted and skipped."""
     for path in data_cfg.files:
         if not Path(path).is_file():
             raise DumaError(f"data file {path} does not exist", "check data.files in the run config")
-    from duma import data as duma_data
+    from duma.data import ReadStats, iter_records
 
-    iter_records = getattr(duma_data, "iter_records", None)
-    if iter_records is None:  # only while duma.data.iter_records is absent
-        yield from _read_records_fallback(data_cfg)
-        return
-    read_stats = duma_data.ReadStats()
-    count = 0
+    read_stats = ReadStats()
+    records = iter_records(data_cfg.source, [Path(p) for p in data_cfg.files], skip_invalid=data_cfg.skip_invalid,
+                           rejects_path=data_cfg.rejects_path, stats=read_stats)
     try:
-        for record in iter_records(data_cfg.source, [Path(p) for p in data_cfg.files],
-                                   skip_invalid=data_cfg.skip_invalid, rejects_path=data_cfg.rejects_path,
-                                   stats=read_stats):
-            yield record
-            count += 1
-            if data_cfg.limit and count >= data_cfg.limit:
-                return
+        yield from itertools.islice(records, data_cfg.limit)
     finally:
-        if stats is not None:
-            stats.invalid = read_stats.invalid
-
-
-def _read_records_fallback(data_cfg: Any) -> Iterator[Any]:
-    """A minimal BELLE/text JSONL reader used only while ``duma.data.iter_records`` is absent."""
-    from pydantic import ValidationError
-
-    from duma.data import Conversation, TextRecord
-
-    roles = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-             "system": "system"}
-    if data_cfg.source not in ("belle", "text"):
-        raise DumaError(f"unknown data source '{data_cfg.source}'", "known data sources: belle, text")
-    count = 0
-    for path in data_cfg.files:
-        with open(path, encoding="utf-8") as fh:
-            for line_no, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    raw = json.loads(line)
-                    if data_cfg.source == "text":
-                        record: Any = TextRecord(text=raw["text"])
-                    elif "conversations" in raw:
-                        msgs = [{"role": roles[t["from"]], "content": t["value"]} for t in raw["conversations"]]
-                        record = Conversation(id=raw.get("id"), messages=msgs)
-                    else:
-                        prompt = raw["instruction"] + (("\n" + raw["input"]) if raw.get("input") else "")
-                        record = Conversation(messages=[{"role": "user", "content": prompt},
-                                                        {"role": "assistant", "content": raw["output"]}])
-                except (ValueError, KeyError, TypeError, ValidationError) as exc:
-                    if data_cfg.skip_invalid:
-                        continue
-                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                    raise DumaError(f"{path}:{line_no}: not a {data_cfg.source} record: {first}",
-                                    "fix the file, pick the right data.source, or set data.skip_invalid: true") from None
-                yield record
-                count += 1
-                if data_cfg.limit and count >= data_cfg.limit:
-                    return
+        if counts is not None:
+            counts.invalid = read_stats.invalid
 
 
 # ----------------------------------------------------------------------------- models
@@ -158,11 +123,11 @@ def resolve_model_folder(ref: str) -> Path:
     return resolve_model_path(ref)
 
 
-def load_tokenizer(folder: Path) -> Any:
+def load_padded_tokenizer(folder: Path) -> Any:
     """duma's tokenizer loader, plus a pad token (training batches need one)."""
-    from duma.models import load_tokenizer as load_model_tokenizer
+    from duma.models import load_tokenizer
 
-    tok = load_model_tokenizer(str(folder))
+    tok = load_tokenizer(str(folder))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -249,7 +214,7 @@ def collate(rows: Sequence[Sample], pad_id: int, isolate_packed: bool = True) ->
     return batch
 
 
-def lr_lambda(schedule: str, warmup: int, total: int, min_ratio: float):
+def lr_lambda(schedule: str, warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
     """Multiplier of the base lr at a step: linear warm-up, then cosine/linear decay to
     ``min_ratio`` (or constant)."""
 
@@ -329,7 +294,7 @@ class Trainer:
         self.resume = resume
         self.overwrite = overwrite
         self.out = Path(config.output_dir)
-        self.stats = DataStats()
+        self.data_counts = TrainingDataCounts()
         self.rank = 0
         self.world = 1
         self.tokenizer: Any = None
@@ -378,7 +343,7 @@ class Trainer:
 
     def load_tokenizer(self) -> Any:
         assert self.model_folder is not None
-        return load_tokenizer(self.model_folder)
+        return load_padded_tokenizer(self.model_folder)
 
     def conversation_samples(self, tokenizer: Any) -> list[Sample]:
         """Render conversations with the one renderer; apply the overlong rule; drop samples
@@ -388,8 +353,8 @@ class Trainer:
 
         d = self.config.data
         out: list[Sample] = []
-        for record in read_records(d, self.stats):
-            self.stats.records += 1
+        for record in read_records(d, self.data_counts):
+            self.data_counts.records += 1
             if not isinstance(record, Conversation):
                 raise DumaError(f"data source '{d.source}' gives {type(record).__name__} records; "
                                 f"method '{self.config.method}' trains on conversations",
@@ -398,14 +363,14 @@ class Trainer:
             ids, labels = r.input_ids, r.labels
             if len(ids) > d.max_length:
                 if d.overlong == "skip":
-                    self.stats.skipped_overlong += 1
+                    self.data_counts.skipped_overlong += 1
                     continue
                 ids, labels = ids[: d.max_length], labels[: d.max_length]
-                self.stats.truncated += 1
+                self.data_counts.truncated += 1
             # The label of position t is predicted from position t-1: a row whose only
             # trained token is its first one trains nothing.
             if not any(x != IGNORE_INDEX for x in labels[1:]):
-                self.stats.skipped_all_masked += 1
+                self.data_counts.skipped_all_masked += 1
                 continue
             out.append(Sample(ids, labels, [len(out)]))
         return out
@@ -427,7 +392,7 @@ class Trainer:
             samples = [s for i, s in enumerate(samples) if i not in held]
         if t.packing and self.repack:
             samples = pack_rows(samples, d.max_length)
-        self.stats.train_rows, self.stats.eval_rows = len(samples), len(eval_rows)
+        self.data_counts.train_rows, self.data_counts.eval_rows = len(samples), len(eval_rows)
         return samples, eval_rows
 
     # --- model hooks
@@ -522,7 +487,7 @@ class Trainer:
             log.truncate_after(start)
             log.write({"event": "resume" if start else "start", "step": start, "total_steps": total,
                        "world_size": self.world, "config_hash": self.config.config_hash(),
-                       "data": self._stats_dict()})
+                       "data": self.data_counts.summary()})
         pad_id = self.tokenizer.pad_token_id
         sleep_s = float(os.environ.get(STEP_SLEEP_ENV, "0") or 0)
         lengths = [len(r) for r in self.train_rows]
@@ -581,7 +546,7 @@ class Trainer:
         finally:
             progress.close()
         summary = {"steps": total, "resumed_from": start, "eval_loss": eval_loss, "output_dir": str(self.out),
-                   "world_size": self.world, "data": self._stats_dict()}
+                   "world_size": self.world, "data": self.data_counts.summary()}
         if self.rank == 0:
             log.write({"event": "end", **summary})
             plot_loss_curve(self.out / LOG_FILE, self.out / CURVE_FILE)
@@ -608,12 +573,6 @@ class Trainer:
                 total_tokens += n
         engine.train()
         return total_loss / max(total_tokens, 1)
-
-    def _stats_dict(self) -> dict[str, Any]:
-        s = self.stats
-        return {"records": s.records, "invalid_skipped": s.invalid, "truncated": s.truncated, "skipped_overlong": s.skipped_overlong,
-                "skipped_all_masked": s.skipped_all_masked, "train_rows": s.train_rows,
-                "eval_rows": s.eval_rows, **s.extra}
 
     def start_output_dir(self) -> None:
         if self.overwrite and not self.resume and os.environ.get(LAUNCHED_ENV) != "1" and self.out.exists():
@@ -684,7 +643,7 @@ class Trainer:
 
         model = engine.module
         ctx = (deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
-               if self.config.training.zero_stage == 3 else _nullcontext())
+               if self.config.training.zero_stage == 3 else contextlib.nullcontext())
         with ctx:
             if self.rank == 0:
                 tmp = self.out / ".tmp-result"
@@ -698,14 +657,6 @@ class Trainer:
                     os.replace(item, target)
                 tmp.rmdir()
         dist.barrier()
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def _atomic_write(path: Path, text: str) -> None:

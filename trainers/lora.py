@@ -11,8 +11,9 @@ from typing import Any, Literal
 from pydantic import Field
 
 from duma import models
-from duma.trainers.base import Trainer, load_causal_lm, load_tokenizer, resolve_model_folder
-from duma.trainers.config import RunConfig, Strict, TrainingConfig
+from duma.config import Strict
+from duma.trainers.base import Trainer, load_causal_lm, load_padded_tokenizer, resolve_model_folder
+from duma.trainers.config import RunConfig, TrainingConfig
 
 ADAPTER_BASE_FILE = "duma_adapter.json"  # the base model reference as the run config gave it
 
@@ -76,14 +77,15 @@ def merge_adapter(adapter: Path, out: Path) -> Path:
     if not cfg_file.is_file():
         raise DumaError(f"{adapter} is not an adapter folder (no adapter_config.json)",
                         "give the output_dir of a lora run")
-    base = json.loads(cfg_file.read_text()).get("base_model_name_or_path")
-    meta = adapter / ADAPTER_BASE_FILE
-    if meta.is_file():
-        ref = json.loads(meta.read_text())["base_model"]
-        folder = Path(json.loads(meta.read_text())["base_folder"])
-        base_folder = folder if (folder / "config.json").is_file() else resolve_model_folder(ref)
-    elif base:
-        base_folder = resolve_model_folder(base)
+    meta_file = adapter / ADAPTER_BASE_FILE
+    # A lora run records the base as the run config named it and the folder it loaded; a
+    # shipped adapter only the reference (``duma minds ship``).
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    ref = meta.get("base_model") or json.loads(cfg_file.read_text()).get("base_model_name_or_path")
+    if meta.get("base_folder") and (Path(meta["base_folder"]) / "config.json").is_file():
+        base_folder = Path(meta["base_folder"])
+    elif ref:
+        base_folder = resolve_model_folder(ref)
     else:
         raise DumaError(f"{cfg_file} names no base model", "set base_model_name_or_path")
     model = load_causal_lm(base_folder)
@@ -93,5 +95,5 @@ def merge_adapter(adapter: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out), safe_serialization=True)
     tok_src = adapter if (adapter / "tokenizer_config.json").is_file() else base_folder
-    load_tokenizer(tok_src).save_pretrained(str(out))
+    load_padded_tokenizer(tok_src).save_pretrained(str(out))
     return out

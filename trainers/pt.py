@@ -3,10 +3,13 @@ cut into fixed blocks of ``data.max_length`` tokens; the loss falls on every tok
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from duma.trainers.base import Sample, Trainer, read_records
 from duma.trainers.config import RunConfig
+
+if TYPE_CHECKING:
+    from duma.data import Record
 
 
 class PTConfig(RunConfig):
@@ -15,8 +18,9 @@ class PTConfig(RunConfig):
     method: Literal["pt"] = "pt"
 
 
-def record_text(tokenizer: Any, record: Any) -> str:
-    """Plain text of a record: a text record as-is, a conversation rendered the one way."""
+def pretraining_text(tokenizer: Any, record: Record) -> str:
+    """The text a record adds to the pre-training corpus: a text record as-is, a conversation
+    rendered with the chat template (the one renderer)."""
     from duma.data import Conversation, TextRecord
 
     if isinstance(record, TextRecord):
@@ -63,9 +67,9 @@ class PTTrainer(Trainer):
 
     def texts(self, tokenizer: Any) -> list[str]:
         out = []
-        for record in read_records(self.config.data, self.stats):
-            self.stats.records += 1
-            out.append(record_text(tokenizer, record))
+        for record in read_records(self.config.data, self.data_counts):
+            self.data_counts.records += 1
+            out.append(pretraining_text(tokenizer, record))
         return out
 
     def build_samples(self, tokenizer: Any) -> list[Sample]:

@@ -11,10 +11,11 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from duma.config import Strict
 from duma.errors import DumaError
-from duma.trainers.base import Sample, load_tokenizer, read_records
-from duma.trainers.config import RunConfig, Strict, TrainingConfig
-from duma.trainers.pt import PTTrainer, pack_blocks, record_text
+from duma.trainers.base import Sample, load_padded_tokenizer, read_records
+from duma.trainers.config import RunConfig, TrainingConfig
+from duma.trainers.pt import PTTrainer, pack_blocks, pretraining_text
 
 REPORT_FILE = "vocab_report.json"
 
@@ -108,12 +109,12 @@ class VocabTrainer(PTTrainer):
     description = "BELLE-LLaMA-EXT vocabulary expansion + embedding training"
 
     def load_tokenizer(self) -> Any:
-        base = load_tokenizer(self.model_folder)
+        base = load_padded_tokenizer(self.model_folder)
         cfg: VocabSettings = self.config.vocab  # type: ignore[attr-defined]
         self._texts = []
-        for record in read_records(self.config.data, self.stats):
-            self.stats.records += 1
-            self._texts.append(record_text(base, record))
+        for record in read_records(self.config.data, self.data_counts):
+            self.data_counts.records += 1
+            self._texts.append(pretraining_text(base, record))
         if cfg.heldout is not None:
             if not Path(cfg.heldout).is_file():
                 raise DumaError(f"vocab.heldout file {cfg.heldout} does not exist", "check the path")
@@ -127,7 +128,7 @@ class VocabTrainer(PTTrainer):
         self.report = {"base_vocab": len(base), "new_vocab": len(extended), "added_pieces": len(added),
                        "heldout_lines": len(heldout), "tokens_per_line_before": round(before, 3),
                        "tokens_per_line_after": round(after, 3)}
-        self.stats.extra["vocab"] = self.report
+        self.data_counts.extra["vocab"] = self.report
         return extended
 
     def build_samples(self, tokenizer: Any) -> list[Sample]:

@@ -102,17 +102,16 @@ def compare_command(before: Path, after: Path, names: str) -> None:
     """Print two 'duma minds measure' reports side by side (a Markdown table)."""
     from pydantic import ValidationError
 
-    from duma.errors import DumaError
+    from duma.errors import DumaError, format_validation_error
 
     from .measure import MeasureReport, compare_markdown
 
     reports = []
     for path in (before, after):
         try:
-            reports.append(MeasureReport.model_validate_json(path.read_text(encoding="utf-8")))
-        except (ValidationError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise DumaError(f"{path}: not a 'duma minds measure' report ({first})",
+            reports.append(MeasureReport.model_validate_json(path.read_text(encoding="utf-8", errors="replace")))
+        except ValidationError as exc:
+            raise DumaError(f"{path}: not a 'duma minds measure' report: {format_validation_error(exc)}",
                             "pass the JSON files written by 'duma minds measure --out'") from None
     first_name, _, second_name = names.partition(",")
     click.echo(compare_markdown(reports[0], reports[1], first_name, second_name or "after"))

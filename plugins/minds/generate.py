@@ -20,11 +20,27 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from . import templates as T
+from .templates import (
+    CHAT_FAMILIES,
+    FINAL_REPLIES,
+    FOLLOWUP_REPLIES,
+    FOLLOWUPS,
+    INTERIMS,
+    SIMPLE_QA,
+    SIMPLE_QA_HELD,
+    SLOW_FAMILIES,
+    Family,
+    SlowTask,
+    held_out,
+    template_id,
+)
+
+if TYPE_CHECKING:
+    from duma.agents.slow_mind import SlowMind
 
 KNOWLEDGE_DIR = Path(__file__).resolve().parents[2] / "examples" / "knowledge"
 DEFAULT_TODAY = "2025-06-16"
@@ -63,11 +79,12 @@ def fixed_today(today: str) -> Iterator[None]:
 def load_generation_tools(knowledge_dir: Path = KNOWLEDGE_DIR) -> dict[str, Any]:
     """The registered tools, as the agent loads them, with search_knowledge over the examples."""
     from duma.agents.agent import load_tools
+    from duma.config import DumaConfig
 
-    return load_tools(None, knowledge_dir)
+    return load_tools(DumaConfig(agent={"knowledge_dir": knowledge_dir}))
 
 
-def tool_runner(tools: dict[str, Any]) -> Any:
+def tool_runner(tools: dict[str, Any]) -> SlowMind:
     """A SlowMind without a model: its ``run_tool`` runs actions exactly as inference does."""
     from duma.agents.slow_mind import SlowMind
 
@@ -76,7 +93,7 @@ def tool_runner(tools: dict[str, Any]) -> Any:
 
 # --------------------------------------------------------------------------- slow traces
 
-def slow_messages(system_prompt: str, previous: list[tuple[str, str]], task: T.SlowTask) -> list[dict[str, str]]:
+def slow_messages(system_prompt: str, previous: list[tuple[str, str]], task: SlowTask) -> list[dict[str, str]]:
     """The exact message list ``SlowMind.run`` builds, ending with the Finish step."""
     from duma.agents import protocol
 
@@ -91,53 +108,53 @@ def slow_messages(system_prompt: str, previous: list[tuple[str, str]], task: T.S
 
 
 @dataclass
-class Pools:
+class TemplatePools:
     """Templates per (split, lang): (family, phrasing index)."""
 
-    slow: dict[tuple[str, str], list[tuple[T.Family, int]]]
-    chat: dict[tuple[str, str], list[tuple[T.Family, int]]]
+    slow: dict[tuple[str, str], list[tuple[Family, int]]]
+    chat: dict[tuple[str, str], list[tuple[Family, int]]]
 
 
-def _pools(families: list[T.Family]) -> dict[tuple[str, str], list[tuple[T.Family, int]]]:
-    pools: dict[tuple[str, str], list[tuple[T.Family, int]]] = {}
-    for fam in families:
-        for lang, phrasings in fam.phrasings.items():
+def _template_pools(families: list[Family]) -> dict[tuple[str, str], list[tuple[Family, int]]]:
+    pools: dict[tuple[str, str], list[tuple[Family, int]]] = {}
+    for family in families:
+        for lang, phrasings in family.phrasings.items():
             for i in range(len(phrasings)):
-                split = "eval" if T.held_out(fam, lang, i) else "train"
-                pools.setdefault((split, lang), []).append((fam, i))
+                split = "eval" if held_out(family, lang, i) else "train"
+                pools.setdefault((split, lang), []).append((family, i))
     return pools
 
 
-def draw_task(rng: random.Random, pool: list[tuple[T.Family, int]], lang: str, runner: Any
-              ) -> tuple[str, T.SlowTask]:
-    fam, i = rng.choice(pool)
-    assert fam.build is not None
-    task = fam.build(rng, fam.phrasings[lang][i], runner.run_tool, lang)
-    return T.template_id(fam, lang, i), task
+def draw_task(rng: random.Random, pool: list[tuple[Family, int]], lang: str, runner: SlowMind
+              ) -> tuple[str, SlowTask]:
+    family, i = rng.choice(pool)
+    assert family.build is not None
+    task = family.build(rng, family.phrasings[lang][i], runner.run_tool, lang)
+    return template_id(family, lang, i), task
 
 
-def _lang(rng: random.Random) -> str:
+def _draw_language(rng: random.Random) -> str:
     return "zh" if rng.random() < ZH_SHARE else "en"
 
 
-def generate_slow(rng: random.Random, n: int, eval_fraction: float, pools: Pools, runner: Any,
+def generate_slow(rng: random.Random, n: int, eval_fraction: float, pools: TemplatePools, runner: SlowMind,
                   system_prompt: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     train: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
     for k in range(n):
         split = "eval" if rng.random() < eval_fraction else "train"
-        lang = _lang(rng)
-        tid, task = draw_task(rng, pools.slow[(split, lang)], lang, runner)
+        lang = _draw_language(rng)
+        template, task = draw_task(rng, pools.slow[(split, lang)], lang, runner)
         previous: list[tuple[str, str]] = []
         context_draw = rng.random()
         if context_draw < 0.25:  # some traces start mid-dialogue (the retrospect has history)
-            chat_fam, ci = rng.choice(pools.chat[(split, lang)])
-            previous.append((chat_fam.phrasings[lang][ci], rng.choice(chat_fam.responses[lang])))
+            chat_family, chat_index = rng.choice(pools.chat[(split, lang)])
+            previous.append((chat_family.phrasings[lang][chat_index], rng.choice(chat_family.responses[lang])))
         elif context_draw < 0.4:  # after an earlier looked-up answer (its final reply)
             _, earlier = draw_task(rng, pools.slow[(split, lang)], lang, runner)
-            previous.append((earlier.query, rng.choice(T.FINAL_REPLIES[lang]).format(answer=earlier.answer)))
+            previous.append((earlier.query, rng.choice(FINAL_REPLIES[lang]).format(answer=earlier.answer)))
         target = evals if split == "eval" else train
-        target.append({"id": f"slow-{split}-{k:05d}:{tid}", "category": f"slow/{split}",
+        target.append({"id": f"slow-{split}-{k:05d}:{template}", "category": f"slow/{split}",
                        "messages": slow_messages(system_prompt, previous, task),
                        "expected": task.expected})
     return train, evals
@@ -163,40 +180,40 @@ class Turn:
     outputs: list[tuple[str, str, str]]  # (role, content, kind) logged after the user message
 
 
-def _simple_pool(split: str, lang: str) -> list[int]:
-    n, held = len(T.SIMPLE_QA[lang]), T.SIMPLE_QA_HELD[lang]
+def _simple_qa_indices(split: str, lang: str) -> list[int]:
+    n, held = len(SIMPLE_QA[lang]), SIMPLE_QA_HELD[lang]
     return list(range(n - held, n)) if split == "eval" else list(range(n - held))
 
 
-def _draw_turn(rng: random.Random, split: str, lang: str, pools: Pools, runner: Any,
-               last_slow: T.SlowTask | None, first: bool) -> tuple[Turn, T.SlowTask | None]:
+def _draw_turn(rng: random.Random, split: str, lang: str, pools: TemplatePools, runner: SlowMind,
+               last_slow: SlowTask | None, first: bool) -> tuple[Turn, SlowTask | None]:
     from duma.agents import fast_mind
 
     kinds = ["slow", "slow", "chat", "simple"] + (["followup", "followup"] if last_slow else [])
     kind = "chat" if first and rng.random() < 0.25 else rng.choice(kinds)
     if kind == "slow":
-        tid, task = draw_task(rng, pools.slow[(split, lang)], lang, runner)
-        interim = rng.choice(T.INTERIMS[lang])
-        final = rng.choice(T.FINAL_REPLIES[lang]).format(answer=task.answer)
-        return Turn(tid, task.query, True, task.expected,
+        template, task = draw_task(rng, pools.slow[(split, lang)], lang, runner)
+        interim = rng.choice(INTERIMS[lang])
+        final = rng.choice(FINAL_REPLIES[lang]).format(answer=task.answer)
+        return Turn(template, task.query, True, task.expected,
                     [("assistant", interim, fast_mind.KIND_INTERIM), ("system", task.answer, fast_mind.KIND_SLOW),
                      ("assistant", final, fast_mind.KIND_REPLY)]), task
     if kind == "followup" and last_slow is not None:
         # Followups are a template family too: the last phrasing is held out.
-        n = len(T.FOLLOWUPS[lang])
+        n = len(FOLLOWUPS[lang])
         i = n - 1 if split == "eval" else rng.randrange(n - 1)
-        reply = rng.choice(T.FOLLOWUP_REPLIES[lang]).format(answer=last_slow.answer)
-        return Turn(f"followup/{lang}{i}", T.FOLLOWUPS[lang][i], False, last_slow.expected,
+        reply = rng.choice(FOLLOWUP_REPLIES[lang]).format(answer=last_slow.answer)
+        return Turn(f"followup/{lang}{i}", FOLLOWUPS[lang][i], False, last_slow.expected,
                     [("assistant", reply, fast_mind.KIND_REPLY)]), last_slow
     if kind == "simple":
-        i = rng.choice(_simple_pool(split, lang))
-        question, answer, key = T.SIMPLE_QA[lang][i]
+        i = rng.choice(_simple_qa_indices(split, lang))
+        question, answer, key = SIMPLE_QA[lang][i]
         return Turn(f"simple_qa/{lang}{i}", question, False, key,
                     [("assistant", answer, fast_mind.KIND_REPLY)]), last_slow
-    fam, i = rng.choice(pools.chat[(split, lang)])
-    reply = rng.choice(fam.responses[lang])
+    family, i = rng.choice(pools.chat[(split, lang)])
+    reply = rng.choice(family.responses[lang])
     # Chit-chat has no single right answer: any direct reply counts ("" is in every text).
-    return Turn(T.template_id(fam, lang, i), fam.phrasings[lang][i], False, "",
+    return Turn(template_id(family, lang, i), family.phrasings[lang][i], False, "",
                 [("assistant", reply, fast_mind.KIND_REPLY)]), last_slow
 
 
@@ -224,7 +241,7 @@ def _history_json(history: list[Any]) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content, "kind": m.meta.get("kind", "")} for m in history]
 
 
-def generate_fast(rng: random.Random, n: int, eval_fraction: float, pools: Pools, runner: Any,
+def generate_fast(rng: random.Random, n: int, eval_fraction: float, pools: TemplatePools, runner: SlowMind,
                   system_prompt: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]],
                                                list[dict[str, Any]]]:
     train: list[dict[str, Any]] = []
@@ -233,10 +250,10 @@ def generate_fast(rng: random.Random, n: int, eval_fraction: float, pools: Pools
     router_train: list[dict[str, Any]] = []
     for k in range(n):
         split = "eval" if rng.random() < eval_fraction else "train"
-        lang = _lang(rng)
+        lang = _draw_language(rng)
         n_turns = rng.choice([1, 2, 2, 3])
         turns: list[Turn] = []
-        last_slow: T.SlowTask | None = None
+        last_slow: SlowTask | None = None
         for j in range(n_turns):
             turn, last_slow = _draw_turn(rng, split, lang, pools, runner, last_slow, first=j == 0)
             turns.append(turn)
@@ -271,7 +288,7 @@ def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def _chars(records: list[dict[str, Any]]) -> int:
+def _message_chars(records: list[dict[str, Any]]) -> int:
     return sum(len(m["content"]) for r in records for m in r.get("messages", []))
 
 
@@ -281,7 +298,7 @@ def generate(out: Path, seed: int = 0, n_fast: int = 600, n_slow: int = 650, eva
     from duma.agents import fast_mind
 
     out.mkdir(parents=True, exist_ok=True)
-    pools = Pools(slow=_pools(T.SLOW_FAMILIES), chat=_pools(T.CHAT_FAMILIES))
+    pools = TemplatePools(slow=_template_pools(SLOW_FAMILIES), chat=_template_pools(CHAT_FAMILIES))
     with fixed_today(today):
         tools = load_generation_tools(knowledge_dir)
         runner = tool_runner(tools)
@@ -304,8 +321,8 @@ def generate(out: Path, seed: int = 0, n_fast: int = 600, n_slow: int = 650, eva
         by_split[r["category"].split("/")[1]].update(template_ids(r["id"]))
     summary = GenerateSummary(
         out=str(out), seed=seed, today=today, files={n: len(r) for n, r in files.items()},
-        tokens_estimate={n: round(_chars(r) / CHARS_PER_TOKEN) for n, r in files.items() if n.startswith(("fast", "slow"))},
-        tokens_with_template={n: round(_chars(r) / CHARS_PER_TOKEN_WITH_TEMPLATE) for n, r in files.items()
+        tokens_estimate={n: round(_message_chars(r) / CHARS_PER_TOKEN) for n, r in files.items() if n.startswith(("fast", "slow"))},
+        tokens_with_template={n: round(_message_chars(r) / CHARS_PER_TOKEN_WITH_TEMPLATE) for n, r in files.items()
                               if n.startswith(("fast", "slow"))},
         eval_templates=sorted(by_split["eval"]), train_templates=sorted(by_split["train"]))
     (out / "summary.json").write_text(json.dumps(summary.model_dump(), ensure_ascii=False, indent=1) + "\n",

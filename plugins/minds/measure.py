@@ -79,7 +79,7 @@ class MeasureReport(BaseModel):
     routing_quality: RoutingQuality = Field(default_factory=RoutingQuality)
 
 
-def _read(path: Path) -> list[dict[str, Any]]:
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
@@ -210,7 +210,7 @@ def routing_figures(turns: list[dict[str, Any]], invoke_rows: list[dict[str, Any
 
     figures: dict[str, RouterFigures] = {}
     rng = random.Random(0)
-    labelled = [LabelledTurn.model_validate(r) for r in _read(router_train)]
+    labelled = [LabelledTurn.model_validate(r) for r in _read_jsonl(router_train)]
     with tempfile.TemporaryDirectory() as tmp:
         classifier = load_classifier(train_classifier(labelled, Path(tmp) / "classifier.npz").out)
         classifier_scores = [float(p) for p in classifier.predict_proba([t["text"] for t in turns])]
@@ -245,18 +245,19 @@ def measure(data: Path, *, model: str = "embedded", fast_adapter: str | None = N
             slow_adapter: str | None = None, limit: int | None = None, max_tokens: int = 96,
             today: str = DEFAULT_TODAY, device: str = "auto") -> MeasureReport:
     from duma.agents.agent import load_tools
+    from duma.config import DumaConfig
     from duma.models import load_backend
     from duma.types import ModelSpec
 
     report = MeasureReport(model=model, fast_adapter=fast_adapter, slow_adapter=slow_adapter, limit=limit)
-    turns = balanced(_read(data / "routing_eval.jsonl"), limit)
-    slow_eval = _read(data / "slow_eval.jsonl")
-    expected = {r["id"]: r["expected"] for r in _read(data / "slow_expected.jsonl")}
+    turns = balanced(_read_jsonl(data / "routing_eval.jsonl"), limit)
+    slow_eval = _read_jsonl(data / "slow_eval.jsonl")
+    expected = {r["id"]: r["expected"] for r in _read_jsonl(data / "slow_expected.jsonl")}
     slow_eval = slow_eval[:limit] if limit else slow_eval
     with fixed_today(today):
         fast = load_backend(ModelSpec(model=model, adapter=fast_adapter, device=device))
         slow = load_backend(ModelSpec(model=model, adapter=slow_adapter, device=device))
-        tools = load_tools(None, KNOWLEDGE_DIR)
+        tools = load_tools(DumaConfig(agent={"knowledge_dir": KNOWLEDGE_DIR}))
         report.invoke, invoke_rows = measure_invoke(fast, turns, max_tokens)
         report.slow, _ = measure_slow(slow, tools, [(r["messages"][1]["content"], expected[r["id"]])
                                                      for r in slow_eval], max_tokens)
@@ -272,13 +273,13 @@ def measure(data: Path, *, model: str = "embedded", fast_adapter: str | None = N
     return report
 
 
-def _fmt(value: float | int | str | None) -> str:
+def _format_value(value: float | int | str | None) -> str:
     if value is None:
         return "n/a"
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def _rows(report: MeasureReport) -> list[tuple[str, float | int | str | None]]:
+def _report_rows(report: MeasureReport) -> list[tuple[str, float | int | str | None]]:
     """(measure, value): the one list both the report table and the comparison print."""
     e2e = report.end_to_end
     rows: list[tuple[str, float | int | str | None]] = [
@@ -310,7 +311,7 @@ def to_markdown(report: MeasureReport) -> str:
     adapters = f"fast adapter {report.fast_adapter or 'none'}, slow adapter {report.slow_adapter or 'none'}"
     lines = [f"Model {report.model}; {adapters}; limit {report.limit or 'none'}", "",
              "| measure | value |", "|---|---|"]
-    lines += [f"| {name} | {_fmt(value)} |" for name, value in _rows(report)]
+    lines += [f"| {name} | {_format_value(value)} |" for name, value in _report_rows(report)]
     return "\n".join(lines)
 
 
@@ -318,6 +319,6 @@ def compare_markdown(before: MeasureReport, after: MeasureReport, before_name: s
                      after_name: str = "trained") -> str:
     """A side-by-side table of two reports (same data and limit)."""
     lines = [f"| measure | {before_name} | {after_name} |", "|---|---|---|"]
-    for (name, a), (_, b) in zip(_rows(before), _rows(after)):
-        lines.append(f"| {name} | {_fmt(a)} | {_fmt(b)} |")
+    for (name, a), (_, b) in zip(_report_rows(before), _report_rows(after)):
+        lines.append(f"| {name} | {_format_value(a)} | {_format_value(b)} |")
     return "\n".join(lines)

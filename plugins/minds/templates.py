@@ -4,9 +4,10 @@ Each family has several phrasings per language; a template id is ``family/lang<i
 last phrasing of each (family, language) with at least two phrasings is held out: it appears
 only in the eval split, so the figures measure generalisation to unseen wordings.
 
-Slow families are functions ``(rng, phrasing, run) -> SlowTask``: they draw numbers/dates,
-run the real tools through ``run(action) -> observation`` and build the trace from the real
-outputs. No torch or langchain here (the tools are reached only through ``run``).
+Slow families are functions ``(rng, phrasing, run_tool, lang) -> SlowTask``: they draw
+numbers/dates, run the real tools through ``run_tool(action) -> observation`` and build the
+trace from the real outputs. No torch or langchain here (the tools are reached only through
+``run_tool``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-Runner = Callable[[str], str]
+# Runs one action (``calculator(2 + 2)``) as the slow mind would and returns the observation.
+RunTool = Callable[[str], str]
 
 
 @dataclass
@@ -44,7 +46,7 @@ class SlowTask:
 class Family:
     name: str
     phrasings: dict[str, list[str]]  # lang -> phrasings
-    build: Callable[..., SlowTask] | None = None  # slow families only
+    build: Callable[[random.Random, str, RunTool, str], SlowTask] | None = None  # slow families only
     responses: dict[str, list[str]] = field(default_factory=dict)  # chat families only
 
 
@@ -60,24 +62,24 @@ def template_id(family: Family, lang: str, index: int) -> str:
 
 # --------------------------------------------------------------------------- helpers
 
-def _num(text: str) -> str:
+def _first_number(text: str) -> str:
     """The first number in a tool output (for follow-up calculations)."""
     m = re.search(r"-?\d[\d,]*(?:\.\d+)?", text)
     return m.group(0).replace(",", "") if m else text
 
 
-def _converted(text: str) -> str:
+def _converted_value(text: str) -> str:
     """The converted value in a convert_units output (``5 km = 3.10686 mi`` -> ``3.10686``)."""
-    return _num(text.split("=")[-1])
+    return _first_number(text.split("=")[-1])
 
 
-def _date(rng: random.Random, start_year: int = 2024, end_year: int = 2026) -> dt.date:
+def _random_date(rng: random.Random, start_year: int = 2024, end_year: int = 2026) -> dt.date:
     first = dt.date(start_year, 1, 1)
     span = (dt.date(end_year, 12, 31) - first).days
     return first + dt.timedelta(days=rng.randrange(span))
 
 
-def _iso(d: dt.date) -> str:
+def _iso_date(d: dt.date) -> str:
     return d.isoformat()
 
 
@@ -89,81 +91,81 @@ def _chinese_date(d: dt.date) -> str:
     return f"{d.year}年{d.month}月{d.day}日"
 
 
-def _ran(run: Runner, reason: str, action: str) -> Step:
+def _tool_step(run_tool: RunTool, reason: str, action: str) -> Step:
     """A step with its real observation: the tool output of running ``action``."""
-    return Step(reason, action, run(action))
+    return Step(reason, action, run_tool(action))
 
 
 # --------------------------------------------------------------------------- slow families
 
-def _percent(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowTask:
+def _percent(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
     p = rng.choice([5, 8, 10, 12, 15, 17, 20, 25, 30, 35, 40, 45, 60, 75])
     n = rng.choice([rng.randrange(20, 999), rng.randrange(1000, 20000), rng.randrange(100, 5000) / 10])
     action = f"calculator({p}% of {n:g})"
-    steps = [_ran(run, "I need to compute the percentage." if lang == "en" else "需要计算百分比。", action)]
+    steps = [_tool_step(run_tool, "I need to compute the percentage." if lang == "en" else "需要计算百分比。", action)]
     obs = steps[0].observation
     answer = f"{p}% of {n:g} is {obs}." if lang == "en" else f"{n:g}的{p}%是{obs}。"
     return SlowTask(phrasing.format(p=p, n=f"{n:g}"), steps, "I have the result." if lang == "en" else "已得到结果。",
                     answer, obs, lang)
 
 
-def _arith(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowTask:
+def _arithmetic(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
     a, b, c = rng.randrange(3, 99), rng.randrange(3, 99), rng.randrange(10, 999)
-    steps = [_ran(run, "Let me calculate it." if lang == "en" else "我来计算。", f"calculator({a} * {b} + {c})")]
+    steps = [_tool_step(run_tool, "Let me calculate it." if lang == "en" else "我来计算。", f"calculator({a} * {b} + {c})")]
     obs = steps[0].observation
     answer = f"{a} × {b} + {c} = {obs}." if lang == "en" else f"{a}乘以{b}再加{c}等于{obs}。"
     return SlowTask(phrasing.format(a=a, b=b, c=c), steps, "Done." if lang == "en" else "完成。", answer, obs, lang)
 
 
-def _split_bill(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowTask:
+def _split_bill(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
     total, people = rng.randrange(40, 900), rng.randrange(2, 9)
-    steps = [_ran(run, "Divide the total by the number of people." if lang == "en" else "总额除以人数。",
-                   f"calculator(round({total} / {people}, 2))")]
+    steps = [_tool_step(run_tool, "Divide the total by the number of people." if lang == "en" else "总额除以人数。",
+                        f"calculator(round({total} / {people}, 2))")]
     obs = steps[0].observation
     answer = (f"Each person pays {obs} euros." if lang == "en" else f"每人需付{obs}欧元。")
     return SlowTask(phrasing.format(total=total, people=people), steps,
                     "I have the share per person." if lang == "en" else "已算出每人的份额。", answer, obs, lang)
 
 
-def _date_diff(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowTask:
-    d1 = _date(rng)
+def _date_diff(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
+    d1 = _random_date(rng)
     d2 = d1 + dt.timedelta(days=rng.randrange(3, 500))
-    steps = [_ran(run, "Count the days between the two dates." if lang == "en" else "计算两个日期之间的天数。",
-                   f"date_diff({_iso(d1)}, {_iso(d2)})")]
+    steps = [_tool_step(run_tool, "Count the days between the two dates." if lang == "en" else "计算两个日期之间的天数。",
+                        f"date_diff({_iso_date(d1)}, {_iso_date(d2)})")]
     obs = steps[0].observation
-    answer = (f"There are {obs} days from {_iso(d1)} to {_iso(d2)}." if lang == "en"
+    answer = (f"There are {obs} days from {_iso_date(d1)} to {_iso_date(d2)}." if lang == "en"
               else f"从{_chinese_date(d1)}到{_chinese_date(d2)}共{obs}天。")
     show = _english_date if lang == "en" else _chinese_date
     return SlowTask(phrasing.format(d1=show(d1), d2=show(d2)), steps, "Done." if lang == "en" else "完成。",
                     answer, obs, lang)
 
 
-def _days_until(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowTask:
+def _days_until(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
     """Two steps: today(), then date_diff from today."""
-    today_step = _ran(run, "I need today's date first.", "today()")
+    today_step = _tool_step(run_tool, "I need today's date first.", "today()")
     today = dt.date.fromisoformat(today_step.observation.strip()[:10])
     target = today + dt.timedelta(days=rng.randrange(2, 300))
-    diff = _ran(run, "Now count the days from today.", f"date_diff({_iso(today)}, {_iso(target)})")
-    answer = f"{_english_date(target)} is {diff.observation} days away (today is {_iso(today)})."
+    diff = _tool_step(run_tool, "Now count the days from today.", f"date_diff({_iso_date(today)}, {_iso_date(target)})")
+    answer = f"{_english_date(target)} is {diff.observation} days away (today is {_iso_date(today)})."
     return SlowTask(phrasing.format(d=_english_date(target)), [today_step, diff], "I have the count.",
                     answer, diff.observation)
 
 
-def _weekday(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowTask:
-    d = _date(rng)
-    steps = [_ran(run, "Look up the weekday." if lang == "en" else "查询星期几。", f"weekday({_iso(d)})")]
+def _weekday(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
+    d = _random_date(rng)
+    steps = [_tool_step(run_tool, "Look up the weekday." if lang == "en" else "查询星期几。", f"weekday({_iso_date(d)})")]
     obs = steps[0].observation
     answer = f"{_english_date(d)} is a {obs}." if lang == "en" else f"{_chinese_date(d)}是{obs}。"
     show = _english_date if lang == "en" else _chinese_date
     return SlowTask(phrasing.format(d=show(d)), steps, "Found it." if lang == "en" else "找到了。", answer, obs, lang)
 
 
-def _add_days(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowTask:
-    d, n = _date(rng), rng.randrange(5, 200)
-    steps = [_ran(run, "Add the days to the date.", f"add_days({_iso(d)}, {n})")]
+def _add_days(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
+    d, n = _random_date(rng), rng.randrange(5, 200)
+    steps = [_tool_step(run_tool, "Add the days to the date.", f"add_days({_iso_date(d)}, {n})")]
     obs = steps[0].observation
     return SlowTask(phrasing.format(d=_english_date(d), n=n), steps, "I have the date.",
-                    f"{n} days after {_iso(d)} is {obs}.", obs)
+                    f"{n} days after {_iso_date(d)} is {obs}.", obs)
 
 
 _CONVERSIONS = [("km", "mi", "kilometres", "miles"), ("mi", "km", "miles", "kilometres"),
@@ -172,32 +174,33 @@ _CONVERSIONS = [("km", "mi", "kilometres", "miles"), ("mi", "km", "miles", "kilo
                 ("l", "gal", "litres", "US gallons"), ("m", "ft", "metres", "feet"), ("in", "cm", "inches", "centimetres")]
 
 
-def _convert(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowTask:
+def _convert(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
     src, dst, src_name, dst_name = rng.choice(_CONVERSIONS)
     v = rng.choice([rng.randrange(1, 200), rng.randrange(10, 999) / 10])
-    steps = [_ran(run, "Convert the units." if lang == "en" else "进行单位换算。",
-                   f"convert_units({v:g}, {src}, {dst})")]
+    steps = [_tool_step(run_tool, "Convert the units." if lang == "en" else "进行单位换算。",
+                        f"convert_units({v:g}, {src}, {dst})")]
     obs = steps[0].observation
     answer = f"{obs} ({v:g} {src_name} in {dst_name})." if lang == "en" else f"{obs}。"
     return SlowTask(phrasing.format(v=f"{v:g}", src=src_name, dst=dst_name), steps,
-                    "Converted." if lang == "en" else "换算完成。", answer, _converted(obs), lang)
+                    "Converted." if lang == "en" else "换算完成。", answer, _converted_value(obs), lang)
 
 
-def _convert_then_calc(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowTask:
+def _convert_then_calc(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
     v, days = rng.randrange(2, 25), rng.choice([5, 7, 10, 14, 30])
-    first = _ran(run, "Convert the daily distance to miles first.", f"convert_units({v}, km, mi)")
-    miles = _converted(first.observation)
-    second = _ran(run, f"Now multiply by {days} days.", f"calculator(round({miles} * {days}, 2))")
+    first = _tool_step(run_tool, "Convert the daily distance to miles first.", f"convert_units({v}, km, mi)")
+    miles = _converted_value(first.observation)
+    second = _tool_step(run_tool, f"Now multiply by {days} days.", f"calculator(round({miles} * {days}, 2))")
     answer = f"{v} km a day is {miles} miles; over {days} days that is {second.observation} miles."
     return SlowTask(phrasing.format(v=v, days=days), [first, second], "I have the total.", answer,
                     second.observation)
 
 
-def _weeks_between(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowTask:
-    d1 = _date(rng)
+def _weeks_between(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
+    d1 = _random_date(rng)
     d2 = d1 + dt.timedelta(days=rng.randrange(14, 400))
-    first = _ran(run, "Count the days first.", f"date_diff({_iso(d1)}, {_iso(d2)})")
-    second = _ran(run, "Divide the days by 7.", f"calculator(round({_num(first.observation)} / 7, 1))")
+    first = _tool_step(run_tool, "Count the days first.", f"date_diff({_iso_date(d1)}, {_iso_date(d2)})")
+    second = _tool_step(run_tool, "Divide the days by 7.",
+                        f"calculator(round({_first_number(first.observation)} / 7, 1))")
     answer = f"That is {first.observation} days, about {second.observation} weeks."
     return SlowTask(phrasing.format(d1=_english_date(d1), d2=_english_date(d2)), [first, second],
                     "I have the number of weeks.", answer, second.observation)
@@ -231,15 +234,15 @@ _FACTS_ZH = [
 ]
 
 
-def _knowledge(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowTask:
+def _knowledge(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
     if lang == "zh":
         query, fact, answer, topic = rng.choice(_FACTS_ZH)
-        steps = [_ran(run, "在知识库中查找。", f"search_knowledge({query})")]
+        steps = [_tool_step(run_tool, "在知识库中查找。", f"search_knowledge({query})")]
         if fact not in steps[0].observation:
             raise AssertionError(f"knowledge search for {query!r} lost the fact {fact!r}")
         return SlowTask(phrasing.format(topic=topic), steps, "找到了答案。", answer, fact, lang)
     query, fact, answer = rng.choice(_FACTS_EN)
-    steps = [_ran(run, "Search the knowledge base.", f"search_knowledge({query})")]
+    steps = [_tool_step(run_tool, "Search the knowledge base.", f"search_knowledge({query})")]
     if fact not in steps[0].observation:
         raise AssertionError(f"knowledge search for {query!r} lost the fact {fact!r}")
     return SlowTask(phrasing.format(topic=_FACT_PHRASES_EN[query]), steps, "The knowledge base answers it.",
@@ -250,37 +253,37 @@ _PRICED = [("AeroBrew kettle price", "AeroBrew kettles", 129), ("Solstice toaste
            ("Tidal blender price", "Tidal blenders", 149)]
 
 
-def _knowledge_then_calc(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowTask:
+def _knowledge_then_calc(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
     query, product, _ = rng.choice(_PRICED)
     k = rng.randrange(2, 7)
-    first = _ran(run, "Find the unit price first.", f"search_knowledge({query})")
+    first = _tool_step(run_tool, "Find the unit price first.", f"search_knowledge({query})")
     price = re.search(r"Price: (\d+) euros", first.observation)
     if price is None:
         raise AssertionError(f"no price for {query!r} in {first.observation!r}")
-    second = _ran(run, f"Multiply the price by {k}.", f"calculator({price.group(1)} * {k})")
+    second = _tool_step(run_tool, f"Multiply the price by {k}.", f"calculator({price.group(1)} * {k})")
     answer = f"{k} {product} cost {second.observation} euros ({price.group(1)} euros each)."
     return SlowTask(phrasing.format(k=k, product=product), [first, second], "I have the total.", answer,
                     second.observation)
 
 
-def _recover_units(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowTask:
+def _recover_units(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
     """Error recovery: a unit name the tool does not know, then the right abbreviation."""
     v = rng.randrange(2, 120)
-    bad = _ran(run, "Convert the distance.", f"convert_units({v}, kilometers-per-day, miles)")
+    bad = _tool_step(run_tool, "Convert the distance.", f"convert_units({v}, kilometers-per-day, miles)")
     if not bad.observation.startswith("Error"):
         raise AssertionError(f"expected an error from {bad.action!r}, got {bad.observation!r}")
-    good = _ran(run, "That unit name was wrong; use the plain unit km.", f"convert_units({v}, km, mi)")
+    good = _tool_step(run_tool, "That unit name was wrong; use the plain unit km.", f"convert_units({v}, km, mi)")
     return SlowTask(phrasing.format(v=v), [bad, good], "The second call worked.",
-                    f"{good.observation}.", _converted(good.observation))
+                    f"{good.observation}.", _converted_value(good.observation))
 
 
-def _recover_calc(rng: random.Random, phrasing: str, run: Runner, lang: str) -> SlowTask:
+def _recover_calc(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
     """Error recovery: words in the expression, then the bare arithmetic."""
     a, b = rng.randrange(12, 500), rng.randrange(2, 40)
-    bad = _ran(run, "Compute the product.", f"calculator({a} apples times {b})")
+    bad = _tool_step(run_tool, "Compute the product.", f"calculator({a} apples times {b})")
     if not bad.observation.startswith("Error"):
         raise AssertionError(f"expected an error from {bad.action!r}, got {bad.observation!r}")
-    good = _ran(run, "The calculator only takes numbers and operators.", f"calculator({a} * {b})")
+    good = _tool_step(run_tool, "The calculator only takes numbers and operators.", f"calculator({a} * {b})")
     return SlowTask(phrasing.format(a=a, b=b), [bad, good], "Fixed the expression.",
                     f"{a} × {b} = {good.observation}.", good.observation)
 
@@ -295,7 +298,7 @@ SLOW_FAMILIES: list[Family] = [
                             "Calculate {a} times {b}, plus {c}.", "What do I get for {a} x {b} + {c}?",
                             "Multiply {a} by {b} and add {c}.", "{a} * {b} + {c} = ?",
                             "Can you work out {a} multiplied by {b}, then add {c}?"],
-                     "zh": ["{a}乘以{b}再加{c}等于多少？", "{a}×{b}+{c}是多少？", "算一下{a}乘{b}加{c}。"]}, _arith),
+                     "zh": ["{a}乘以{b}再加{c}等于多少？", "{a}×{b}+{c}是多少？", "算一下{a}乘{b}加{c}。"]}, _arithmetic),
     Family("split_bill", {"en": ["The bill is {total} euros for {people} people. How much does each pay?",
                                  "We spent {total} euros and there are {people} of us; what's each share?",
                                  "Dinner was {total} euros for {people}. What does each of us owe?",
