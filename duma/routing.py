@@ -2,7 +2,9 @@
 
 Routers are registered through ``register_routers``. A router scores a turn (higher means
 "send to the slow mind") and compares the score with its threshold. The ``duma`` router is
-special: it defers to the fast mind's own ``Invoke[...]`` (``defers_to_fast_mind``).
+special: it defers to the fast mind's own ``Invoke[...]`` (``defers_to_fast_mind``), so it
+has no score; its ``route()`` returns ``slow=None, score=None`` and callers that need scores
+(calibration, evaluation) check ``defers_to_fast_mind`` first.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ class Router(ABC):
 
     @abstractmethod
     def score(self, turn: RouteInput) -> float:
-        """Score in [0, 1] (or any monotone scale); higher = more likely to need the slow mind."""
+        """Score in [0, 1] (or any monotone scale); higher = more likely to need the slow mind.
+        A router that defers to the fast mind has none and raises ``DumaError``."""
 
     def route(self, turn: RouteInput) -> RouteDecision:
         s = self.score(turn)

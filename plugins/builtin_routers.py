@@ -1,14 +1,14 @@
 """The built-in routers and the math behind ``duma router train`` / ``calibrate``.
 
-Imported only from inside the hooks of :mod:`duma.plugins.routers` (pydantic and numpy are
-too slow for CLI start-up). Routers:
+Imported only from inside the hooks of :mod:`duma.plugins.routers` (pydantic, numpy and
+scikit-learn are too slow for CLI start-up). Routers:
 
-- ``duma``: defers to the fast mind's own ``Invoke[...]`` (DUMA's design).
+- ``duma``: defers to the fast mind's own ``Invoke[...]`` (DUMA's design); it has no score.
 - ``always-fast`` / ``always-slow``: constant decisions, for baselines and debugging.
 - ``rules``: regular expressions and keywords; options ``patterns``, ``keywords``,
   ``include_defaults``, ``threshold``.
-- ``classifier``: a hashed n-gram logistic-regression model trained by ``duma router train``;
-  options ``path``, ``threshold``.
+- ``classifier``: scikit-learn logistic regression over hashed word and character n-grams,
+  trained by ``duma router train``; options ``path``, ``threshold``.
 
 Calibration follows RouteLLM: the threshold is the score quantile that sends a chosen share
 of representative turns to the slow mind (:func:`calibrate_threshold`).
@@ -21,19 +21,20 @@ import json
 import math
 import re
 import threading
-import zlib
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from duma.errors import ConfigError, DumaError
-from duma.routing import RouteDecision, RouteInput, Router
+from duma import RouteDecision, RouteInput, Router
+from duma.data import read_validated
+from duma.errors import ConfigError, DumaError, first_line, format_validation_error
 
 if TYPE_CHECKING:
     import numpy as np
+    from sklearn.pipeline import FeatureUnion
 
 OPTIONS_KEY = "agent.router_options"
 
@@ -43,16 +44,13 @@ def parse_router_options(model: type[BaseModel], options: dict[str, Any] | None,
     try:
         return model.model_validate(options or {})
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            where = ".".join([OPTIONS_KEY, *(str(p) for p in err["loc"])])
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            problems.append(f"{where}: {msg}")
         allowed = ", ".join(sorted(model.model_fields))
-        raise ConfigError("; ".join(problems), f"router '{router}' takes: {allowed}") from None
+        raise ConfigError(format_validation_error(exc, prefix=OPTIONS_KEY), f"router '{router}' takes: {allowed}") from None
 
 
-class _Options(BaseModel):
+class ThresholdOptions(BaseModel):
+    """The option every scoring router takes; each router's own options extend it."""
+
     model_config = ConfigDict(extra="forbid")
 
     threshold: float = Field(0.5, description="Scores at or above it go to the slow mind.")
@@ -71,7 +69,12 @@ class DumaRouter(Router):
         super().__init__({})  # options belong to other routers; nothing to configure here
 
     def score(self, turn: RouteInput) -> float:
-        return 0.5  # unknown until the fast mind has spoken
+        # The decision is made by the fast mind's reply, which does not exist yet: callers
+        # check ``defers_to_fast_mind`` and use ``route()``, whose score is None.
+        raise DumaError(
+            f"router '{self.name}' has no score: the fast mind's Invoke[...] decides each turn",
+            "use route(), or a scoring router such as 'classifier' or 'rules'",
+        )
 
     def route(self, turn: RouteInput) -> RouteDecision:
         return RouteDecision(slow=None, score=None)
@@ -138,7 +141,7 @@ def _keyword_pattern(keyword: str) -> str:
     return start + body + end
 
 
-class RulesOptions(_Options):
+class RulesOptions(ThresholdOptions):
     patterns: list[str] | None = Field(None, description="Regular expressions (case-insensitive).")
     keywords: list[str] | None = Field(None, description="Words or phrases (case-insensitive).")
     include_defaults: bool = Field(False, description="Also use the built-in rules when giving your own.")
@@ -187,10 +190,12 @@ class RulesRouter(Router):
 # --- classifier ---------------------------------------------------------------------------
 
 MODEL_FORMAT = "duma-router-classifier"
-MODEL_VERSION = 1
-DEFAULT_DIM = 2**18
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\u3040-\u30ff\uac00-\ud7af]")
-_WORD = re.compile(r"[^\W_]+|[^\w\s]", re.UNICODE)
+MODEL_VERSION = 2
+DEFAULT_FEATURES = 2**18
+# Words and single punctuation marks: "%", "+" and "?" say a lot about a turn.
+WORD_TOKEN_PATTERN = r"[^\W_]+|[^\w\s]"
+DIGIT = re.compile(r"\d")
+RETRAIN_HINT = "train one with 'duma router train DATA --out PATH'"
 
 
 def default_model_path() -> Path:
@@ -200,129 +205,98 @@ def default_model_path() -> Path:
     return duma_home() / "routers" / "classifier.npz"
 
 
-def text_features(text: str) -> list[str]:
-    """Word unigrams and bigrams plus character 2-4-grams, digits folded to 0 so that all
-    numbers look alike ("17%" and "23%" share features)."""
-    folded = re.sub(r"\d", "0", text.lower())
-    words = _WORD.findall(folded)
-    features = [f"w:{w}" for w in words]
-    features += [f"b:{a} {b}" for a, b in zip(words, words[1:])]
-    padded = f" {' '.join(folded.split())} "
-    for n in (2, 3, 4):
-        features += [f"c{n}:{padded[i:i + n]}" for i in range(len(padded) - n + 1)]
-    return features
+def fold_text(text: str) -> str:
+    """Lower case with digits folded to 0, so that all numbers look alike ("17%" and "23%"
+    share features), and whitespace collapsed and padded so character n-grams see word edges."""
+    words = DIGIT.sub("0", text.lower()).split()
+    return f" {' '.join(words)} "
 
 
-@dataclass
-class SparseRows:
-    """A CSR-like batch of hashed feature rows (COO triples), enough for logistic regression."""
+class HashingSettings(BaseModel):
+    """What rebuilds the (stateless) feature hashing of a saved classifier."""
 
-    rows: np.ndarray
-    cols: np.ndarray
-    vals: np.ndarray
-    n: int
+    model_config = ConfigDict(extra="forbid")
 
-
-def featurize(texts: Sequence[str], dim: int) -> SparseRows:
-    """Hash features into ``dim`` buckets with a sign bit (the hashing trick); each row is
-    L2-normalised so long and short turns weigh alike."""
-    import numpy as np
-
-    rows: list[int] = []
-    cols: list[int] = []
-    vals: list[float] = []
-    hashed: dict[str, tuple[int, float]] = {}  # n-grams repeat a lot across turns
-    for r, text in enumerate(texts):
-        counts: dict[int, float] = {}
-        for feature in text_features(text):
-            found = hashed.get(feature)
-            if found is None:
-                h = zlib.crc32(feature.encode("utf-8"))  # stable across processes, unlike hash()
-                found = hashed[feature] = (h % dim, 1.0 if (h >> 31) & 1 else -1.0)
-            index, sign = found
-            counts[index] = counts.get(index, 0.0) + sign
-        norm = math.sqrt(sum(v * v for v in counts.values())) or 1.0
-        for index, value in counts.items():
-            if value:
-                rows.append(r)
-                cols.append(index)
-                vals.append(value / norm)
-    return SparseRows(
-        np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64),
-        np.asarray(vals, dtype=np.float64), len(texts),
-    )
+    n_features: int = Field(DEFAULT_FEATURES, ge=2, description="Hash buckets per n-gram kind.")
+    word_ngram_range: tuple[int, int] = (1, 2)
+    char_ngram_range: tuple[int, int] = (2, 4)
+    word_token_pattern: str = WORD_TOKEN_PATTERN
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    import numpy as np
+def make_vectorizer(settings: HashingSettings) -> FeatureUnion:
+    """Hashed word 1-2-grams and character 2-4-grams with signed hashing, each block L2-normed."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+    from sklearn.pipeline import FeatureUnion
 
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
+    shared: dict[str, Any] = {"n_features": settings.n_features, "preprocessor": fold_text,
+                              "alternate_sign": True, "norm": "l2"}
+    return FeatureUnion([
+        ("words", HashingVectorizer(analyzer="word", ngram_range=settings.word_ngram_range,
+                                    token_pattern=settings.word_token_pattern, **shared)),
+        ("chars", HashingVectorizer(analyzer="char", ngram_range=settings.char_ngram_range, **shared)),
+    ])
+
+
+class SavedClassifier(BaseModel):
+    """The JSON metadata of a saved classifier (``meta`` in the ``.npz``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: str
+    version: int
+    hashing: HashingSettings
+    sklearn_version: str
+    training: dict[str, Any] = Field(default_factory=dict)
 
 
 class TextClassifier:
-    """Logistic regression over hashed n-grams; ``predict_proba`` is P(turn needs the slow mind)."""
+    """Logistic regression over hashed n-grams; ``predict_proba`` is P(turn needs the slow mind).
 
-    def __init__(self, weights: np.ndarray, bias: float, meta: dict[str, Any] | None = None) -> None:
-        self.weights = weights
-        self.bias = float(bias)
-        self.dim = int(weights.shape[0])
-        self.meta = dict(meta or {})
+    Saved as the hashing settings plus the coefficients, never as a pickle: the vectorizer
+    has no fitted state, so it is rebuilt from its settings on load."""
 
-    def decision(self, x: SparseRows) -> np.ndarray:
-        import numpy as np
-
-        return np.bincount(x.rows, weights=x.vals * self.weights[x.cols], minlength=x.n) + self.bias
+    def __init__(self, hashing: HashingSettings, coef: np.ndarray, intercept: float,
+                 training: dict[str, Any] | None = None) -> None:
+        self.hashing = hashing
+        self.vectorizer = make_vectorizer(hashing)
+        self.coef = coef
+        self.intercept = float(intercept)
+        self.training = dict(training or {})
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        return _sigmoid(self.decision(featurize(texts, self.dim)))
+        # The binary LogisticRegression.predict_proba, from the saved coefficients.
+        from scipy.special import expit
+
+        return expit(self.vectorizer.transform(list(texts)) @ self.coef + self.intercept)
 
     @classmethod
-    def fit(
-        cls, texts: Sequence[str], labels: Sequence[int], *, dim: int = DEFAULT_DIM, epochs: int = 300,
-        learning_rate: float = 0.05, l2: float = 1e-5,
-    ) -> TextClassifier:
-        """Full-batch Adam on the L2-regularised logistic loss (small data: a few seconds)."""
+    def fit(cls, texts: Sequence[str], labels: Sequence[int], *, n_features: int = DEFAULT_FEATURES,
+            inverse_regularization: float = 10.0) -> TextClassifier:
+        """L2-regularised logistic regression (lbfgs); ``inverse_regularization`` is sklearn's ``C``."""
         import numpy as np
+        from sklearn.linear_model import LogisticRegression
 
-        x = featurize(texts, dim)
-        y = np.asarray(labels, dtype=np.float64)
-        n = max(len(y), 1)
-        # Only buckets that occur get gradient (the others stay exactly 0 under L2), so
-        # optimise over those alone: much less work per step than over all ``dim`` buckets.
-        active, cols = np.unique(x.cols, return_inverse=True)
-        size = len(active)
-        w = np.zeros(size)
-        b = float(np.log((y.mean() + 1e-3) / (1 - y.mean() + 1e-3))) if len(y) else 0.0
-        m_w, v_w, m_b, v_b = np.zeros(size), np.zeros(size), 0.0, 0.0
-        beta1, beta2, eps = 0.9, 0.999, 1e-8
-        for step in range(1, epochs + 1):
-            z = np.bincount(x.rows, weights=x.vals * w[cols], minlength=x.n) + b
-            error = _sigmoid(z) - y
-            grad_w = np.bincount(cols, weights=x.vals * error[x.rows], minlength=size) / n + l2 * w
-            grad_b = float(error.mean())
-            m_w = beta1 * m_w + (1 - beta1) * grad_w
-            v_w = beta2 * v_w + (1 - beta2) * grad_w**2
-            m_b = beta1 * m_b + (1 - beta1) * grad_b
-            v_b = beta2 * v_b + (1 - beta2) * grad_b**2
-            correction1, correction2 = 1 - beta1**step, 1 - beta2**step
-            w -= learning_rate * (m_w / correction1) / (np.sqrt(v_w / correction2) + eps)
-            b -= learning_rate * (m_b / correction1) / (math.sqrt(v_b / correction2) + eps)
-        meta = {"epochs": epochs, "learning_rate": learning_rate, "l2": l2, "n_train": len(y)}
-        weights = np.zeros(dim, dtype=np.float32)
-        weights[active] = w
-        return cls(weights, b, meta)
+        hashing = HashingSettings(n_features=n_features)
+        x = make_vectorizer(hashing).transform(list(texts))
+        y = np.asarray(labels, dtype=int)
+        if len(set(y.tolist())) < 2:
+            raise DumaError("the labelled turns are all slow or all fast", "label turns of both kinds")
+        model = LogisticRegression(C=inverse_regularization, max_iter=1000).fit(x, y)
+        training = {"C": inverse_regularization, "n_train": len(y)}
+        return cls(hashing, model.coef_[0].astype(np.float32), float(model.intercept_[0]), training)
 
     def save(self, path: str | Path) -> Path:
-        """One ``.npz`` file: float32 weights, the bias and JSON metadata (no pickle)."""
+        """One ``.npz`` file: float32 coefficients, the intercept and JSON metadata (no pickle)."""
         import numpy as np
+        import sklearn
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "dim": self.dim, **self.meta}
+        meta = SavedClassifier(format=MODEL_FORMAT, version=MODEL_VERSION, hashing=self.hashing,
+                               sklearn_version=sklearn.__version__, training=self.training)
         with path.open("wb") as f:  # a file object keeps np.savez from appending ".npz"
-            np.savez_compressed(
-                f, weights=self.weights.astype(np.float32), bias=np.float64(self.bias), meta=np.asarray(json.dumps(meta))
-            )
+            np.savez_compressed(f, coef=self.coef.astype(np.float32), intercept=np.float64(self.intercept),
+                                meta=np.asarray(meta.model_dump_json()))
         return path
 
     @classmethod
@@ -330,19 +304,29 @@ class TextClassifier:
         import numpy as np
 
         path = Path(path)
+        if not zipfile.is_zipfile(path):
+            raise DumaError(f"{path} is not a duma router classifier (not an .npz archive)", RETRAIN_HINT)
         try:
             with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["meta"]))
-                weights, bias = data["weights"].astype(np.float32), float(data["bias"])
+                raw = json.loads(str(data["meta"]))
+                arrays = {name: data[name] for name in data.files if name != "meta"}
         except (OSError, KeyError, ValueError) as exc:
-            raise DumaError(
-                f"{path} is not a duma router classifier ({type(exc).__name__}: {exc})",
-                "train one with 'duma router train DATA --out PATH'",
-            ) from None
-        if meta.get("format") != MODEL_FORMAT or meta.get("version") != MODEL_VERSION:
-            raise DumaError(f"{path} is not a duma router classifier (version {MODEL_VERSION})",
-                            "train one with 'duma router train DATA --out PATH'")
-        return cls(weights, bias, meta)
+            raise DumaError(f"{path} is not a duma router classifier ({first_line(exc, with_type=True)})",
+                            RETRAIN_HINT) from None
+        if not isinstance(raw, dict) or raw.get("format") != MODEL_FORMAT:
+            raise DumaError(f"{path} is not a duma router classifier", RETRAIN_HINT)
+        if raw.get("version") != MODEL_VERSION:
+            raise DumaError(f"{path} is a router classifier of format version {raw.get('version')}, "
+                            f"this duma reads version {MODEL_VERSION}", "retrain it with 'duma router train'")
+        try:
+            meta = SavedClassifier.model_validate(raw)
+        except ValidationError as exc:
+            raise DumaError(f"{path}: {format_validation_error(exc, prefix='meta')}", RETRAIN_HINT) from None
+        coef, intercept = arrays.get("coef"), arrays.get("intercept")
+        if coef is None or intercept is None or coef.shape != (2 * meta.hashing.n_features,):
+            raise DumaError(f"{path}: the coefficients are missing or do not match the hashing settings",
+                            RETRAIN_HINT)
+        return cls(meta.hashing, coef.astype(np.float32), float(intercept), meta.training)
 
 
 _model_cache: dict[Path, tuple[int, TextClassifier]] = {}
@@ -367,7 +351,7 @@ def load_classifier(path: str | Path) -> TextClassifier:
         return model
 
 
-class ClassifierOptions(_Options):
+class ClassifierOptions(ThresholdOptions):
     path: Path | None = Field(None, description="Model from 'duma router train' (default: DUMA_HOME/routers/classifier.npz).")
 
 
@@ -398,6 +382,10 @@ BUILTIN_ROUTERS: tuple[type[Router], ...] = (
 # --- training data and calibration --------------------------------------------------------
 
 
+LABELLED_TURN_HINT = '{"text": "...", "slow": true|false} (or "label": 0|1) per item'
+TURN_TEXT_HINT = '{"text": "..."} per item, or a .txt file with one turn per line'
+
+
 class LabelledTurn(BaseModel):
     """One training example: ``{"text": ..., "slow": true}`` or ``{"text": ..., "label": 1}``."""
 
@@ -409,64 +397,48 @@ class LabelledTurn(BaseModel):
 
     @field_validator("slow", mode="before")
     @classmethod
-    def _words(cls, value: Any) -> Any:
+    def _accept_slow_or_fast_words(cls, value: Any) -> Any:
         if isinstance(value, str) and value.strip().lower() in ("slow", "fast"):
             return value.strip().lower() == "slow"
         return value
+
+    @model_validator(mode="after")
+    def _needs_a_label(self) -> LabelledTurn:
+        if self.slow is None and self.label not in (0, 1):
+            raise ValueError('needs "slow": true|false or "label": 0|1')
+        return self
 
     @property
     def is_slow(self) -> bool:
         return bool(self.slow) if self.slow is not None else bool(self.label)
 
 
-def read_jsonl(path: str | Path) -> Iterable[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-empty line; errors name the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DumaError(f"{path} does not exist", "give a JSONL file, one JSON object per line")
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DumaError(f"{path}:{number}: invalid JSON ({exc.msg})", "one JSON object per line") from None
-            if not isinstance(obj, dict):
-                raise DumaError(f"{path}:{number}: expected a JSON object", 'e.g. {"text": "...", "slow": true}')
-            yield number, obj
+class TurnText(BaseModel):
+    """One representative turn for calibration; other keys (labels, ids) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    text: str
 
 
 def read_labelled_turns(path: str | Path) -> list[LabelledTurn]:
-    turns = []
-    for number, obj in read_jsonl(path):
-        try:
-            turn = LabelledTurn.model_validate(obj)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            raise DumaError(f"{path}:{number}: {where}: {err['msg']}", '{"text": "...", "slow": true|false}') from None
-        if turn.slow is None and turn.label not in (0, 1):
-            raise DumaError(f"{path}:{number}: needs \"slow\": true|false or \"label\": 0|1", "label every turn")
-        turns.append(turn)
+    """Training turns from a JSON Lines, JSON list or Parquet file."""
+    turns = [turn for _, turn in read_validated(path, LabelledTurn, hint=LABELLED_TURN_HINT)]
     if not turns:
-        raise DumaError(f"{path} has no labelled turns", '{"text": "...", "slow": true|false} per line')
+        raise DumaError(f"{path} has no labelled turns", LABELLED_TURN_HINT)
     return turns
 
 
 def read_turn_texts(path: str | Path) -> list[str]:
-    """Representative turns for calibration: JSONL with ``text`` (or plain lines in a .txt)."""
+    """Representative turns for calibration: ``text`` items (JSON Lines, JSON list, Parquet),
+    or plain lines in a ``.txt`` file."""
     path = Path(path)
     if path.suffix.lower() == ".txt" and path.is_file():
         texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     else:
-        texts = []
-        for number, obj in read_jsonl(path):
-            if not isinstance(obj.get("text"), str):
-                raise DumaError(f"{path}:{number}: needs a \"text\" string", '{"text": "..."} per line')
-            texts.append(obj["text"])
+        texts = [turn.text for _, turn in read_validated(path, TurnText, hint=TURN_TEXT_HINT)]
     if not texts:
-        raise DumaError(f"{path} has no turns", '{"text": "..."} per line')
+        raise DumaError(f"{path} has no turns", TURN_TEXT_HINT)
     return texts
 
 
@@ -546,7 +518,7 @@ class TrainingReport(BaseModel):
 
 def train_classifier(
     turns: Sequence[LabelledTurn], out: str | Path, *, holdout: float = 0.2, seed: int = 0,
-    epochs: int = 300, dim: int = DEFAULT_DIM,
+    n_features: int = DEFAULT_FEATURES,
 ) -> TrainingReport:
     """Fit on a shuffled split, report train and held-out accuracy, then refit on all turns
     (more data for the saved model) and save it."""
@@ -562,11 +534,11 @@ def train_classifier(
         predictions = model.predict_proba([texts[i] for i in idx]) >= 0.5
         return float((predictions == labels[idx].astype(bool)).mean())
 
-    split_model = TextClassifier.fit([texts[i] for i in train_idx], labels[train_idx], dim=dim, epochs=epochs)
+    split_model = TextClassifier.fit([texts[i] for i in train_idx], labels[train_idx], n_features=n_features)
     train_accuracy = accuracy(split_model, train_idx)
     heldout_accuracy = accuracy(split_model, heldout_idx) if n_heldout else None
-    final = split_model if not n_heldout else TextClassifier.fit(texts, labels, dim=dim, epochs=epochs)
-    final.meta.update({"train_accuracy": train_accuracy, "heldout_accuracy": heldout_accuracy, "seed": seed})
+    final = split_model if not n_heldout else TextClassifier.fit(texts, labels, n_features=n_features)
+    final.training.update({"train_accuracy": train_accuracy, "heldout_accuracy": heldout_accuracy, "seed": seed})
     path = final.save(out)
     return TrainingReport(
         out=str(path), n=len(turns), n_train=len(train_idx), n_heldout=n_heldout,

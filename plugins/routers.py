@@ -8,11 +8,15 @@ This module is imported when the CLI starts: the router classes live in
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 import duma
+from duma import pass_state
+
+if TYPE_CHECKING:
+    from duma.cli import CliState
 
 
 @duma.hookimpl
@@ -24,7 +28,7 @@ def register_routers(register: Any) -> None:
 
 
 def __getattr__(name: str) -> Any:
-    # ``from duma.plugins.routers import RulesRouter`` still works, loading the classes lazily.
+    # The router classes and helpers load lazily: ``from duma.plugins.routers import RulesRouter``.
     import duma.plugins.builtin_routers as builtin
 
     if hasattr(builtin, name):
@@ -32,29 +36,24 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _router_options(ctx: click.Context, router: str, options: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+def _router_options(state: CliState, router: str, options: tuple[tuple[str, str], ...]) -> dict[str, Any]:
     """Options from config ``agent.router_options`` when it configures this router, then ``-o``."""
-    from duma.cli import CliState
     from duma.config import set_path
 
-    state = ctx.find_object(CliState)
     merged: dict[str, Any] = {}
-    if state is not None and state.config.agent.router == router:
+    if state.config.agent.router == router:
         merged.update(state.config.agent.router_options)
     for key, value in options:
         set_path(merged, key, value)
     return merged
 
 
-def _make_router(ctx: click.Context, name: str | None, options: tuple[tuple[str, str], ...]) -> Any:
+def _make_router(state: CliState, name: str | None, options: tuple[tuple[str, str], ...]) -> Any:
     from duma import host
-    from duma.cli import CliState
 
-    if name is None:
-        state = ctx.find_object(CliState)
-        name = state.config.agent.router if state is not None else "duma"
+    name = name or state.config.agent.router
     router_cls = host.get("router", name)
-    return router_cls(_router_options(ctx, name, options))
+    return router_cls(_router_options(state, name, options))
 
 
 def _write_router_settings(path: str, router: str, options: dict[str, Any], threshold: float) -> None:
@@ -95,19 +94,19 @@ def register_commands(cli: Any) -> None:
                   help="Model file to write (default: DUMA_HOME/routers/classifier.npz).")
     @click.option("--holdout", type=click.FloatRange(0.0, 0.9), default=0.2, show_default=True,
                   help="Share of turns held out to measure accuracy.")
-    @click.option("--epochs", type=click.IntRange(1, 100_000), default=300, show_default=True)
-    @click.option("--seed", type=int, default=0, show_default=True)
-    def router_train(data: str, out: str | None, holdout: float, epochs: int, seed: int) -> None:
+    @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out split.")
+    def router_train(data: str, out: str | None, holdout: float, seed: int) -> None:
         """Train the 'classifier' router on labelled turns.
 
-        DATA is JSONL: {"text": ..., "slow": true|false} (or "label": 0|1) per line. Prints
-        JSON with train and held-out accuracy; use the model with
+        DATA is JSON Lines, a JSON list or Parquet: {"text": ..., "slow": true|false} (or
+        "label": 0|1) per item. Fits a scikit-learn logistic regression over hashed word and
+        character n-grams and prints JSON with train and held-out accuracy; use the model with
         agent.router: classifier and agent.router_options.path.
         """
         from duma.plugins.builtin_routers import default_model_path, read_labelled_turns, train_classifier
 
         turns = read_labelled_turns(data)
-        report = train_classifier(turns, out or default_model_path(), holdout=holdout, seed=seed, epochs=epochs)
+        report = train_classifier(turns, out or default_model_path(), holdout=holdout, seed=seed)
         click.echo(json.dumps(report.model_dump(), indent=2))
 
     @router_group.command(name="calibrate")
@@ -119,18 +118,18 @@ def register_commands(cli: Any) -> None:
     @click.option("--write", "write_path", type=click.Path(dir_okay=False), default=None,
                   help="Also write agent.router and agent.router_options (with the threshold) into this "
                        "YAML config file, merging with what is there (comments are not kept).")
-    @click.pass_context
-    def router_calibrate(ctx: click.Context, data: str, router_name: str | None, slow_share: float,
+    @pass_state
+    def router_calibrate(state: CliState, data: str, router_name: str | None, slow_share: float,
                          options: tuple[tuple[str, str], ...], write_path: str | None) -> None:
         """Pick the threshold that sends a chosen share of turns to the slow mind.
 
-        As RouteLLM does: score representative turns (DATA: JSONL with "text", or a .txt file
-        with one turn per line) and take the (1 - share) quantile of the scores. Prints JSON
-        {threshold, slow_share_achieved, n, ...}.
+        As RouteLLM does: score representative turns (DATA: items with "text" in JSON Lines,
+        a JSON list or Parquet, or a .txt file with one turn per line) and take the
+        (1 - share) quantile of the scores. Prints JSON {threshold, slow_share_achieved, n, ...}.
         """
         from duma.plugins.builtin_routers import calibrate_router, read_turn_texts
 
-        router = _make_router(ctx, router_name, options)
+        router = _make_router(state, router_name, options)
         result = calibrate_router(router, read_turn_texts(data), slow_share)
         if write_path:
             used = {k: v for k, v in router.options.items() if k != "threshold"}
@@ -141,13 +140,13 @@ def register_commands(cli: Any) -> None:
     @click.argument("texts", nargs=-1, required=True)
     @click.option("--router", "router_name", default=None, help="Router to use (default: config agent.router).")
     @click.option("-o", "--option", "options", type=(str, str), multiple=True, help=_OPTION_HELP)
-    @click.pass_context
-    def router_score(ctx: click.Context, texts: tuple[str, ...], router_name: str | None,
+    @pass_state
+    def router_score(state: CliState, texts: tuple[str, ...], router_name: str | None,
                      options: tuple[tuple[str, str], ...]) -> None:
         """Show a router's score and decision for each TEXT (one JSON object a line)."""
-        from duma.routing import RouteInput
+        from duma import RouteInput
 
-        router = _make_router(ctx, router_name, options)
+        router = _make_router(state, router_name, options)
         for text in texts:
             decision = router.route(RouteInput(text=text))
             click.echo(json.dumps({"text": text, "score": decision.score, "slow": decision.slow,

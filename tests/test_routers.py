@@ -60,7 +60,9 @@ def test_all_builtin_routers_are_registered():
 def test_duma_router_defers_to_the_fast_mind():
     router = make("duma", {"threshold": 0.9, "whatever": 1})  # options of other routers are ignored
     assert router.defers_to_fast_mind
-    assert router.route(RouteInput(text="What is 2+2?")).slow is None
+    assert router.route(RouteInput(text="What is 2+2?")).model_dump() == {"slow": None, "score": None}
+    with pytest.raises(DumaError, match="has no score"):
+        router.score(RouteInput(text="What is 2+2?"))
 
 
 def test_constant_routers():
@@ -110,15 +112,16 @@ def test_rules_router_reports_bad_options():
         make("rules", {"patterns": ["ok", "(unclosed"]})
     with pytest.raises(ConfigError, match=r"agent\.router_options\.pattern: unknown key"):
         make("rules", {"pattern": ["x"]})
-    with pytest.raises(ConfigError, match=r"agent\.router_options\.threshold"):
+    with pytest.raises(ConfigError, match=r"agent\.router_options\.threshold: must be a number") as caught:
         make("rules", {"threshold": "high"})
+    assert "\n" not in str(caught.value) and "include_defaults, keywords, patterns, threshold" in caught.value.hint
 
 
 def test_classifier_trains_and_beats_chance_on_held_out(tmp_path):
     from duma.plugins.builtin_routers import LabelledTurn, TextClassifier, train_classifier
 
     train = [LabelledTurn.model_validate(r) for r in synthetic_turns(240, seed=1)]
-    report = train_classifier(train, tmp_path / "model.npz", holdout=0.25, epochs=150, dim=2**16)
+    report = train_classifier(train, tmp_path / "model.npz", holdout=0.25, n_features=2**16)
     assert report.n == 240 and report.n_heldout == 60
     assert report.train_accuracy >= 0.95
     assert report.heldout_accuracy is not None and report.heldout_accuracy >= 0.8
@@ -129,7 +132,50 @@ def test_classifier_trains_and_beats_chance_on_held_out(tmp_path):
     correct = sum(router.route(RouteInput(text=r["text"])).slow is bool(r.get("slow", r.get("label"))) for r in fresh)
     assert correct / len(fresh) >= 0.8
     assert 0.0 <= router.score(RouteInput(text="hello")) <= 1.0
-    assert TextClassifier.load(report.out).meta["heldout_accuracy"] == report.heldout_accuracy
+    assert TextClassifier.load(report.out).training["heldout_accuracy"] == report.heldout_accuracy
+
+
+def test_classifier_file_is_settings_and_coefficients_without_pickle(tmp_path):
+    import numpy as np
+    import sklearn
+
+    from duma.plugins.builtin_routers import MODEL_VERSION, LabelledTurn, TextClassifier
+
+    turns = [LabelledTurn.model_validate(r) for r in synthetic_turns(80, seed=4)]
+    model = TextClassifier.fit([t.text for t in turns], [int(t.is_slow) for t in turns], n_features=2**12)
+    path = model.save(tmp_path / "model.npz")
+    with np.load(path, allow_pickle=False) as data:
+        assert sorted(data.files) == ["coef", "intercept", "meta"]
+        assert data["coef"].dtype == np.float32 and data["coef"].shape == (2 * 2**12,)
+        meta = json.loads(str(data["meta"]))
+    assert meta["version"] == MODEL_VERSION == 2 and meta["sklearn_version"] == sklearn.__version__
+    assert meta["hashing"]["n_features"] == 2**12
+    texts = ["What is 17% of 230?", "hello there"]
+    assert np.allclose(TextClassifier.load(path).predict_proba(texts), model.predict_proba(texts), atol=1e-5)
+
+
+def test_classifier_of_the_first_format_says_to_retrain(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "old.npz"
+    meta = {"format": "duma-router-classifier", "version": 1, "dim": 8}
+    with path.open("wb") as f:
+        np.savez_compressed(f, weights=np.zeros(8, np.float32), bias=np.float64(0), meta=np.asarray(json.dumps(meta)))
+    with pytest.raises(DumaError, match="format version 1") as caught:
+        make("classifier", {"path": str(path)})
+    assert "duma router train" in caught.value.hint and "\n" not in str(caught.value)
+
+
+def test_classifier_caches_per_file_and_reloads_a_changed_file(tmp_path):
+    from duma.plugins.builtin_routers import LabelledTurn, load_classifier, train_classifier
+
+    turns = [LabelledTurn.model_validate(r) for r in synthetic_turns(60, seed=5)]
+    path = tmp_path / "model.npz"
+    train_classifier(turns, path, n_features=2**10)
+    first = load_classifier(path)
+    assert load_classifier(path) is first
+    train_classifier(turns, path, seed=1, n_features=2**10)
+    assert load_classifier(path) is not first
 
 
 def test_classifier_router_missing_model_says_to_train(tmp_path):
@@ -187,7 +233,7 @@ def test_cli_train_calibrate_and_score(runner_cli, tmp_path):
     data = write_jsonl(tmp_path / "turns.jsonl", synthetic_turns(200, seed=3))
     model = tmp_path / "router.npz"
     runner = CliRunner()
-    result = runner.invoke(runner_cli, ["router", "train", str(data), "--out", str(model), "--epochs", "100"])
+    result = runner.invoke(runner_cli, ["router", "train", str(data), "--out", str(model)])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["n"] == 200 and report["heldout_accuracy"] >= 0.8 and model.is_file()
@@ -226,4 +272,23 @@ def test_cli_calibrate_rules_and_errors(runner_cli, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "hi", "slow": true}\n{"text": "no label"}\n', encoding="utf-8")
     result = runner.invoke(runner_cli, ["router", "train", str(bad), "--out", str(tmp_path / "m.npz")])
-    assert isinstance(result.exception, DumaError) and "bad.jsonl:2" in str(result.exception)
+    assert isinstance(result.exception, DumaError)
+    assert str(result.exception).startswith(f"{bad}:2: ") and '"label": 0|1' in str(result.exception)
+
+    not_text = tmp_path / "turns.json"
+    not_text.write_text('[{"text": "hi"},\n {"text": 3}]', encoding="utf-8")
+    result = runner.invoke(runner_cli, ["router", "calibrate", str(not_text), "--router", "rules", "--slow-share", "0.5"])
+    assert isinstance(result.exception, DumaError) and str(result.exception).startswith(f"{not_text}:2: text: ")
+
+
+def test_labelled_turns_read_json_lists_and_slow_or_fast_words(tmp_path):
+    from duma.plugins.builtin_routers import read_labelled_turns, read_turn_texts
+
+    path = tmp_path / "turns.json"
+    path.write_text(json.dumps([{"text": "2+2?", "slow": "slow"}, {"text": "hi", "label": 0, "id": 7}]), encoding="utf-8")
+    assert [t.is_slow for t in read_labelled_turns(path)] == [True, False]
+    assert read_turn_texts(path) == ["2+2?", "hi"]
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n", encoding="utf-8")
+    with pytest.raises(DumaError, match="has no labelled turns"):
+        read_labelled_turns(empty)
