@@ -35,14 +35,50 @@ FAST_STOP = ["User[", "SlowMind["]
 SLOW_STOP = ["Obs["]
 
 
+# Every field name of the protocol: text that duma wraps in one of them must not open another.
+PROTOCOL_FIELDS = ("User", "SlowMind", "Response", "Invoke", "Reason", "Act", "Obs", "Finish")
+_FIELD_OPEN_RE = re.compile(r"\b(" + "|".join(PROTOCOL_FIELDS) + r")\s*\[")
+
+
 # --------------------------------------------------------------------------- formatting
 
+def neutralize_markup(text: str) -> str:
+    """Text from outside the minds (a user's message, a tool's observation, a slow-mind
+    result) as plain text inside a protocol field: a field opener in it (``Invoke[``,
+    ``SlowMind[``...) is written with parentheses instead (``Invoke(...)``), and a ``]`` that
+    would close the surrounding field early becomes ``)``. Brackets that are not markup and
+    are balanced stay as they are. Training data and prompts both go through here."""
+    out: list[str] = []
+    stack: list[bool] = []  # per open "[": whether it opened a neutralised field
+    i = 0
+    while i < len(text):
+        match = _FIELD_OPEN_RE.match(text, i) if text[i].isalpha() and (i == 0 or not text[i - 1].isalnum()) else None
+        if match:
+            out.append(match.group(1) + "(")
+            stack.append(True)
+            i = match.end()
+            continue
+        ch = text[i]
+        if ch == "[":
+            stack.append(False)
+            out.append(ch)
+        elif ch == "]":
+            if not stack:
+                out.append(")")  # unbalanced: it would close the surrounding field
+            else:
+                out.append(")" if stack.pop() else "]")
+        else:
+            out.append(ch)
+        i += 1
+    return "".join(out)
+
+
 def format_user(text: str) -> str:
-    return f"User[{text}]"
+    return f"User[{neutralize_markup(text)}]"
 
 
 def format_slow_mind(result: str) -> str:
-    return f"SlowMind[{result}]"
+    return f"SlowMind[{neutralize_markup(result)}]"
 
 
 def format_fast_output(response: str, invoke: bool) -> str:
@@ -51,7 +87,7 @@ def format_fast_output(response: str, invoke: bool) -> str:
 
 
 def format_observation(observation: str) -> str:
-    return f"Obs[{observation}]"
+    return f"Obs[{neutralize_markup(observation)}]"
 
 
 def format_slow_step(reason: str, action: str | None = None, finish: str | None = None) -> str:
@@ -67,9 +103,9 @@ def format_retrospect(turns: list[tuple[str, str]], query: str) -> str:
     """The slow mind's view of the dialogue: ``Query 0: ... Answer 0: ... Query t: ...``."""
     lines = []
     for i, (q, a) in enumerate(turns):
-        lines.append(f"Query {i}: {q}")
-        lines.append(f"Answer {i}: {a}")
-    lines.append(f"Query {len(turns)}: {query}")
+        lines.append(f"Query {i}: {neutralize_markup(q)}")
+        lines.append(f"Answer {i}: {neutralize_markup(a)}")
+    lines.append(f"Query {len(turns)}: {neutralize_markup(query)}")
     return "\n".join(lines)
 
 
