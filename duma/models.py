@@ -88,7 +88,8 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     if not gguf.is_file():
         raise ModelLoadError(f"GGUF file {gguf} does not exist", "check the model path")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    # The pid in the name tells a later run whether the converting process is still alive.
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     console = Console(stderr=True)
     try:
         with console.status(f"duma: converting {gguf.name} to a cached model folder (once, ~30 s)..."):
@@ -140,8 +141,33 @@ def _drop_gguf_quantizer(model: Any) -> None:
         del model.config.quantization_config
 
 
+def remove_stale_conversions(cache: Path) -> list[Path]:
+    """Delete the temporary folders of conversions whose process died (a kill during the
+    first run leaves one of about 200 MB); returns what was removed."""
+    removed = []
+    for tmp in cache.glob(".*.tmp-*"):
+        owner = tmp.name.rsplit(".tmp-", 1)[1].split("-")[0]
+        if owner.isdigit() and _process_alive(int(owner)):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
 def _converted(gguf: Path, embedded: bool) -> Path:
     target = model_cache_dir() / _converted_folder_name(gguf, embedded)
+    if target.parent.is_dir():
+        remove_stale_conversions(target.parent)
     with _convert_lock:
         if (target / _CONVERTED_MARKER).exists():
             return target
@@ -313,8 +339,11 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto", adapter: s
         with _quiet_loading():
             loaded = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
     except Exception as exc:
+        hint = "check that the folder holds complete model weights"
+        if path.parent == model_cache_dir():
+            hint = f"the converted copy is damaged: delete {path} and duma converts it again on the next run"
         raise ModelLoadError(f"cannot load the model from {path}: {first_line(exc, with_type=True)}",
-                             "check that the folder holds complete model weights") from None
+                             hint) from None
     if adapter:
         loaded = _apply_adapter(loaded, adapter, merge_adapter)
     loaded.to(device)
