@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from duma.backend import Backend
+from duma.backend import Backend, stream_guarded
 from duma.logstore import LoggedMessage
 from duma.types import GenerationOptions, Message, Usage
 
@@ -190,7 +190,7 @@ def stream_fast(backend: Backend, messages: list[Message], options: GenerationOp
         # SmolLM2 fewer to decode before the first visible one; the same tokens training saw).
         parser.feed(protocol.RESPONSE_OPEN)
         prompt = [*messages, Message(role="assistant", content=protocol.RESPONSE_OPEN)]
-    stream = backend.stream(prompt, options)
+    stream = stream_guarded(backend, prompt, options)
     try:
         for chunk in stream:
             if chunk.text:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from duma.backend import Backend
+from duma.backend import Backend, stream_guarded
 from duma.errors import first_line
 from duma.events import SlowDone, SlowStep
 from duma.types import GenerationOptions, Message, Usage
@@ -176,7 +176,7 @@ class SlowMind:
             parts: list[str] = []
             timed_out = False
             try:
-                for chunk in self.backend.stream(prompt, options):
+                for chunk in stream_guarded(self.backend, prompt, options):
                     parts.append(chunk.text)
                     if chunk.done and chunk.usage:
                         usage.prompt_tokens += chunk.usage.prompt_tokens

@@ -103,3 +103,61 @@ class AdapterView(Backend):
         if name == "base":
             raise AttributeError(name)
         return getattr(self.base, name)
+
+
+class RepetitionGuard:
+    """Spots a model caught in a loop: the end of its text is one stretch of 8 to 300
+    characters repeated ``max_repeats`` times in a row (a line written over and over, or
+    "I checked: I checked: ..."). Shorter repeats ("ha ha ha") are left alone."""
+
+    MIN_PERIOD = 8
+    MAX_PERIOD = 300
+
+    def __init__(self, max_repeats: int | None) -> None:
+        self.max_repeats = max_repeats
+        self.text = ""
+
+    def feed(self, delta: str) -> bool:
+        """Add decoded text; True once the text has started looping."""
+        if not self.max_repeats or not delta:
+            return False
+        self.text += delta
+        k = self.max_repeats
+        tail = self.text[-k * self.MAX_PERIOD:]
+        for period in range(self.MIN_PERIOD, len(tail) // k + 1):
+            unit = tail[-period:]
+            if unit.strip() and tail.endswith(unit * k):
+                return True
+        return False
+
+    def loop_start(self) -> int:
+        """Where the repeated part begins beyond its first occurrence (the text to keep)."""
+        k = self.max_repeats or 1
+        tail = self.text[-k * self.MAX_PERIOD:]
+        for period in range(self.MIN_PERIOD, len(tail) // k + 1):
+            unit = tail[-period:]
+            if unit.strip() and tail.endswith(unit * k):
+                return len(self.text) - (k - 1) * period
+        return len(self.text)
+
+
+def stream_guarded(backend: Backend, messages: Sequence[Message], options: GenerationOptions,
+                   **kwargs: Any) -> Iterator[GenerationChunk]:
+    """``backend.stream`` with the repetition guard of ``options.max_repeats``: a looping
+    generation ends early with ``finish_reason="length"``; the repeats beyond the first are
+    not passed on where they can still be held back (the text of the current chunk)."""
+    guard = RepetitionGuard(options.max_repeats)
+    stream = backend.stream(messages, options, **kwargs)
+    try:
+        for chunk in stream:
+            if chunk.text and guard.feed(chunk.text):
+                keep = guard.loop_start() - (len(guard.text) - len(chunk.text))
+                if keep > 0:
+                    yield GenerationChunk(text=chunk.text[:keep])
+                yield GenerationChunk(done=True, finish_reason="length")
+                return
+            yield chunk
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()

@@ -30,6 +30,10 @@ class GenerationOptions(BaseModel):
     repetition_penalty: float = Field(1.0, gt=0.0, le=5.0)
     stop: list[str] = Field(default_factory=list, description="Stop strings; not included in the output.")
     seed: int | None = Field(None, description="Seed for sampling; None = nondeterministic.")
+    max_repeats: int | None = Field(
+        4, ge=2, le=100, description="Stop when the same stretch of text (8 to 300 characters) repeats this "
+        "many times in a row: a model caught in a loop stops instead of writing to the token cap. "
+        "None disables the guard.")
 
 
 class ModelSpec(BaseModel):
