@@ -10,16 +10,17 @@ Every turn yields the events of :mod:`duma.events`; ``chat`` collects them into 
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from duma.backend import Backend
+from duma.backend import Backend, stream_guarded
 from duma.config import DumaConfig, MindConfig, config_from
 from duma.errors import DumaError, first_line, format_validation_error
 from duma.events import (ErrorEvent, Event, FastDone, FastToken, FinalDone, FinalToken, Notice,
@@ -133,6 +134,7 @@ class Agent:
         self.slow_spec: MindConfig = self.config.mind("slow")
         # How the log names each mind's model (computed once, not per logged message).
         self.fast_label, self.slow_label = model_label(self.fast_spec), model_label(self.slow_spec)
+        self.runs_minds = self.config.runs_minds()
         if log_store is not None:
             self.log_store = log_store
         elif log and self.config.logging.enabled:
@@ -180,7 +182,13 @@ class Agent:
 
     # ------------------------------------------------------------------ conversations
     def new_conversation(self, name: str | None = None) -> str:
-        return self.log_store.new_conversation(model=self.fast_label, name=name)
+        return self.log_store.new_conversation(model=self.fast_label, name=name, setup=self.setup())
+
+    def setup(self) -> dict[str, Any]:
+        """How this agent runs a conversation: the mode and both minds' specs (kept with each
+        conversation, so continuing it keeps its minds)."""
+        return {"mode": "duma" if self.runs_minds else "plain",
+                "fast": self.fast_spec.model_dump(mode="json"), "slow": self.slow_spec.model_dump(mode="json")}
 
     def _check_conversation(self, conversation_id: str) -> None:
         if not self.log_store.exists(conversation_id):
@@ -225,14 +233,16 @@ class Agent:
         conversation id). An unknown conversation or bad options raise :class:`DumaError`
         here; a failure during the turn (e.g. an empty message) is an ``error`` event."""
         fast_options = self._fast_options(options)
-        if conversation_id is None:
-            conversation_id = self.new_conversation()
-        else:
+        # Lone surrogates (undecodable input bytes) cannot be stored as UTF-8: replace them.
+        text = text.encode("utf-8", errors="replace").decode("utf-8") if text else text
+        if conversation_id is not None:
             self._check_conversation(conversation_id)
-        if not text or not text.strip():
+        if not text or not text.strip():  # refused before a conversation is created for it
             return iter([ErrorEvent(conversation_id=conversation_id, message="empty message")])
         self.load()
-        return self._turn(text, conversation_id, system, fast_options)
+        if conversation_id is None:
+            conversation_id = self.new_conversation()
+        return TurnStream(self, text, conversation_id, system, fast_options)
 
     def chat(self, text: str, conversation_id: str | None = None, *, system: str | None = None,
              options: OptionsLike = None) -> Reply:
@@ -290,16 +300,74 @@ class Agent:
         cid = events[0].conversation_id if events else conversation_id
         return Reply.from_events(events, cid or "")
 
-    def _turn(self, text: str, cid: str, system: str | None, options: GenerationOptions) -> Iterator[Event]:
-        # Every event of this turn is stamped with the conversation id.
+    def _run_turn(self, text: str, cid: str, system: str | None, options: GenerationOptions,
+                  cancel: threading.Event, put: Callable[[Any], None]) -> None:
+        """One turn, start to end, handing each event to ``put`` (runs in the turn's worker)."""
         lock = self._conversation_lock(cid)  # a strong reference for the whole turn
         try:
-            with lock:
-                yield from TurnRun(self, text, cid, system, options).run()
+            with lock, self.log_store.turn_lock(cid):
+                for event in TurnRun(self, text, cid, system, options, cancel).run():
+                    put(event)
         except DumaError as exc:
-            yield ErrorEvent(conversation_id=cid, message=str(exc))
+            put(ErrorEvent(conversation_id=cid, message=str(exc)))
         except Exception as exc:  # a backend or tool failure ends this turn, not the process
-            yield ErrorEvent(conversation_id=cid, message=first_line(exc, with_type=True))
+            put(ErrorEvent(conversation_id=cid, message=first_line(exc, with_type=True)))
+
+
+class TurnStream(Iterator[Event]):
+    """The events of one turn as it runs in a worker thread of its own.
+
+    The worker never waits for the reader: a caller that reads slowly, or pauses between
+    events, holds neither the model nor the conversation, and other conversations go on.
+    Closing the stream (or dropping it) cancels the turn: generation stops at the next token
+    and the part of the reply already shown is logged, marked as interrupted.
+    """
+
+    _END = object()
+
+    def __init__(self, agent: Agent, text: str, cid: str, system: str | None,
+                 options: GenerationOptions) -> None:
+        self.conversation_id = cid
+        self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._cancel = threading.Event()
+        self._finished = False
+        # The worker holds the queue and the event, never this object: dropping the stream
+        # must be able to collect it (and so cancel the turn).
+        self._worker = threading.Thread(target=self._work, name=f"duma-turn-{cid}", daemon=True,
+                                        args=(agent, text, cid, system, options, self._cancel, self._events))
+        self._worker.start()
+
+    @staticmethod
+    def _work(agent: Agent, text: str, cid: str, system: str | None, options: GenerationOptions,
+              cancel: threading.Event, events: queue.SimpleQueue[Any]) -> None:
+        try:
+            agent._run_turn(text, cid, system, options, cancel, events.put)
+        finally:
+            events.put(TurnStream._END)
+
+    def __next__(self) -> Event:
+        if self._finished:
+            raise StopIteration
+        item = self._events.get()
+        if item is self._END:
+            self._finished = True
+            raise StopIteration
+        return item
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Cancel the turn if it is still running and wait (bounded) until it has logged what
+        it has, so a process that exits right after still has its partial reply logged."""
+        self._cancel.set()
+        self._finished = True
+        if self._worker.is_alive() and threading.current_thread() is not self._worker:
+            self._worker.join(timeout_s)
+
+    def __del__(self) -> None:
+        self._cancel.set()  # abandoned: stop generating; never block the garbage collector
+
+
+class TurnCancelled(Exception):
+    """The reader closed the turn's stream: stop generating."""
 
 
 class _ConversationLock:
@@ -325,7 +393,12 @@ class TurnRun:
     """One turn of one conversation (runs under that conversation's lock)."""
 
     def __init__(self, agent: Agent, text: str, cid: str, system: str | None,
-                 options: GenerationOptions) -> None:
+                 options: GenerationOptions, cancel: threading.Event | None = None) -> None:
+        self.cancel = cancel or threading.Event()
+        # What the user has seen of the reply being written (logged if the turn is cut).
+        self.shown: list[str] = []
+        self.interim_logged = False
+        self.reply_logged = False
         self.agent = agent
         self.text = text
         self.cid = cid
@@ -370,11 +443,51 @@ class TurnRun:
         note = fitted.notice()
         return fitted.messages, (Notice(conversation_id=self.cid, message=note) if note else None)
 
+    def _shown(self, delta: str) -> str:
+        if self.cancel.is_set():
+            raise TurnCancelled
+        self.shown.append(delta)
+        return delta
+
     def run(self) -> Iterator[Event]:
+        try:
+            for event in self._run():
+                yield event
+                yield from self._write_problem()
+        except TurnCancelled:
+            self._log_interrupted()
+        yield from self._write_problem()
+
+    def _write_problem(self) -> Iterator[Notice]:
+        problem = self.store.take_write_problem()
+        if problem:
+            yield Notice(conversation_id=self.cid, message=problem)
+
+    def _log_interrupted(self) -> None:
+        """Close a cut turn in the log with what the user saw, so no shown text is lost and
+        the next turn follows an assistant message."""
+        if self.interim_logged and not self.shown:
+            return  # the interim reply closes the turn already
+        if not self.reply_logged:
+            self._log("assistant", "".join(self.shown).strip(),
+                      {"kind": fast_mind.KIND_REPLY, "interrupted": True}, usage=self.usage, timed=True)
+
+    def _close_unanswered_turn(self, history: list[LoggedMessage]) -> list[LoggedMessage]:
+        """A process killed mid-turn leaves a user message with no reply: close that turn
+        first, so the dialogue never has two user messages in a row."""
+        if not history or history[-1].role != "user":
+            return history
+        self._log("assistant", "", {"kind": fast_mind.KIND_REPLY, "interrupted": True})
+        return self.store.messages(self.cid)
+
+    def _run(self) -> Iterator[Event]:
         cid = self.cid
-        history = self.store.messages(cid)
+        history = self._close_unanswered_turn(self.store.messages(cid))
         # Logged before generation starts: a killed process keeps the user's message.
         self._log("user", self.text, {"kind": fast_mind.KIND_USER})
+        if not self.agent.runs_minds:
+            yield from self._run_plain(history)
+            return
 
         decision = self.agent.router.route(
             RouteInput(text=self.text, history=fast_mind.visible_history(history)))
@@ -395,7 +508,7 @@ class TurnRun:
             fast_pass = fast_mind.FastPass()
             for delta in fast_mind.stream_fast(self.fast, context, self.options, fast_pass):
                 self._mark_first_token()
-                yield FastToken(conversation_id=cid, text=delta)
+                yield FastToken(conversation_id=cid, text=self._shown(delta))
             out = fast_pass.output
             assert out is not None
             # A router that decided "fast" overrides the fast mind's Invoke[...].
@@ -418,24 +531,31 @@ class TurnRun:
         if not invoke:
             self._log("assistant", reply, {"kind": fast_mind.KIND_REPLY, "slow_ran": False, **fast_meta},
                       usage=self.usage, timed=True)
+            self.reply_logged = True
             yield FinalDone(conversation_id=cid, text=reply, slow_ran=False, usage=self.usage,
                             first_token_s=self.first_token_s, total_s=time.perf_counter() - self.started)
             return
 
         # Handoff: the interim reply is logged now, so it survives a kill during the slow mind.
         self._log("assistant", reply, {"kind": fast_mind.KIND_INTERIM, **fast_meta}, usage=fast_usage)
+        self.interim_logged = True
+        self.shown = []  # what follows is the final reply
         slow_done: SlowDone | None = None
-        slow_steps = 0
+        trace: list[dict[str, Any]] = []
         for ev in self._run_slow(history):
+            if self.cancel.is_set():
+                raise TurnCancelled
             if isinstance(ev, SlowDone):
                 slow_done = ev
             else:
-                slow_steps += 1
+                trace.append(ev.model_dump(include={"index", "reason", "action", "observation"}))
             yield ev
         assert slow_done is not None
         self._add_usage(slow_done.usage)
+        # The steps are kept with the turn: `duma logs show` and training data read them.
         self._log("system", slow_done.result,
-                  {"kind": fast_mind.KIND_SLOW, "finished": slow_done.finished, "steps": slow_done.steps},
+                  {"kind": fast_mind.KIND_SLOW, "finished": slow_done.finished, "steps": slow_done.steps,
+                   "trace": trace},
                   usage=slow_done.usage)
 
         final_context = [*context,
@@ -447,7 +567,7 @@ class TurnRun:
         final_pass = fast_mind.FastPass()
         for delta in fast_mind.stream_fast(self.fast, final_context, self.options, final_pass,
                                            hold_raw=True):
-            yield FinalToken(conversation_id=cid, text=delta)
+            yield FinalToken(conversation_id=cid, text=self._shown(delta))
         out = final_pass.output
         assert out is not None
         self._add_usage(final_pass.usage)
@@ -462,7 +582,36 @@ class TurnRun:
                    "slow_steps": slow_done.steps, "final_parse_ok": out.parse_ok, "final_raw": out.raw,
                    "fallback": fallback, **fast_meta},
                   usage=self.usage, timed=True)
+        self.reply_logged = True
         yield FinalDone(conversation_id=cid, text=final_text, slow_ran=True, usage=self.usage,
+                        first_token_s=self.first_token_s, total_s=time.perf_counter() - self.started)
+
+    def _run_plain(self, history: list[LoggedMessage]) -> Iterator[Event]:
+        """A turn with a model that is not a mind: its own chat template, no protocol."""
+        system = self.system or self.agent.fast_spec.system_prompt
+        context = ([Message(role="system", content=system)] if system else []) + [
+            *fast_mind.visible_history(history), Message(role="user", content=self.text)]
+        fitted = fast_mind.fit_to_context(self.fast, context, self.options.max_tokens,
+                                          lambda m: m.role == "user")
+        if fitted.notice():
+            yield Notice(conversation_id=self.cid, message=fitted.notice() or "")
+        options = self.options.model_copy(
+            update={"stop": [s for s in self.options.stop if s not in protocol.FAST_STOP]})
+        usage = Usage()
+        for chunk in stream_guarded(self.fast, fitted.messages, options):
+            if chunk.text:
+                self._mark_first_token()
+                yield FastToken(conversation_id=self.cid, text=self._shown(chunk.text))
+            if chunk.done and chunk.usage:
+                usage = chunk.usage
+        reply = "".join(self.shown).strip() or "(no reply)"
+        self._add_usage(usage)
+        yield FastDone(conversation_id=self.cid, text=reply, invoke=False, usage=usage,
+                       first_token_s=self.first_token_s)
+        self._log("assistant", reply, {"kind": fast_mind.KIND_REPLY, "slow_ran": False, "plain": True},
+                  usage=self.usage, timed=True)
+        self.reply_logged = True
+        yield FinalDone(conversation_id=self.cid, text=reply, slow_ran=False, usage=self.usage,
                         first_token_s=self.first_token_s, total_s=time.perf_counter() - self.started)
 
     def _slow_options(self, slow_backend: Backend) -> GenerationOptions:

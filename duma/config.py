@@ -41,6 +41,10 @@ class AgentConfig(Strict):
     trained_minds: bool = Field(
         True, description="A mind that runs the embedded model with no adapter of its own gets duma's "
         "shipped DUMA adapter for it (false: the untrained model).")
+    mode: Literal["auto", "duma", "plain"] = Field(
+        "auto", description="'duma': the fast/slow protocol; 'plain': chat with the model as it is (its own "
+        "chat template, no slow mind); 'auto': 'duma' when the minds are configured (agent.fast/slow, a "
+        "router other than 'duma', or the shipped minds on the embedded model), else 'plain'.")
     router: str = Field("duma", description="Name of a registered router.")
     router_options: dict[str, Any] = Field(default_factory=dict)
     tools: list[str] | None = Field(None, description="Tool names; None = all registered.")
@@ -72,6 +76,16 @@ class DumaConfig(Strict):
     agent: AgentConfig = Field(default_factory=AgentConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
+
+    def runs_minds(self) -> bool:
+        """Whether turns follow the fast/slow protocol (see ``agent.mode``): a model that was
+        not trained as a mind chats plainly instead of answering with protocol fragments."""
+        if self.agent.mode != "auto":
+            return self.agent.mode == "duma"
+        if self.agent.fast is not None or self.agent.slow is not None or self.agent.router != "duma":
+            return True
+        shipped = shipped_mind_adapter("fast")
+        return shipped is not None and self.mind("fast").adapter == str(shipped)
 
     def mind(self, which: Literal["fast", "slow"]) -> MindConfig:
         """The model spec of a mind: its own section, or the top-level ``model``."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -92,6 +93,10 @@ def shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Generation option of the replies (the fast mind; the slow mind keeps its config), "
                           "e.g. -o temperature 0.7 -o max_tokens 200 (repeatable)."),
         click.option("--router", help="Router that decides when the slow mind runs (config agent.router)."),
+        click.option("--agent", "mode", flag_value="duma", default=None,
+                     help="Run the fast/slow minds' protocol whatever the model (config agent.mode=duma)."),
+        click.option("--plain", "mode", flag_value="plain",
+                     help="Chat with the model as it is, without the minds' protocol (agent.mode=plain)."),
         click.option("--show-slow", is_flag=True, help="Show the slow mind's Reason/Act/Obs steps."),
         click.option("--no-stream", is_flag=True, help="Wait for the whole reply instead of streaming it."),
         click.option("-c", "--continue", "continue_last", is_flag=True,
@@ -105,7 +110,7 @@ def shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def build_overrides(*, system: str | None, router: str | None, no_stream: bool,
-                    no_log: bool) -> dict[str, Any]:
+                    no_log: bool, mode: str | None = None) -> dict[str, Any]:
     """The command's flags as configuration overrides (the highest layer); ``-m/--backend``
     are applied by :meth:`duma.cli.CliState.config_with`."""
     overrides: dict[str, Any] = {}
@@ -117,6 +122,8 @@ def build_overrides(*, system: str | None, router: str | None, no_stream: bool,
         put("chat", "system", system)
     if router is not None:
         put("agent", "router", router)
+    if mode is not None:
+        put("agent", "mode", mode)
     if no_stream:
         put("chat", "stream", False)
     if no_log:
@@ -129,6 +136,23 @@ def log_database_path(config: DumaConfig) -> Path:
     from duma.logstore import default_path
 
     return Path(config.logging.database) if config.logging.database else default_path()
+
+
+def command_config(state: CliState, flag_overrides: dict[str, Any], *, model_ref: str | None,
+                   backend: str | None, continue_last: bool, conversation_id: str | None
+                   ) -> tuple[DumaConfig, LogStore | None, str | None]:
+    """The configuration, log store and conversation of ``chat``/``prompt``. A continued
+    conversation keeps the minds it was started with, unless ``-m``/``--backend`` is given."""
+    from duma.config import merge
+
+    config = state.config_with(flag_overrides, model=model_ref, backend=backend)
+    store, cid = resolve_conversation(config, continue_last=continue_last, conversation_id=conversation_id)
+    if cid is not None and store is not None and model_ref is None and backend is None:
+        setup = store.conversation_setup(cid)
+        if setup:
+            kept = {"agent": {"mode": setup["mode"], "fast": setup["fast"], "slow": setup["slow"]}}
+            config = state.config_with(merge(kept, flag_overrides))
+    return config, store, cid
 
 
 def resolve_conversation(config: DumaConfig, *, continue_last: bool, conversation_id: str | None
@@ -170,6 +194,7 @@ def copy_conversation(source: LogStore, conversation_id: str, target: LogStore) 
 
     summary = next((s for s in source.conversations(limit=1_000_000) if s.id == conversation_id), None)
     target.new_conversation(model=summary.model if summary else None, name=summary.name if summary else None,
+                            setup=source.conversation_setup(conversation_id),
                             conversation_id=conversation_id)
     for m in source.messages(conversation_id):
         target.add_message(conversation_id, Message(role=m.role, content=m.content),  # type: ignore[arg-type]
@@ -219,6 +244,42 @@ def iter_user_messages(read_line: Callable[[str], str | None]) -> Iterator[str]:
                 return
             continue
         yield text
+
+
+def text_stdin() -> IO[str]:
+    """Standard input as UTF-8 text; bytes that are not UTF-8 become U+FFFD, so one bad byte
+    never makes a turn (or the log) fail."""
+    import io
+
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # already text (a test's StringIO)
+        return sys.stdin
+    return io.TextIOWrapper(buffer, encoding="utf-8", errors="replace")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: stop the turn as Ctrl-C does, then leave (Ctrl-C alone returns to the prompt)."""
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` while a command runs, so a terminated chat
+    stops its turn the way Ctrl-C does: the reply shown so far is logged, the log closed."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def stream_line_reader(stream: IO[str]) -> Callable[[str], str | None]:
@@ -453,7 +514,7 @@ def run_turn(agent: Any, renderer: PlainRenderer | RichRenderer, text: str, conv
 @shared_options
 @pass_state
 def chat_command(state: CliState, system: str | None, model_ref: str | None, backend: str | None,
-                 option_pairs: tuple[tuple[str, str], ...], router: str | None, show_slow: bool,
+                 option_pairs: tuple[tuple[str, str], ...], router: str | None, mode: str | None, show_slow: bool,
                  no_stream: bool, continue_last: bool, conversation_id: str | None, no_log: bool) -> None:
     """Chat with the DUMA agent.
 
@@ -462,15 +523,23 @@ def chat_command(state: CliState, system: str | None, model_ref: str | None, bac
     input, every line is one message and only the replies are printed.
     """
     options = parse_generation_options(option_pairs)
-    config = state.config_with(build_overrides(system=system, router=router, no_stream=no_stream, no_log=no_log),
-                               model=model_ref, backend=backend)
-    store, cid = resolve_conversation(config, continue_last=continue_last, conversation_id=conversation_id)
-    if stdin_is_terminal():
-        failed = _chat_interactive(config, store, cid, options, show_slow)
-    else:
-        failed = _chat_piped(config, store, cid, options, show_slow)
-    if store is not None:
-        store.close()
+    config, store, cid = command_config(
+        state, build_overrides(system=system, router=router, no_stream=no_stream, no_log=no_log, mode=mode),
+        model_ref=model_ref, backend=backend, continue_last=continue_last, conversation_id=conversation_id)
+    interrupted = False
+    with stop_on_sigterm():
+        try:
+            if stdin_is_terminal():
+                failed = _chat_interactive(config, store, cid, options, show_slow)
+            else:
+                failed = _chat_piped(config, store, cid, options, show_slow)
+        except KeyboardInterrupt:  # the turn in progress has logged what it had
+            failed = interrupted = True
+        finally:
+            if store is not None:
+                store.close()
+    if interrupted:
+        sys.exit(130)
     if failed:
         sys.exit(1)
 
@@ -481,7 +550,7 @@ def _chat_piped(config: DumaConfig, store: LogStore | None, cid: str | None, opt
     agent = build_agent(config, store)
     renderer = PlainRenderer(sys.stdout, sys.stderr, show_slow)
     failed = False
-    for text in iter_user_messages(stream_line_reader(sys.stdin)):
+    for text in iter_user_messages(stream_line_reader(text_stdin())):
         final, cid = run_turn(agent, renderer, text, cid, system=config.chat.system, options=options)
         failed = failed or final is None
     return failed
@@ -496,8 +565,10 @@ def _chat_interactive(config: DumaConfig, store: LogStore | None, cid: str | Non
     with console.status(f"[dim]Loading {config.model.model} ({config.model.backend})…[/dim]", spinner="dots"):
         agent = build_agent(config, store)
         agent.load()  # load the weights now, under the spinner, not in the first turn
-    console.print(f"[bold]duma chat[/bold] with {config.model.model} ({config.model.backend}), "
-                  f"router {config.agent.router}", highlight=False)
+    fast = config.mind("fast")
+    how = (f"router {config.agent.router}" if agent.runs_minds
+           else "plain chat (not a fast/slow mind; --agent runs the protocol anyway)")
+    console.print(f"[bold]duma chat[/bold] with {agent.fast_label} ({fast.backend}), {how}", highlight=False)
     if cid is not None:
         count = len(store.messages(cid)) if store is not None else 0
         console.print(f"Continuing conversation {cid} ({count} messages)", style="dim", markup=False)
@@ -509,6 +580,9 @@ def _chat_interactive(config: DumaConfig, store: LogStore | None, cid: str | Non
     for text in iter_user_messages(read_line):
         try:
             _final, cid = run_turn(agent, renderer, text, cid, system=config.chat.system, options=options)
+        except Terminated:
+            renderer.close()
+            raise
         except KeyboardInterrupt:
             renderer.close()
             console.print("(stopped)", style="dim", markup=False)
@@ -524,19 +598,19 @@ def _chat_interactive(config: DumaConfig, store: LogStore | None, cid: str | Non
 @shared_options
 @pass_state
 def prompt_command(state: CliState, text: str | None, system: str | None, model_ref: str | None, backend: str | None,
-                   option_pairs: tuple[tuple[str, str], ...], router: str | None, show_slow: bool,
+                   option_pairs: tuple[tuple[str, str], ...], router: str | None, mode: str | None, show_slow: bool,
                    no_stream: bool, continue_last: bool, conversation_id: str | None, no_log: bool) -> None:
     """Answer TEXT once and print the reply ('-' or no TEXT reads standard input)."""
     options = parse_generation_options(option_pairs)
     if text is None or text == "-":
         if text is None and sys.stdin.isatty():
             raise OptionError("TEXT: give it, or pipe the prompt on standard input")
-        text = sys.stdin.read()
+        text = text_stdin().read()
     if not text.strip():
         raise OptionError("TEXT: the prompt is empty")
-    config = state.config_with(build_overrides(system=system, router=router, no_stream=no_stream, no_log=no_log),
-                               model=model_ref, backend=backend)
-    store, cid = resolve_conversation(config, continue_last=continue_last, conversation_id=conversation_id)
+    config, store, cid = command_config(
+        state, build_overrides(system=system, router=router, no_stream=no_stream, no_log=no_log, mode=mode),
+        model_ref=model_ref, backend=backend, continue_last=continue_last, conversation_id=conversation_id)
     renderer: PlainRenderer | RichRenderer
     if sys.stdout.isatty():
         renderer = RichRenderer(make_console(), markdown=config.chat.markdown, stream=config.chat.stream,
@@ -544,9 +618,14 @@ def prompt_command(state: CliState, text: str | None, system: str | None, model_
     else:
         renderer = PlainRenderer(sys.stdout, sys.stderr, show_slow)
     agent = build_agent(config, store)
-    final, _cid = run_turn(agent, renderer, text.strip(), cid, system=config.chat.system, options=options)
-    if store is not None:
-        store.close()
+    with stop_on_sigterm():
+        try:
+            final, _cid = run_turn(agent, renderer, text.strip(), cid, system=config.chat.system, options=options)
+        except KeyboardInterrupt:  # the turn has logged what it had
+            sys.exit(130)
+        finally:
+            if store is not None:
+                store.close()
     if final is None:
         sys.exit(1)  # the renderer has already reported the error in one line
 

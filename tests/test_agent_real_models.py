@@ -29,7 +29,7 @@ EVENT_TYPES = {"fast_token", "fast_done", "slow_step", "slow_done", "final_token
 def _config(model: str, router: str = "duma", **agent) -> dict:
     return {"model": {"model": str(model), "device": "cpu",
                       "options": {"max_tokens": 12, "temperature": 0.0}},
-            "agent": {"router": router, "max_slow_steps": 2, **agent}}
+            "agent": {"mode": "duma", "router": router, "max_slow_steps": 2, **agent}}
 
 
 def _check(events, cid):

@@ -380,9 +380,13 @@ def test_empty_message(tmp_path):
     agent = make_agent(tmp_path, ["Response[x] Invoke[False]"])
     events = list(agent.stream("   "))
     assert [e.type for e in events] == ["error"] and events[0].message == "empty message"
-    assert events[0].conversation_id
+    assert events[0].conversation_id is None
     with pytest.raises(DumaError, match="empty message"):
         agent.chat("")
+    assert agent.log_store.conversations(include_empty=True) == []  # no empty conversation left
+    cid = agent.new_conversation()
+    [error] = agent.stream("", conversation_id=cid)
+    assert error.conversation_id == cid and agent.log_store.messages(cid) == []
 
 
 def test_unknown_conversation(tmp_path):

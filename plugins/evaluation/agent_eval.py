@@ -118,6 +118,8 @@ def build_agents(config: DumaConfig, only: str | None = None) -> dict[str, ChatA
     Conversations stay in memory."""
     from duma.agents import Agent
 
+    if config.agent.mode == "auto":  # this evaluates the agent: the minds' protocol, whatever the model
+        config = config.model_copy(update={"agent": config.agent.model_copy(update={"mode": "duma"})})
     agents: dict[str, ChatAgent] = {}
     if only in (None, ROUTED):
         agents[ROUTED] = Agent.from_config(config, log=False)

@@ -27,6 +27,7 @@ FIXTURE_PLUGINS = {
     "fixture_clash_b": "duma_fixture_clash_b",
     "fixture_command_clash": "duma_fixture_command_clash",
     "fixture_typo": "duma_fixture_typo",
+    "fixture_slow": "duma_fixture_slow",
 }
 
 
