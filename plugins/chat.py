@@ -372,6 +372,22 @@ def describe_slow_step(event: Any) -> list[str]:
     return lines or [f"  step {event.index}"]
 
 
+class SlowProgress:
+    """The status line while the slow mind works: elapsed time and its latest step, redrawn
+    by the spinner's own refresh (so the clock moves between steps too)."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.step = ""
+
+    def __rich__(self) -> Any:
+        from rich.text import Text
+
+        elapsed = time.monotonic() - self.started
+        step = f" · {self.step[:80]}" if self.step else ""
+        return Text(f"Thinking it through… {elapsed:.0f} s{step}", style="dim")
+
+
 class RichRenderer:
     """For terminals: streams tokens in a rich Live view and re-renders each finished reply
     as Markdown; a spinner runs while the slow mind works."""
@@ -387,6 +403,7 @@ class RichRenderer:
         self.error: str | None = None
         self._live: Any = None
         self._status: Any = None
+        self._slow_progress: SlowProgress | None = None
         self._buffer: list[str] = []
         self._last_refresh = 0.0
 
@@ -422,7 +439,8 @@ class RichRenderer:
         self._last_refresh = 0.0
 
     def _start_status(self) -> None:
-        self._status = self.console.status("[dim]Thinking it through…[/dim]", spinner="dots")
+        self._slow_progress = SlowProgress()
+        self._status = self.console.status(self._slow_progress, spinner="dots")
         self._status.start()
 
     def _stop_status(self) -> None:
@@ -453,6 +471,9 @@ class RichRenderer:
                     if event.invoke:
                         self._start_status()
                 elif kind == "slow_step":
+                    if self._slow_progress is not None:
+                        self._slow_progress.step = (f"Act: {event.action}" if event.action
+                                                    else f"Reason: {event.reason}" if event.reason else "")
                     if self.show_slow:
                         for line in describe_slow_step(event):
                             self.console.print(line, style="dim", markup=False, highlight=False)

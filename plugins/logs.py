@@ -54,7 +54,8 @@ def logs_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 @pass_state
 def logs_list(state: CliState, count: int, as_json: bool) -> None:
-    """List recent conversations: ID, model, message count, time."""
+    """List recent conversations: ID, time, message count, the first message, model.
+    Conversations without messages are left out."""
     store = open_existing_store(state)
     summaries = store.conversations(limit=count) if store is not None else []
     if store is not None:
@@ -69,10 +70,10 @@ def logs_list(state: CliState, count: int, as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(title="duma conversations")
-    for column in ("id", "model", "messages", "started"):
+    for column in ("id", "started", "messages", "first message", "model"):
         table.add_column(column, justify="right" if column == "messages" else "left")
     for s in summaries:
-        table.add_row(s.id, s.model or "", str(s.messages), format_time(s.created))
+        table.add_row(s.id, format_time(s.created), str(s.messages), s.preview, s.model or "")
     Console(highlight=False).print(table)
 
 
@@ -121,8 +122,75 @@ def logs_show(state: CliState, conversation_id: str | None, latest: bool, as_jso
         kind = m.meta.get("kind")
         # The agent tags interim replies and slow-mind results; plain replies need no label.
         label = f"{m.role} ({kind})" if kind and kind not in (m.role, "reply") else m.role
+        if m.meta.get("interrupted"):
+            label += " (interrupted)"
         console.print(f"\n[bold]{label}[/bold] [dim]{when}[/dim]")
+        for step in m.meta.get("trace") or []:
+            for line in _describe_step(step):
+                console.print(line, style="dim", markup=False)
         console.print(Markdown(m.content) if m.role == "assistant" else m.content, markup=False)
+
+
+def _describe_step(step: dict[str, Any]) -> list[str]:
+    from duma.events import SlowStep
+    from duma.plugins.chat import describe_slow_step
+
+    return describe_slow_step(SlowStep(**step))
+
+
+@logs_group.command(name="search")
+@click.argument("text")
+@click.option("-n", "--count", default=20, show_default=True, type=click.IntRange(min=1),
+              help="How many matching messages, most recent first.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@pass_state
+def logs_search(state: CliState, text: str, count: int, as_json: bool) -> None:
+    """Find the messages (yours and the replies) that contain TEXT."""
+    if not text.strip():
+        raise DumaError("TEXT is empty", "give the words to look for")
+    store = open_existing_store(state)
+    found = store.search(text, limit=count) if store is not None else []
+    if store is not None:
+        store.close()
+    if as_json:
+        click.echo(json.dumps([{"conversation_id": c.id, "role": m.role, "content": m.content,
+                                "created": m.created} for c, m in found], indent=2, ensure_ascii=False))
+        return
+    if not found:
+        click.echo(f"No message contains {text!r}.")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"messages containing {text!r}")
+    for column in ("conversation", "time", "role", "message"):
+        table.add_column(column)
+    for conversation, message in found:
+        table.add_row(conversation.id, format_time(message.created), message.role,
+                      " ".join(message.content.split())[:80])
+    Console(highlight=False).print(table)
+
+
+@logs_group.command(name="delete")
+@click.argument("conversation_id", metavar="ID")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_state
+def logs_delete(state: CliState, conversation_id: str, yes: bool) -> None:
+    """Delete conversation ID and its messages."""
+    store = open_existing_store(state)
+    if store is None or not store.exists(conversation_id):
+        if store is not None:
+            store.close()
+        raise DumaError(f"unknown conversation ID '{conversation_id}'",
+                        "see 'duma logs list' for the logged conversations")
+    try:
+        count = len(store.messages(conversation_id))
+        if not yes and not click.confirm(f"Delete conversation {conversation_id} ({count} messages)?"):
+            raise DumaError("nothing deleted", "pass -y to delete without asking")
+        deleted = store.delete(conversation_id)
+    finally:
+        store.close()
+    click.echo(f"deleted conversation {conversation_id} ({deleted} messages)")
 
 
 @logs_group.command(name="path")

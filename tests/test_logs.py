@@ -99,3 +99,46 @@ def test_locked_database_is_one_line_log_store_error(duma_home: Path) -> None:
     finally:
         holder.close()
     assert code == 1 and out == "" and err.count("\n") == 1 and "locked" in err
+
+
+def test_list_previews_the_first_message_and_hides_empty_conversations(duma_home: Path) -> None:
+    first, second = make_log(duma_home / "logs.db")
+    store = LogStore(duma_home / "logs.db")
+    empty = store.new_conversation(model="tiny")
+    store.close()
+    code, out, _ = run_cli(["logs", "list", "--json"])
+    rows = json.loads(out)
+    assert [r["id"] for r in rows] == [second, first] and empty not in out
+    assert rows[0]["preview"] == "what is 2+2?"
+    code, out, _ = run_cli(["logs", "list"])
+    assert "what is 2+2?" in out and "hello" in out
+
+
+def test_search_and_delete(duma_home: Path) -> None:
+    first, second = make_log(duma_home / "logs.db")
+    code, out, _ = run_cli(["logs", "search", "THERE", "--json"])
+    assert code == 0 and [(r["conversation_id"], r["content"]) for r in json.loads(out)] == [(first, "hi **there**")]
+    code, out, _ = run_cli(["logs", "search", "100%"])
+    assert code == 0 and "No message contains" in out
+    code, out, err = run_cli(["logs", "delete", first, "-y"])
+    assert code == 0 and "2 messages" in out
+    code, out, _ = run_cli(["logs", "list", "--json"])
+    assert [r["id"] for r in json.loads(out)] == [second]
+    code, _, err = run_cli(["logs", "delete", first, "-y"])
+    assert code == 1 and "unknown conversation ID" in err and err.count("\n") == 1
+
+
+def test_show_lists_the_slow_minds_steps_and_marks_interrupted_replies(duma_home: Path, tmp_path: Path) -> None:
+    from duma.agents import Agent
+    from duma.testing import ScriptedBackend
+
+    fast = ScriptedBackend(replies=["Response[Let me check.] Invoke[True]", "Response[It is 4.] Invoke[False]"])
+    slow = ScriptedBackend(replies=["Reason[add them] Act[calculator(2+2)]", "Reason[done] Finish[4]"])
+    agent = Agent({"agent": {"router": "duma"}}, fast_backend=fast, slow_backend=slow)
+    reply = agent.chat("what is 2+2?")
+    agent.log_store.close()
+    code, out, _ = run_cli(["logs", "show", reply.conversation_id])
+    assert code == 0 and "Act: calculator(2+2)" in out and "Obs: 4" in out and "It is 4." in out
+    code, out, _ = run_cli(["logs", "show", reply.conversation_id, "--json"])
+    [slow_result] = [m for m in json.loads(out)["messages"] if m["meta"].get("kind") == "slow_mind"]
+    assert slow_result["meta"]["trace"][0]["action"] == "calculator(2+2)"
