@@ -18,7 +18,7 @@ import shutil
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,7 +92,8 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     console = Console(stderr=True)
     try:
-        with console.status(f"duma: converting {gguf.name} to a cached model folder (once, ~30 s)..."):
+        with conversion_progress(console) as phase:
+            phase(f"reading {gguf.name}")
             name_accelerator()
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -100,15 +101,20 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
 
             verbosity = hf_logging.get_verbosity()
             hf_logging.set_verbosity_error()
+            bars = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()
             try:
                 tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
                 model = AutoModelForCausalLM.from_pretrained(
                     str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+                _drop_gguf_quantizer(model)
+                phase("writing the cached model folder")
+                model.save_pretrained(str(tmp))
+                tokenizer.save_pretrained(str(tmp))
             finally:
                 hf_logging.set_verbosity(verbosity)
-            _drop_gguf_quantizer(model)
-            model.save_pretrained(str(tmp))
-            tokenizer.save_pretrained(str(tmp))
+                if bars:
+                    hf_logging.enable_progress_bar()
             (tmp / _CONVERTED_MARKER).write_text(f"converted from {gguf}\n", encoding="utf-8")
     except ModelLoadError:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -126,6 +132,29 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
             raise ModelLoadError(f"cannot write the converted model to {target}",
                                  "check the permissions of the model cache or set DUMA_MODEL_CACHE") from None
     return target
+
+
+@contextmanager
+def conversion_progress(console: Any) -> Iterator[Callable[[str], None]]:
+    """One line per phase of the first-run conversion, each with its elapsed time (a status
+    line short enough not to wrap, so it redraws in place); ``phase(text)`` starts the next."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    progress = Progress(SpinnerColumn(), TextColumn("duma: {task.description}"), TimeElapsedColumn(),
+                        console=console, transient=False)
+    current: list[Any] = []
+
+    def phase(text: str) -> None:
+        if current:
+            progress.update(current[-1], completed=1)
+        current.append(progress.add_task(text, total=1))
+
+    with progress:
+        progress.console.print("duma: converting the model once into a cached folder (about 30 s)",
+                               style="dim", highlight=False)
+        yield phase
+        if current:
+            progress.update(current[-1], completed=1)
 
 
 def _drop_gguf_quantizer(model: Any) -> None:
