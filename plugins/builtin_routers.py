@@ -8,7 +8,9 @@ scikit-learn are too slow for CLI start-up). Routers:
 - ``rules``: regular expressions and keywords; options ``patterns``, ``keywords``,
   ``include_defaults``, ``threshold``.
 - ``classifier``: scikit-learn logistic regression over hashed word and character n-grams,
-  trained by ``duma router train``; options ``path``, ``threshold``.
+  trained by ``duma router train``; options ``path``, ``threshold``. Without ``path`` it
+  reads ``DUMA_HOME/routers/classifier.npz``, else the model shipped in the package
+  (:data:`SHIPPED_MODEL_PATH`, trained on the minds' routing data).
 
 Calibration follows RouteLLM: the threshold is the score quantile that sends a chosen share
 of representative turns to the slow mind (:func:`calibrate_threshold`).
@@ -31,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from duma import RouteDecision, RouteInput, Router
 from duma.data import read_validated
 from duma.errors import ConfigError, DumaError, first_line, format_validation_error
+from duma.paths import write_atomically
 
 if TYPE_CHECKING:
     import numpy as np
@@ -196,13 +199,26 @@ DEFAULT_FEATURES = 2**18
 WORD_TOKEN_PATTERN = r"[^\W_]+|[^\w\s]"
 DIGIT = re.compile(r"\d")
 RETRAIN_HINT = "train one with 'duma router train DATA --out PATH'"
+# Trained on the minds' routing data, reproduced by:
+#   duma minds generate --out /tmp/router-data --seed 0
+#   duma router train /tmp/router-data/router_train.jsonl --out plugins/router_classifier.npz
+SHIPPED_MODEL_PATH = Path(__file__).with_name("router_classifier.npz")
 
 
 def default_model_path() -> Path:
-    """Where ``duma router train`` writes and the classifier router reads, by default."""
+    """Where ``duma router train`` writes by default (and the classifier router reads first)."""
     from duma.paths import duma_home
 
     return duma_home() / "routers" / "classifier.npz"
+
+
+def default_classifier_path() -> Path:
+    """The model the classifier router reads without ``path``: the user's trained one in
+    DUMA_HOME, else the shipped one."""
+    trained = default_model_path()
+    if trained.is_file() or not SHIPPED_MODEL_PATH.is_file():
+        return trained
+    return SHIPPED_MODEL_PATH
 
 
 def fold_text(text: str) -> str:
@@ -290,14 +306,15 @@ class TextClassifier:
         import numpy as np
         import sklearn
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = SavedClassifier(format=MODEL_FORMAT, version=MODEL_VERSION, hashing=self.hashing,
                                sklearn_version=sklearn.__version__, training=self.training)
-        with path.open("wb") as f:  # a file object keeps np.savez from appending ".npz"
-            np.savez_compressed(f, coef=self.coef.astype(np.float32), intercept=np.float64(self.intercept),
-                                meta=np.asarray(meta.model_dump_json()))
-        return path
+
+        def write(target: Path) -> None:
+            with target.open("wb") as f:  # a file object keeps np.savez from appending ".npz"
+                np.savez_compressed(f, coef=self.coef.astype(np.float32), intercept=np.float64(self.intercept),
+                                    meta=np.asarray(meta.model_dump_json()))
+
+        return write_atomically(path, write)
 
     @classmethod
     def load(cls, path: str | Path) -> TextClassifier:
@@ -339,7 +356,8 @@ def load_classifier(path: str | Path) -> TextClassifier:
     if not resolved.is_file():
         raise DumaError(
             f"router classifier model {path} does not exist",
-            "train one with 'duma router train DATA --out PATH' and set agent.router_options.path",
+            f"train it with 'duma router train DATA --out {path}' (DATA: labelled turns such as "
+            "configs/examples/routers/labelled_turns.jsonl), or set agent.router_options.path to a trained model",
         )
     mtime = resolved.stat().st_mtime_ns
     with _model_lock:
@@ -352,7 +370,8 @@ def load_classifier(path: str | Path) -> TextClassifier:
 
 
 class ClassifierOptions(ThresholdOptions):
-    path: Path | None = Field(None, description="Model from 'duma router train' (default: DUMA_HOME/routers/classifier.npz).")
+    path: Path | None = Field(None, description="Model from 'duma router train' (default: "
+                                                "DUMA_HOME/routers/classifier.npz, else the shipped model).")
 
 
 class ClassifierRouter(Router):
@@ -363,7 +382,7 @@ class ClassifierRouter(Router):
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         parsed: ClassifierOptions = parse_router_options(ClassifierOptions, options, self.name)
         super().__init__(parsed.model_dump(exclude_unset=True))
-        self.path = parsed.path or default_model_path()
+        self.path = parsed.path or default_classifier_path()
         self.model = load_classifier(self.path)
 
     def score(self, turn: RouteInput) -> float:
@@ -544,3 +563,154 @@ def train_classifier(
         out=str(path), n=len(turns), n_train=len(train_idx), n_heldout=n_heldout,
         slow_share=float(labels.mean()), train_accuracy=train_accuracy, heldout_accuracy=heldout_accuracy,
     )
+
+
+# --- saving a calibrated router into a config file ----------------------------------------
+
+
+class RouterSettings(BaseModel):
+    """``agent.router`` and ``agent.router_options`` as ``duma router calibrate`` sets them."""
+
+    router: str
+    options: dict[str, Any]
+
+    def flags(self, keys: Sequence[str]) -> str:
+        """``-S`` flags for the router and the given option keys (values as YAML text), quoted
+        for a POSIX shell."""
+        import shlex
+
+        settings = [f"agent.router={self.router}"]
+        settings += [f"agent.router_options.{key}={_inline_yaml(self.options[key])}" for key in keys]
+        return " ".join(f"-S {shlex.quote(setting)}" for setting in settings)
+
+    def yaml_lines(self) -> list[str]:
+        """The ``agent:`` block to paste into a config file."""
+        return ["agent:", f"  router: {_inline_yaml(self.router)}", "  router_options:",
+                *_block_yaml(self.options, "    ")]
+
+
+def _inline_yaml(value: Any) -> str:
+    """One value as YAML on one line (flow style for lists and mappings)."""
+    import yaml
+
+    # Dumped inside a list so that scalars get no document end marker ("...").
+    return yaml.safe_dump([value], default_flow_style=True, allow_unicode=True, width=1_000_000).strip()[1:-1]
+
+
+def _block_yaml(mapping: dict[str, Any], indent: str) -> list[str]:
+    import yaml
+
+    text = yaml.safe_dump(mapping, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    return [indent + line for line in text.splitlines()]
+
+
+def calibrated_settings(config_data: dict[str, Any], router: str, options: dict[str, Any],
+                        threshold: float) -> RouterSettings:
+    """The router settings after calibration: the options already in the config when it
+    configures the same router, then ``options``, then the threshold."""
+    agent = config_data.get("agent") or {}
+    previous = agent.get("router_options") if isinstance(agent, dict) and agent.get("router") == router else None
+    merged = dict(previous) if isinstance(previous, dict) else {}
+    merged.update({key: str(value) if isinstance(value, Path) else value for key, value in options.items()})
+    merged["threshold"] = threshold
+    return RouterSettings(router=router, options=merged)
+
+
+_COMMENT = re.compile(r"\s+#.*$")
+
+
+def _indent_of(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _is_content(line: str) -> bool:
+    stripped = line.strip()
+    return bool(stripped) and not stripped.startswith("#")
+
+
+def _block_end(lines: list[str], start: int, parent_indent: int) -> int:
+    """The index after the block of lines more indented than ``parent_indent`` from ``start``."""
+    end = start
+    for i in range(start, len(lines)):
+        if _is_content(lines[i]) and _indent_of(lines[i]) <= parent_indent:
+            break
+        end = i + 1
+    # Comments and blank lines at the end belong to what follows.
+    while end > start and not _is_content(lines[end - 1]):
+        end -= 1
+    return end
+
+
+def _find_key(lines: list[str], start: int, end: int, indent: int, key: str) -> int | None:
+    pattern = re.compile(rf"^ {{{indent}}}{re.escape(key)}\s*:(\s|$)")
+    return next((i for i in range(start, end) if pattern.match(lines[i])), None)
+
+
+def _set_key(lines: list[str], start: int, end: int, indent: int, key: str, value: Any) -> int:
+    """Set ``key: value`` among the lines ``start:end`` at ``indent``, keeping its comment;
+    returns the change in the number of lines."""
+    at = _find_key(lines, start, end, indent, key)
+    new = f"{' ' * indent}{key}: {_inline_yaml(value)}"
+    if at is None:
+        lines.insert(end, new)
+        return 1
+    comment = _COMMENT.search(lines[at].split(":", 1)[1])
+    value_end = _block_end(lines, at + 1, indent)  # a block value on the lines below
+    lines[at:value_end] = [new + (comment.group(0) if comment else "")]
+    return 1 - (value_end - at)
+
+
+def edit_router_lines(text: str, settings: RouterSettings, replace_options: bool) -> str | None:
+    """``text`` with ``agent.router`` and ``agent.router_options`` set, other lines (comments
+    included) untouched; None when the file's layout is beyond these line edits (flow style)."""
+    lines = text.splitlines()
+    agent_at = next((i for i, line in enumerate(lines) if re.match(r"^agent\s*:", line)), None)
+    if agent_at is None:
+        return "\n".join([*lines, *settings.yaml_lines()]) + "\n"
+    if _COMMENT.sub("", lines[agent_at]).split(":", 1)[1].strip():
+        return None  # agent: {...} on one line
+    end = _block_end(lines, agent_at + 1, 0)
+    children = [lines[i] for i in range(agent_at + 1, end) if _is_content(lines[i])]
+    indent = _indent_of(children[0]) if children else 2
+    end += _set_key(lines, agent_at + 1, end, indent, "router", settings.router)
+    options_at = _find_key(lines, agent_at + 1, end, indent, "router_options")
+    inline = options_at is not None and _COMMENT.sub("", lines[options_at]).split(":", 1)[1].strip()
+    if options_at is None or replace_options or inline:
+        # A fresh block: another router's options do not apply, and {...} is rewritten as lines.
+        if options_at is not None:
+            del lines[options_at:_block_end(lines, options_at + 1, indent)]
+            end = _block_end(lines, agent_at + 1, 0)
+        lines[end:end] = [f"{' ' * indent}router_options:", *_block_yaml(settings.options, " " * (indent + 2))]
+        return "\n".join(lines) + "\n"
+    options_end = _block_end(lines, options_at + 1, indent)
+    option_lines = [lines[i] for i in range(options_at + 1, options_end) if _is_content(lines[i])]
+    option_indent = _indent_of(option_lines[0]) if option_lines else indent + 2
+    for key, value in settings.options.items():
+        options_end += _set_key(lines, options_at + 1, options_end, option_indent, key, value)
+    return "\n".join(lines) + "\n"
+
+
+def save_router_settings(path: str | Path, router: str, options: dict[str, Any],
+                         threshold: float) -> tuple[RouterSettings, bool]:
+    """Write the calibrated router into a YAML config file. Returns the settings written and
+    whether the file's comments and layout were kept (line edits); when the layout is beyond
+    them, the file is rewritten by pyyaml, which drops comments."""
+    import yaml
+
+    from duma.config import read_yaml
+
+    path = Path(path)
+    data = read_yaml(path)
+    text = path.read_text(encoding="utf-8")
+    agent = data.get("agent") or {}
+    if not isinstance(agent, dict):
+        raise ConfigError(f"{path}: agent is not a mapping", "fix the config file, then rerun with --save")
+    settings = calibrated_settings(data, router, options, threshold)
+    expected = {**data, "agent": {**agent, "router": settings.router, "router_options": settings.options}}
+    replace_options = agent.get("router") != router
+    edited = edit_router_lines(text, settings, replace_options)
+    kept = edited is not None and yaml.safe_load(edited) == expected
+    if not kept:
+        edited = yaml.safe_dump(expected, sort_keys=False, allow_unicode=True)
+    write_atomically(path, lambda tmp: tmp.write_text(edited, encoding="utf-8"))
+    return settings, kept

@@ -133,3 +133,31 @@ def test_gap_warning_through_the_cli(tmp_path):
     assert "not better" in result.stderr
     assert json.loads(result.stdout)["apgr"] is None
     assert (tmp_path / "o" / "routing.png").exists()
+
+
+def test_without_out_the_report_and_curve_go_to_the_default_folder_and_the_output_says_where(tmp_path, monkeypatch):
+    load_plugin_commands()
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["eval", "routing", str(DATA / "routing_small.jsonl"), "--slow-share", "0.4"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["apgr"] == pytest.approx(0.8)
+    out = Path("eval-results") / "routing"
+    assert result.stderr.strip() == f"wrote {out / 'routing.json'} and {out / 'routing.png'}"
+    assert json.loads((tmp_path / out / "routing.json").read_text())["n"] == 5
+    assert (tmp_path / out / "routing.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in (tmp_path / out).iterdir()) == ["routing.json", "routing.png"]  # no temp files
+
+
+def test_the_readme_example_runs_on_the_shipped_sample(tmp_path):
+    load_plugin_commands()
+    repo = Path(__file__).parents[1]
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    example = "duma eval routing configs/examples/routers/routing.jsonl --slow-share 0.3"
+    assert example in readme
+    args = example.split()[1:] + ["--out", str(tmp_path / "o")]
+    args[2] = str(repo / args[2])
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["n"] == 12 and report["apgr"] > 0.5 and report["at_threshold"]["mean_latency_s"] is not None
+    assert (tmp_path / "o" / "routing.png").is_file()

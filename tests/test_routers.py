@@ -178,14 +178,51 @@ def test_classifier_caches_per_file_and_reloads_a_changed_file(tmp_path):
     assert load_classifier(path) is not first
 
 
-def test_classifier_router_missing_model_says_to_train(tmp_path):
+def test_classifier_router_missing_model_says_to_train(tmp_path, monkeypatch):
+    import duma.plugins.builtin_routers as builtin
+
     with pytest.raises(DumaError, match="duma router train"):
         make("classifier", {"path": str(tmp_path / "missing.npz")})
-    with pytest.raises(DumaError, match="duma router train"):
-        make("classifier")  # default path under DUMA_HOME, not trained yet
+    monkeypatch.setattr(builtin, "SHIPPED_MODEL_PATH", tmp_path / "not-shipped.npz")
+    with pytest.raises(DumaError) as caught:
+        make("classifier")  # neither a trained model in DUMA_HOME nor a shipped one
+    assert f"'duma router train DATA --out {builtin.default_model_path()}'" in caught.value.hint
     (tmp_path / "junk.npz").write_text("not a model")
     with pytest.raises(DumaError, match="not a duma router classifier"):
         make("classifier", {"path": str(tmp_path / "junk.npz")})
+
+
+def test_classifier_router_without_options_uses_the_shipped_model():
+    """What `duma chat --router classifier` builds on a fresh install."""
+    from duma.plugins.builtin_routers import SHIPPED_MODEL_PATH, TextClassifier
+
+    router = make("classifier")
+    assert router.path == SHIPPED_MODEL_PATH and SHIPPED_MODEL_PATH.stat().st_size < 100_000
+    assert router.route(RouteInput(text="What is 17% of 2,340?")).slow is True
+    assert router.route(RouteInput(text="Hello, how are you?")).slow is False
+    assert router.route(RouteInput(text="2024年2月1日到2024年10月1日有多少天？")).slow is True
+    assert router.route(RouteInput(text="你好！")).slow is False
+    assert TextClassifier.load(SHIPPED_MODEL_PATH).training["heldout_accuracy"] >= 0.95
+
+
+def test_classifier_router_prefers_the_model_trained_into_duma_home():
+    from duma.plugins.builtin_routers import LabelledTurn, default_model_path, train_classifier
+
+    turns = [LabelledTurn.model_validate(r) for r in synthetic_turns(40, seed=6)]
+    train_classifier(turns, default_model_path(), n_features=2**10)
+    assert make("classifier").path == default_model_path()
+
+
+def test_the_shipped_model_is_package_data():
+    import tomllib
+
+    from duma.plugins.builtin_routers import SHIPPED_MODEL_PATH
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    setuptools = pyproject["tool"]["setuptools"]
+    assert "duma.plugins" in setuptools["packages"]
+    assert setuptools["package-dir"]["duma.plugins"] == SHIPPED_MODEL_PATH.parent.name
+    assert SHIPPED_MODEL_PATH.name in setuptools["package-data"]["duma.plugins"]
 
 
 # --- calibration --------------------------------------------------------------------------
@@ -229,7 +266,23 @@ def runner_cli():
     return cli
 
 
-def test_cli_train_calibrate_and_score(runner_cli, tmp_path):
+CONFIG_WITH_COMMENTS = """\
+# my assistant
+model: {backend: transformers, model: embedded}   # the small one
+agent:
+  # the router decides when the slow mind runs
+  router: rules   # try classifier later
+  max_slow_steps: 6
+  router_options:
+    keywords: [refund]   # shop words
+    threshold: 0.5
+
+logging:
+  enabled: true   # keep the log
+"""
+
+
+def test_cli_train_calibrate_save_and_score(runner_cli, tmp_path):
     data = write_jsonl(tmp_path / "turns.jsonl", synthetic_turns(200, seed=3))
     model = tmp_path / "router.npz"
     runner = CliRunner()
@@ -239,23 +292,161 @@ def test_cli_train_calibrate_and_score(runner_cli, tmp_path):
     assert report["n"] == 200 and report["heldout_accuracy"] >= 0.8 and model.is_file()
 
     config = tmp_path / "duma.yaml"
+    config.write_text(CONFIG_WITH_COMMENTS, encoding="utf-8")
     result = runner.invoke(runner_cli, [
-        "router", "calibrate", str(data), "--router", "classifier", "-o", "path", str(model),
-        "--slow-share", "0.3", "--write", str(config),
+        "--config", str(config), "router", "calibrate", str(data), "--router", "classifier",
+        "-o", "path", str(model), "--slow-share", "0.3", "--save",
     ])
     assert result.exit_code == 0, result.output
-    calibration = json.loads(result.output)
+    calibration = json.loads(result.stdout)
     assert calibration["n"] == 200 and abs(calibration["slow_share_achieved"] - 0.3) <= 0.01
+    assert calibration["saved"] == str(config)
+    assert f"into {config} (other lines and comments unchanged)" in result.stderr
     written = yaml.safe_load(config.read_text())
-    assert written["agent"]["router"] == "classifier"
-    assert written["agent"]["router_options"] == {"path": str(model), "threshold": calibration["threshold"]}
+    assert written["agent"] == {"router": "classifier", "max_slow_steps": 6,
+                                "router_options": {"path": str(model), "threshold": calibration["threshold"]}}
+    assert written["model"] == {"backend": "transformers", "model": "embedded"}
+    text = config.read_text()
+    for kept in ("# my assistant", "# the small one", "# the router decides", "# try classifier later",
+                 "enabled: true   # keep the log"):
+        assert kept in text
+    assert "refund" not in text  # the rules router's options do not apply to the classifier
 
-    # The written file is a valid duma config, and the router reads its options from it.
+    # The saved file is a valid duma config, and the router reads its options from it.
     result = runner.invoke(runner_cli, ["--config", str(config), "router", "score", "What is 12% of 400?", "hi!"])
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.output.splitlines()]
     assert lines[0]["threshold"] == calibration["threshold"]
     assert lines[0]["score"] > lines[1]["score"]
+    assert str(model) in lines[0]["reason"]
+
+
+def test_cli_calibrate_says_how_to_use_the_threshold(runner_cli, tmp_path):
+    turns = tmp_path / "turns.txt"
+    turns.write_text("What is 2+2?\nhello\nhow are you\nconvert 3 km to miles\n", encoding="utf-8")
+    result = CliRunner().invoke(runner_cli, ["router", "calibrate", str(turns), "--router", "rules",
+                                             "-o", "include_defaults", "true", "--slow-share", "0.5"])
+    assert result.exit_code == 0, result.output
+    threshold = json.loads(result.stdout)["threshold"]
+    assert (f"duma -S agent.router=rules -S agent.router_options.include_defaults=true "
+            f"-S agent.router_options.threshold={threshold} chat") in result.stderr
+    assert (f"agent:\n  router: rules\n  router_options:\n    include_defaults: true\n"
+            f"    threshold: {threshold}\n") in result.stderr
+    # The flags printed work as printed.
+    from duma.cli import parse_settings
+    from duma.config import load_config
+
+    flags = result.stderr.split("duma ", 1)[1].split(" chat")[0].split()
+    settings = [flags[i + 1] for i in range(0, len(flags), 2)]
+    agent = load_config(None, parse_settings(settings)).agent
+    assert make(agent.router, agent.router_options).threshold == threshold
+
+
+def test_cli_calibrate_save_needs_an_existing_config_file(runner_cli, tmp_path):
+    turns = tmp_path / "turns.txt"
+    turns.write_text("What is 2+2?\nhello\n", encoding="utf-8")
+    runner = CliRunner()
+    result = runner.invoke(runner_cli, ["router", "calibrate", str(turns), "--router", "rules",
+                                        "--slow-share", "0.5", "--save"])
+    assert isinstance(result.exception, ConfigError) and "--save needs the config file" in str(result.exception)
+    assert "--config" in result.exception.hint and "\n" not in str(result.exception)
+    missing = tmp_path / "missing.yaml"
+    result = runner.invoke(runner_cli, ["--config", str(missing), "router", "calibrate", str(turns),
+                                        "--router", "rules", "--slow-share", "0.5", "--save"])
+    assert isinstance(result.exception, ConfigError) and f"touch {missing}" in result.exception.hint
+    assert not missing.exists()
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("", encoding="utf-8")
+    result = runner.invoke(runner_cli, ["--config", str(empty), "router", "calibrate", str(turns),
+                                        "--router", "rules", "--slow-share", "0.5", "--save"])
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load(empty.read_text())
+    assert saved["agent"]["router"] == "rules" and saved["agent"]["router_options"] == {"threshold": 1.0}
+
+
+@pytest.mark.parametrize(
+    "before, after",
+    [
+        # Same router: only the threshold line changes; its comment and the other options stay.
+        ("agent:\n  router: classifier  # mine\n  router_options:\n    path: m.npz  # model\n"
+         "    threshold: 0.5  # old\nlogging: {enabled: true}\n",
+         "agent:\n  router: classifier  # mine\n  router_options:\n    path: m.npz  # model\n"
+         "    threshold: 0.75  # old\nlogging: {enabled: true}\n"),
+        # No agent section: one is appended.
+        ("# top\nlogging: {enabled: true}\n",
+         "# top\nlogging: {enabled: true}\nagent:\n  router: classifier\n  router_options:\n"
+         "    threshold: 0.75\n"),
+        # Four-space indents and no router_options yet.
+        ("agent:\n    max_slow_steps: 3  # few\n",
+         "agent:\n    max_slow_steps: 3  # few\n    router: classifier\n    router_options:\n"
+         "      threshold: 0.75\n"),
+        # router_options in flow style: rewritten as lines.
+        ("agent:\n  router: classifier\n  router_options: {path: m.npz}  # flow\n",
+         "agent:\n  router: classifier\n  router_options:\n    path: m.npz\n    threshold: 0.75\n"),
+    ],
+)
+def test_save_router_settings_changes_only_its_lines(tmp_path, before, after):
+    from duma.plugins.builtin_routers import save_router_settings
+
+    path = tmp_path / "duma.yaml"
+    path.write_text(before, encoding="utf-8")
+    _, kept = save_router_settings(path, "classifier", {}, 0.75)
+    assert kept and path.read_text(encoding="utf-8") == after
+    assert [p.name for p in tmp_path.iterdir()] == ["duma.yaml"]  # no temporary file left
+
+
+def test_save_router_settings_falls_back_to_pyyaml_for_a_flow_style_agent(tmp_path):
+    from duma.plugins.builtin_routers import save_router_settings
+
+    path = tmp_path / "duma.yaml"
+    path.write_text("# gone\nagent: {router: duma, max_slow_steps: 2}\n", encoding="utf-8")
+    _, kept = save_router_settings(path, "rules", {"keywords": ["refund"]}, 1.0)
+    assert not kept and "# gone" not in path.read_text()
+    assert yaml.safe_load(path.read_text()) == {"agent": {"router": "rules", "max_slow_steps": 2,
+                                                          "router_options": {"keywords": ["refund"], "threshold": 1.0}}}
+
+
+def test_cli_score_explains_every_router(runner_cli, tmp_path):
+    runner = CliRunner()
+    reasons = {}
+    for router in ("always-fast", "always-slow", "rules", "classifier"):
+        result = runner.invoke(runner_cli, ["router", "score", "--router", router, "What is 17% of 2,340?"])
+        assert result.exit_code == 0, result.output
+        line = json.loads(result.output)
+        assert line["router"] == router and line["slow"] is (router != "always-fast")
+        reasons[router] = line["reason"]
+    assert reasons["always-fast"] == "always-fast sends every turn to the fast mind"
+    assert reasons["always-slow"] == "always-slow sends every turn to the slow mind"
+    assert reasons["rules"].startswith("matched the rule ") and reasons["rules"].endswith(": slow mind")
+    assert reasons["classifier"].startswith("P(slow) ") and ">= threshold 0.5: slow mind (model " in reasons["classifier"]
+
+
+def test_cli_score_on_the_duma_router_explains_it_has_no_score(runner_cli):
+    result = CliRunner().invoke(runner_cli, ["router", "score", "What is 2+2?"])  # duma is the default
+    assert result.exit_code == 1 and result.stdout == ""
+    message = str(result.exception)
+    assert isinstance(result.exception, DumaError) and "\n" not in message
+    assert message.startswith("router 'duma' (config agent.router) has no score: the fast mind's Invoke[...] decides")
+    assert "--router classifier" in result.exception.hint
+
+
+def test_cli_trains_on_the_sample_and_calibrates_on_the_sample_turns(runner_cli, tmp_path):
+    examples = Path(__file__).parents[1] / "configs" / "examples" / "routers"
+    labelled = [json.loads(line) for line in (examples / "labelled_turns.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(labelled) >= 36 and {row["slow"] for row in labelled} == {True, False}
+    assert any("\u4e00" <= ch <= "\u9fff" for row in labelled for ch in row["text"])  # some Chinese turns
+    model = tmp_path / "sample.npz"
+    runner = CliRunner()
+    result = runner.invoke(runner_cli, ["router", "train", str(examples / "labelled_turns.jsonl"), "--out", str(model)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["n"] == len(labelled)
+    result = runner.invoke(runner_cli, ["router", "calibrate", str(examples / "turns.txt"), "--router", "classifier",
+                                        "-o", "path", str(model), "--slow-share", "0.4"])
+    assert result.exit_code == 0, result.output
+    calibration = json.loads(result.stdout)
+    assert abs(calibration["slow_share_achieved"] - 0.4) <= 0.05
+    router = make("classifier", {"path": str(model)})
+    assert router.score(RouteInput(text="Convert 30 km to miles.")) > router.score(RouteInput(text="Good night!"))
 
 
 def test_cli_calibrate_rules_and_errors(runner_cli, tmp_path):
@@ -264,7 +455,11 @@ def test_cli_calibrate_rules_and_errors(runner_cli, tmp_path):
     runner = CliRunner()
     result = runner.invoke(runner_cli, ["router", "calibrate", str(turns), "--router", "rules", "--slow-share", "0.5"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["slow_share_achieved"] == 0.5
+    assert json.loads(result.stdout)["slow_share_achieved"] == 0.5
+
+    result = runner.invoke(runner_cli, ["router", "calibrate", str(turns), "--router", "rules", "--slow-share", "0.25"])
+    assert json.loads(result.stdout)["slow_share_achieved"] == 0.5  # the rules give 0 or 1: ties
+    assert "duma: warning: 0.500 of the turns reach the threshold, not 0.25" in result.stderr
 
     result = runner.invoke(runner_cli, ["router", "calibrate", str(turns), "--router", "duma", "--slow-share", "0.5"])
     assert isinstance(result.exception, DumaError) and "no score to calibrate" in str(result.exception)

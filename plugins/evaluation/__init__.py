@@ -182,29 +182,28 @@ def register_commands(cli: click.Group) -> None:
     @click.argument("file", type=click.Path(dir_okay=False))
     @click.option("--slow-share", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
                   help="Share of turns sent to the slow mind at the calibrated threshold.")
-    @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
-                  help="Also write routing.json (with the curve) and routing.png into this folder.")
-    def eval_routing(file: str, slow_share: float, out_dir: str | None) -> None:
+    @click.option("--out", "out_dir", default=DEFAULT_OUT + "/routing", show_default=True,
+                  type=click.Path(file_okay=False),
+                  help="Folder for routing.json (the report with its curve) and routing.png (the curve).")
+    def eval_routing(file: str, slow_share: float, out_dir: str) -> None:
         """Routing metrics from FILE: JSONL of {id, fast_score, slow_score, router_score}
-        (optional fast_latency_s, slow_latency_s), one line per turn.
+        (optional fast_latency_s, slow_latency_s), one line per turn, such as the routing.jsonl
+        that 'duma eval agent' writes or configs/examples/routers/routing.jsonl.
 
         Prints JSON: APGR (area under PGR against the share of slow calls; random routing
         0.5), CPT50/CPT80 (share of slow calls reaching 50%/80% of the quality gap),
         fast-only and slow-only quality, and quality and mean latency at the threshold that
-        sends --slow-share of the turns to the slow mind.
+        sends --slow-share of the turns to the slow mind. Writes the report and the PGR curve
+        into --out and says where on stderr.
         """
-        from duma.plugins.evaluation.routing import plot_pgr_curve, read_routing_records, routing_metrics
+        from duma.plugins.evaluation.routing import read_routing_records, routing_metrics, write_routing_report
 
         report = routing_metrics(read_routing_records(file), slow_share)
         if report.problem:
             click.echo(f"duma: warning: {report.problem}", err=True)
-        if out_dir:
-            out = Path(out_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "routing.json").write_text(json.dumps(report.model_dump(mode="json"), indent=2) + "\n",
-                                              encoding="utf-8")
-            plot_pgr_curve(report, out / "routing.png")
+        paths = write_routing_report(report, out_dir)
         click.echo(json.dumps(report.model_dump(mode="json", exclude={"curve"}), indent=2))
+        click.echo(f"wrote {paths['json']} and {paths['chart']}", err=True)
 
     @eval_group.command(name="agent")
     @click.argument("set_path", metavar="SET", type=click.Path(dir_okay=False))

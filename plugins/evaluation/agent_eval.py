@@ -83,14 +83,16 @@ def run_agent_eval(items: Sequence[EvalItem], agents: dict[str, ChatAgent], judg
     """Answer with ``agents[ROUTED]``, ``agents[FAST_ONLY]`` and ``agents[SLOW_ONLY]``, judge,
     write ``agent_turns.jsonl``, ``routing.jsonl``, ``routing.json``, ``routing.png`` and
     ``agent_summary.json`` into ``out_dir``."""
-    from duma.plugins.evaluation.routing import RoutingRecord, plot_pgr_curve, routing_metrics
+    from duma.paths import write_atomically
+    from duma.plugins.evaluation.routing import RoutingRecord, routing_metrics, write_routing_report
 
     out = Path(out_dir)
     answerers = {which: agent_answerer(agents[which]) for which in (ROUTED, FAST_ONLY, SLOW_ONLY)}
     records = answer_and_judge(items, answerers, judge, out / TURNS_FILE, AgentTurnRecord, resume=resume,
                                retries=retries, on_record=on_record)
     routing_rows = [row for row in (r.routing_record() for r in records) if row is not None]
-    (out / ROUTING_FILE).write_text("".join(json.dumps(row) + "\n" for row in routing_rows), encoding="utf-8")
+    routing_text = "".join(json.dumps(row) + "\n" for row in routing_rows)
+    write_atomically(out / ROUTING_FILE, lambda tmp: tmp.write_text(routing_text, encoding="utf-8"))
     summary = AgentEvalSummary(
         n=len(items), n_complete=len(routing_rows),
         slow_share=_mean([float(r.routed.slow_ran) for r in records if r.routed.slow_ran is not None]),
@@ -103,12 +105,10 @@ def run_agent_eval(items: Sequence[EvalItem], agents: dict[str, ChatAgent], judg
     )
     if routing_rows:
         report = routing_metrics([RoutingRecord.model_validate(row) for row in routing_rows], slow_share)
-        (out / "routing.json").write_text(json.dumps(report.model_dump(mode="json"), indent=2) + "\n",
-                                          encoding="utf-8")
-        plot_pgr_curve(report, out / "routing.png", title=f"agent routing: {report.n} turns")
+        write_routing_report(report, out, title=f"agent routing: {report.n} turns")
         summary.routing = report.model_dump(mode="json", exclude={"curve"})
-    (out / "agent_summary.json").write_text(json.dumps(summary.model_dump(mode="json"), indent=2) + "\n",
-                                            encoding="utf-8")
+    summary_text = json.dumps(summary.model_dump(mode="json"), indent=2) + "\n"
+    write_atomically(out / "agent_summary.json", lambda tmp: tmp.write_text(summary_text, encoding="utf-8"))
     return summary
 
 

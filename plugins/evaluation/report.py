@@ -21,6 +21,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from duma.judge import NO_REFERENCE_PREFIX, UNPARSED_PREFIX
+from duma.paths import write_atomically
 from duma.plugins.evaluation.dataset import normalise_class
 
 # The classes of BELLE's eval set; others are scored under their own name and listed.
@@ -186,17 +187,19 @@ def plot_class_scores(report: EvalReport, path: str | Path) -> None:
     ax.set_ylabel("mean judge score (0-1)")
     ax.set_title(f"duma eval: {report.model or 'model'} judged by {report.judge or 'judge'}")
     fig.tight_layout()
-    fig.savefig(str(path), dpi=110)
-    plt.close(fig)
+    try:
+        write_atomically(path, lambda tmp: fig.savefig(str(tmp), dpi=110, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def write_report(report: EvalReport, out_dir: str | Path) -> dict[str, Path]:
     """``report.json``, ``report.md`` and ``scores.png`` in ``out_dir``."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "report.json", "markdown": out / "report.md", "chart": out / "scores.png"}
-    paths["json"].write_text(json.dumps(report.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n",
-                             encoding="utf-8")
-    paths["markdown"].write_text(render_markdown(report), encoding="utf-8")
+    text = json.dumps(report.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
+    markdown = render_markdown(report)
+    write_atomically(paths["json"], lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_atomically(paths["markdown"], lambda tmp: tmp.write_text(markdown, encoding="utf-8"))
     plot_class_scores(report, paths["chart"])
     return paths

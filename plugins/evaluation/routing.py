@@ -30,6 +30,7 @@ has both latencies, the mean latency (slow latency for routed turns, fast for th
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from duma.data import read_validated
 from duma.errors import DumaError
+from duma.paths import write_atomically
 
 
 class RoutingRecord(BaseModel):
@@ -214,5 +216,17 @@ def plot_pgr_curve(report: RoutingReport, path: str | Path, title: str = "") -> 
     ax.set_title(title or f"routing: {report.n} turns")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(str(path), dpi=110)
-    plt.close(fig)
+    try:
+        write_atomically(path, lambda tmp: fig.savefig(str(tmp), dpi=110, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def write_routing_report(report: RoutingReport, out_dir: str | Path, title: str = "") -> dict[str, Path]:
+    """``routing.json`` (the report with its curve) and ``routing.png`` in ``out_dir``."""
+    out = Path(out_dir)
+    text = json.dumps(report.model_dump(mode="json"), indent=2) + "\n"
+    paths = {"json": out / "routing.json", "chart": out / "routing.png"}
+    write_atomically(paths["json"], lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    plot_pgr_curve(report, paths["chart"], title=title)
+    return paths

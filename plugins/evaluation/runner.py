@@ -18,7 +18,6 @@ again). At the end the file is rewritten with exactly one line per id, in set or
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from abc import abstractmethod
@@ -142,11 +141,10 @@ def read_records(path: Path, record_type: type[RecordT]) -> dict[str, RecordT]:
 
 
 def _write_all(path: Path, records: Sequence[ItemRecord]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for record in records:
-            fh.write(record.model_dump_json() + "\n")
-    os.replace(tmp, path)
+    from duma.paths import write_atomically
+
+    text = "".join(record.model_dump_json() + "\n" for record in records)
+    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def answer_with_retries(answerer: Answerer, question: str, retries: int) -> Answer:
