@@ -27,6 +27,7 @@ import math
 import re
 import time
 import unicodedata
+from abc import abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,33 +54,35 @@ def normalise_answer(text: str) -> str:
     return text.strip(_TRAILING_PUNCT)
 
 
-def _needs_reference(name: str, reference: str) -> JudgeResult | None:
-    if not (reference or "").strip():
-        return JudgeResult(error=f"{NO_REFERENCE_PREFIX}the '{name}' judge needs a std_answer")
-    return None
+class ReferenceJudge(Judge):
+    """A rule judge that compares the answer with a reference answer: an item without one is
+    reported (``no reference: ...``), not scored."""
+
+    def score(self, question: str, answer: str, reference: str, klass: str) -> JudgeResult:
+        if not (reference or "").strip():
+            return JudgeResult(error=f"{NO_REFERENCE_PREFIX}the '{self.name}' judge needs a std_answer")
+        return self.compare(answer, reference)
+
+    @abstractmethod
+    def compare(self, answer: str, reference: str) -> JudgeResult:
+        """Score an answer against a non-empty reference."""
 
 
-class ExactJudge(Judge):
+class ExactJudge(ReferenceJudge):
     """1 when answer and reference are equal after :func:`normalise_answer`, else 0."""
 
     name = "exact"
 
-    def score(self, question: str, answer: str, reference: str, klass: str) -> JudgeResult:
-        missing = _needs_reference(self.name, reference)
-        if missing:
-            return missing
+    def compare(self, answer: str, reference: str) -> JudgeResult:
         return JudgeResult(score=float(normalise_answer(answer) == normalise_answer(reference)))
 
 
-class ContainsJudge(Judge):
+class ContainsJudge(ReferenceJudge):
     """1 when the normalised reference occurs in the normalised answer, else 0."""
 
     name = "contains"
 
-    def score(self, question: str, answer: str, reference: str, klass: str) -> JudgeResult:
-        missing = _needs_reference(self.name, reference)
-        if missing:
-            return missing
+    def compare(self, answer: str, reference: str) -> JudgeResult:
         return JudgeResult(score=float(normalise_answer(reference) in normalise_answer(answer)))
 
 
@@ -110,16 +113,13 @@ def numbers_equal(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
 
 
-class NumericJudge(Judge):
+class NumericJudge(ReferenceJudge):
     """1 when the answer's last number equals the reference's last number (the final result,
     as BELLE's math prompt asks), else 0. A reference without a number is an error."""
 
     name = "numeric"
 
-    def score(self, question: str, answer: str, reference: str, klass: str) -> JudgeResult:
-        missing = _needs_reference(self.name, reference)
-        if missing:
-            return missing
+    def compare(self, answer: str, reference: str) -> JudgeResult:
         expected = parse_numbers(reference)
         if not expected:
             return JudgeResult(error=f"{NO_REFERENCE_PREFIX}the reference has no number")
