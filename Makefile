@@ -50,7 +50,7 @@ minds: install
 	    > .duma-minds/fast-train.log 2>&1 || { tail -n 5 .duma-minds/fast-train.log; exit 1; }
 	$(BIN)/duma train configs/duma-default/slow.yaml --overwrite training.progress=false \
 	    > .duma-minds/slow-train.log 2>&1 || { tail -n 5 .duma-minds/slow-train.log; exit 1; }
-	tail -n 1 .duma-minds/fast-train.log .duma-minds/slow-train.log
+	tail -n 7 .duma-minds/fast-train.log .duma-minds/slow-train.log
 	$(BIN)/duma minds ship --fast-adapter .duma-minds/fast-adapter --slow-adapter .duma-minds/slow-adapter
 	@echo "measuring the untrained and the shipped minds, one after the other (about 13 minutes)..."
 	$(BIN)/duma minds measure --data .duma-minds/data $(MEASURE) --out .duma-minds/untrained.json \

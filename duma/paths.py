@@ -27,3 +27,10 @@ def write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def path_beside(input_path: Path, name: str) -> Path:
+    """``<input stem>.<name>`` in the input's folder: where a file derived from an input goes
+    when no option names it (``data.jsonl`` -> ``data.rejects.jsonl``), never the current
+    directory."""
+    return input_path.parent / f"{input_path.stem}.{name}"

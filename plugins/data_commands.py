@@ -3,7 +3,8 @@
 Every command streams its input through :func:`duma.data.iter_located`, so a bad record stops
 it with ``file:line: field: problem`` (or, with ``--skip-invalid``, is counted and written to a
 rejects file). Output files take their format from their suffix: ``.jsonl`` JSON Lines,
-``.json`` a JSON list, ``.parquet`` Parquet.
+``.json`` a JSON list, ``.parquet`` Parquet. Files a command writes unasked (rejects, the
+histogram) go beside the first input file, never into the working folder.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import click
 
 import duma
 from duma.errors import DumaError
+from duma.paths import path_beside, write_atomically
 
 if TYPE_CHECKING:
     from datasketch import MinHash, MinHashLSH
@@ -40,13 +42,17 @@ def _source_for(files: list[Path], name: str | None) -> str:
     return name or detect_source(files[0])
 
 
-def _stats_and_reader(source: str, files: list[Path], skip_invalid: bool, rejects: Path | None
-                      ) -> tuple[ReadStats, Iterator[Located]]:
+def _stats_and_reader(source: str, files: list[Path], skip_invalid: bool, rejects: Path | None, *,
+                      write_rejects: bool = True) -> tuple[ReadStats, Iterator[Located]]:
+    """Read stats and the located records; with ``skip_invalid`` the invalid ones go to
+    ``rejects`` (default beside the first file) unless ``write_rejects`` is off (a second pass)."""
     from duma.data import ReadStats, iter_located
 
     stats = ReadStats()
-    if skip_invalid and rejects is None:
-        rejects = Path.cwd() / f"{files[0].stem}.rejects.jsonl"
+    if not (skip_invalid and write_rejects):
+        rejects = None
+    elif rejects is None:
+        rejects = path_beside(files[0], "rejects.jsonl")
     return stats, iter_located(source, files, skip_invalid=skip_invalid, rejects_path=rejects, stats=stats)
 
 
@@ -91,7 +97,8 @@ def _files_arg(files: tuple[str, ...]) -> list[Path]:
 _skip_option = click.option("--skip-invalid", is_flag=True,
                             help="Count bad records, write them to the rejects file and go on.")
 _rejects_option = click.option("--rejects", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                               help="Rejects file for --skip-invalid (default ./<first file>.rejects.jsonl).")
+                               help="Rejects file for --skip-invalid (default: FILE.rejects.jsonl beside the first "
+                                    "input file).")
 _format_option = click.option("--format", "-f", "source", default=None, metavar="SOURCE",
                               help="Data source (belle, alpaca, sharegpt, text, preference, seed-tasks, "
                                    "duma-logs, ...); default: detected from the first record.")
@@ -178,8 +185,7 @@ def write_histogram(lengths: list[int], out: Path, title: str, xlabel: str) -> N
     ax.set_xlabel(xlabel)
     ax.set_ylabel("records")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(str(out), format="png")
+    write_atomically(out, lambda tmp: fig.savefig(str(tmp), format="png"))
 
 
 # ----------------------------------------------------------------------------- de-duplication
@@ -264,7 +270,7 @@ def dedup_records(records: Iterable[Record], counts: DedupCounts, *, threshold: 
     for record in records:
         counts.seen += 1
         text = normalise_for_dedup(flat_text(record))
-        digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+        digest = _text_digest(text)
         if digest in seen_hashes:
             counts.exact += 1
             continue
@@ -275,22 +281,48 @@ def dedup_records(records: Iterable[Record], counts: DedupCounts, *, threshold: 
         yield record
 
 
+def _text_digest(normalised: str) -> bytes:
+    return hashlib.blake2b(normalised.encode("utf-8"), digest_size=16).digest()
+
+
+def record_digest(record: Record) -> bytes:
+    """Equal for records that exact de-duplication counts as the same (normalised text)."""
+    from duma.data import flat_text
+
+    return _text_digest(normalise_for_dedup(flat_text(record)))
+
+
 # ----------------------------------------------------------------------------- split
 
-def choose_eval(strata: list[Any], eval_ratio: float, seed: int) -> set[int]:
+def choose_eval(strata: list[Any], eval_ratio: float, seed: int, groups: list[Any] | None = None) -> set[int]:
     """Indices of the eval records: ``round(n * eval_ratio)`` of each stratum (at least one
-    when the stratum has two or more records and the ratio is positive), drawn with ``seed``."""
-    by_stratum: dict[Any, list[int]] = {}
-    for i, key in enumerate(strata):
-        by_stratum.setdefault(key, []).append(i)
+    when the stratum has two or more records and the ratio is positive), drawn with ``seed``.
+
+    Records with the same ``groups`` key (identical records) land on the same side, so eval
+    never repeats a training record: whole groups are drawn, in a seeded order, while they
+    fit in the stratum's count (a group belongs to the stratum of its first record)."""
+    keys = groups if groups is not None else list(range(len(strata)))
+    members_of: dict[Any, list[int]] = {}
+    for i, key in enumerate(keys):
+        members_of.setdefault(key, []).append(i)
+    by_stratum: dict[Any, list[Any]] = {}
+    for key, members in members_of.items():
+        by_stratum.setdefault(strata[members[0]], []).append(key)
     rng = random.Random(seed)
     chosen: set[int] = set()
-    for key in sorted(by_stratum, key=lambda k: (k is None, str(k))):
-        members = by_stratum[key]
-        k = round(len(members) * eval_ratio)
-        if eval_ratio > 0 and k == 0 and len(members) >= 2:
+    for stratum in sorted(by_stratum, key=lambda k: (k is None, str(k))):
+        group_keys = by_stratum[stratum]
+        size = sum(len(members_of[g]) for g in group_keys)
+        k = round(size * eval_ratio)
+        if eval_ratio > 0 and k == 0 and size >= 2:
             k = 1
-        chosen.update(rng.sample(members, min(k, len(members))))
+        taken = 0
+        for g in rng.sample(group_keys, len(group_keys)):
+            if taken == k:
+                break
+            if taken + len(members_of[g]) <= k:
+                chosen.update(members_of[g])
+                taken += len(members_of[g])
     return chosen
 
 
@@ -358,7 +390,8 @@ def validate_command(args: tuple[str, ...], source: str | None, skip_invalid: bo
 @click.option("--tokenizer", default=None, metavar="PATH|embedded",
               help="Count tokens as training renders them and draw a token-length histogram.")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Histogram PNG (default token_lengths.png with --tokenizer).")
+              help="Histogram PNG (default with --tokenizer: FILE.token_lengths.png beside the first "
+                   "input file).")
 @click.option("--max-length", type=int, default=None, help="Also count records over this many tokens.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def stats_command(files: tuple[Path, ...], source: str | None, skip_invalid: bool, rejects: Path | None,
@@ -375,7 +408,7 @@ def stats_command(files: tuple[Path, ...], source: str | None, skip_invalid: boo
         result.add(located.record, tok, max_length, keep_char_lengths=out is not None and tok is None)
     summary = {"source": source, **result.summary()}
     if tok is not None or out is not None:
-        out = out or Path("token_lengths.png" if tok is not None else "char_lengths.png")
+        out = out or path_beside(paths[0], "token_lengths.png")
         if tok is not None:
             lengths, label = result.token_lengths, "tokens per record"
         else:  # without a tokenizer, a character-length histogram
@@ -384,6 +417,8 @@ def stats_command(files: tuple[Path, ...], source: str | None, skip_invalid: boo
         summary["histogram"] = str(out)
     if stats.invalid:
         summary["invalid"] = stats.invalid
+        if stats.rejects_path:
+            summary["rejects"] = str(stats.rejects_path)
     if as_json:
         click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
         return
@@ -482,13 +517,15 @@ def dedup_command(files: tuple[Path, ...], source: str | None, out: Path, to: st
 def split_command(files: tuple[Path, ...], source: str | None, eval_ratio: float, seed: int, out_dir: Path,
                   by: str | None, to: str | None, suffix: str, skip_invalid: bool, rejects: Path | None) -> None:
     """Split FILE... into train and eval sets, deterministically for a seed (two passes:
-    count, then write, so the input streams)."""
+    count, then write, so the input streams). Identical records (after the normalisation
+    dedup uses) stay on one side: eval never repeats a training record."""
     from duma.data import Conversation, RecordWriter
 
     paths = _files_arg(tuple(str(f) for f in files))
     source = _source_for(paths, source)
     to_raw = record_writer(to or default_output_format(source))
     strata: list[Any] = []
+    digests: list[bytes] = []
     stats, reader = _stats_and_reader(source, paths, skip_invalid, rejects)
     for located in reader:
         record = located.record
@@ -499,8 +536,9 @@ def split_command(files: tuple[Path, ...], source: str | None, eval_ratio: float
             strata.append(record.category)
         else:
             strata.append(None)
-    eval_ids = choose_eval(strata, eval_ratio, seed)
-    _, reader = _stats_and_reader(source, paths, skip_invalid, None)
+        digests.append(record_digest(record))
+    eval_ids = choose_eval(strata, eval_ratio, seed, groups=digests)
+    _, reader = _stats_and_reader(source, paths, skip_invalid, None, write_rejects=False)
     train_path, eval_path = out_dir / f"train{suffix}", out_dir / f"eval{suffix}"
     with RecordWriter(train_path) as train, RecordWriter(eval_path) as evals:
         for i, located in enumerate(reader):

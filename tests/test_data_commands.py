@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -65,10 +66,39 @@ def test_validate_skip_invalid_reports_counts_and_rejects(capsys, tmp_path):
     assert len(rejects.read_text(encoding="utf-8").splitlines()) == 5
 
 
-def test_validate_skip_invalid_default_rejects_in_cwd(capsys, tmp_path, monkeypatch):
+def _fixture_copy(name: str, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy(FIXTURES / name, folder / name))
+
+
+@pytest.mark.parametrize("command", [
+    ["validate", "-f", "text"], ["stats", "-f", "text"], ["convert", "--to", "jsonl"],
+    ["dedup", "-f", "text"], ["split", "-f", "text"]])
+def test_skip_invalid_writes_rejects_beside_the_input_not_in_cwd(capsys, tmp_path, monkeypatch, command):
+    cwd, data = tmp_path / "cwd", tmp_path / "data"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    src = _fixture_copy("text_bad.jsonl", data)
+    name, *options = command
+    args = {"convert": [str(src), str(tmp_path / "out" / "o.jsonl")],
+            "dedup": [str(src), "--out", str(tmp_path / "out" / "o.jsonl")],
+            "split": [str(src), "--out-dir", str(tmp_path / "out")]}.get(name, [str(src)])
+    code, out, err = run("data", name, *args, *options, "--skip-invalid")
+    assert code == 0, err
+    rejects = data / "text_bad.rejects.jsonl"
+    assert rejects.is_file() and str(rejects) in out
+    assert list(cwd.iterdir()) == []
+
+
+def test_split_rejects_option_is_written_once(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, out, _ = run("data", "validate", "text", str(FIXTURES / "text_bad.jsonl"), "--skip-invalid")
-    assert code == 0 and (tmp_path / "text_bad.rejects.jsonl").exists()
+    src = _fixture_copy("text_bad.jsonl", tmp_path / "data")
+    rejects = tmp_path / "r" / "bad.jsonl"
+    code, out, _ = run("data", "split", str(src), "--skip-invalid", "--rejects", str(rejects),
+                       "--out-dir", str(tmp_path / "out"))
+    assert code == 0 and f"rejects written to {rejects}" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out", "r"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["text_bad.jsonl"]
 
 
 def test_validate_missing_file(capsys, tmp_path):
@@ -278,6 +308,43 @@ def test_choose_eval_small_strata():
     assert choose_eval(["x"] * 5, 0.4, 3) == choose_eval(["x"] * 5, 0.4, 3)
 
 
+def test_choose_eval_keeps_groups_on_one_side():
+    groups = [i % 7 for i in range(70)]  # 7 distinct records, 10 copies each
+    for seed in range(5):
+        chosen = choose_eval([None] * 70, 0.3, seed, groups=groups)
+        assert len(chosen) == 20  # two whole groups: 30% of 70 rounds to 21, a third group overshoots
+        assert {groups[i] for i in chosen}.isdisjoint({groups[i] for i in range(70) if i not in chosen})
+    assert choose_eval([None] * 70, 0.3, 1, groups=groups) == choose_eval([None] * 70, 0.3, 1, groups=groups)
+    assert choose_eval(["a", "a"], 0.5, 0, groups=[1, 1]) == set()  # one record twice: cannot split
+
+
+def test_split_keeps_repeated_records_out_of_eval(capsys, tmp_path):
+    from duma.data import flat_text
+
+    rng = random.Random(5)
+    rows, distinct = [], set()
+    for i in range(120):
+        q = rng.randrange(40)  # at most 40 distinct questions, most of them repeated
+        distinct.add(q)
+        spacing = " " * rng.randrange(1, 3)  # the same after normalisation
+        question = f"Question{spacing}{q}" if rng.random() < 0.5 else f"QUESTION {q}"
+        rows.append({"id": f"r{i}", "conversations": [
+            {"from": "human", "value": question}, {"from": "assistant", "value": f"Answer {q}."}]})
+    src = tmp_path / "repeated.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    for seed in ("0", "1"):
+        out = tmp_path / f"split-{seed}"
+        code, stdout, _ = run("data", "split", str(src), "--eval-ratio", "0.2", "--seed", seed, "--out-dir", str(out))
+        assert code == 0, stdout
+        train = {normalise_for_dedup(flat_text(r)) for r in iter_records("belle", out / "train.jsonl")}
+        evals = [normalise_for_dedup(flat_text(r)) for r in iter_records("belle", out / "eval.jsonl")]
+        assert 18 <= len(evals) <= 24 and not train & set(evals)
+        assert len(train) + len(set(evals)) == len(distinct)
+    again = tmp_path / "again"
+    run("data", "split", str(src), "--eval-ratio", "0.2", "--seed", "1", "--out-dir", str(again))
+    assert (again / "eval.jsonl").read_text() == (tmp_path / "split-1" / "eval.jsonl").read_text()
+
+
 # ----------------------------------------------------------------------------- stats
 
 def test_stats_counts(capsys):
@@ -299,6 +366,18 @@ def test_stats_token_histogram_png(capsys, tmp_path, tiny_model):
     assert code == 0, out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "tokens      total" in out and f"histogram   {png}" in out
+
+
+def test_stats_token_histogram_defaults_beside_the_input(capsys, tmp_path, monkeypatch, tiny_model):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    src = _fixture_copy("belle_good.jsonl", tmp_path / "data")
+    code, out, _ = run("data", "stats", str(src), "--tokenizer", str(tiny_model))
+    png = tmp_path / "data" / "belle_good.token_lengths.png"
+    assert code == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"histogram   {png}" in out and list(cwd.iterdir()) == []
+    assert [p.name for p in png.parent.iterdir() if p.name.startswith(".")] == []  # no temporary file left
 
 
 def test_stats_char_histogram_without_tokenizer(capsys, tmp_path):

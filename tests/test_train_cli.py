@@ -1,5 +1,6 @@
-"""``duma train`` as users run it: one-line errors, a run killed with SIGKILL and resumed
-(every step exactly once, same weights as an uninterrupted run), and two processes over gloo."""
+"""``duma train`` as users run it: one-line errors, progress bars and a short summary with
+nothing from DeepSpeed or transformers, a run killed with SIGKILL and resumed (every step
+exactly once, same weights as an uninterrupted run), and two processes over gloo."""
 
 from __future__ import annotations
 
@@ -60,6 +61,33 @@ def test_cli_errors_are_one_line(tiny_model, tmp_path):
     assert res.returncode == 1 and "unknown trainer 'ppo'" in res.stderr and "Traceback" not in res.stderr
 
 
+LIBRARY_NOISE = ("built successfully", "Writing model shards", "[INFO]", "[WARNING]", "Warning")
+
+
+def test_train_shows_phase_bars_and_a_short_summary(tiny_model, tmp_path):
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "run.yaml", tiny_model, out, max_steps=3, progress=True)
+    res = subprocess.run([*DUMA, "train", str(cfg)], capture_output=True, text=True, env=child_env(), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    for noise in LIBRARY_NOISE:
+        assert noise not in res.stdout + res.stderr, noise
+    bars = res.stderr.splitlines()
+    for phase, shows in (("data", "42 records"), ("model", "params"), ("train", "3/3"), ("eval", "loss"),
+                         ("save", "model written")):
+        assert any(line.startswith(phase) and shows in line for line in bars), (phase, res.stderr)
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("sft run done: 3 steps in ") and lines[0].endswith("s")
+    end = next(r for r in log_records(out) if r["event"] == "end")
+    assert f"  loss        {end['final_loss']:.4f} at the last step, eval loss {end['eval_loss']:.4f}" in lines
+    assert f"  speed       {end['tokens_per_s']:.0f} tokens/s" in lines and end["tokens_per_s"] > 0
+    assert any(line.startswith("  data        42 records: 38 train rows, 4 eval rows") for line in lines), lines
+    assert f"  model       {out}" in lines and f"  try it      duma chat -m {out}" in lines
+    assert any(line.startswith("  log ") and str(out / "train_log.jsonl") in line for line in lines)
+    assert len(lines) == 7 and not any(line.startswith("{") for line in lines)
+    assert end["elapsed_s"] > 0 and end["steps"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "run.yaml"]  # nothing else in the cwd
+
+
 def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model, tmp_path):
     from safetensors.torch import load_file
 
@@ -97,11 +125,19 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model, tmp_path):
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert ckpts == ["step-18", "step-20"]  # the last two kept; no temporary folder left
 
+    assert "resumed at step" in res.stdout.splitlines()[0]
+
     clean = tmp_path / "clean"
     write_config(tmp_path / "clean.yaml", tiny_model, clean)
-    res = subprocess.run([*DUMA, "train", str(tmp_path / "clean.yaml")], capture_output=True, text=True,
+    res = subprocess.run([*DUMA, "train", str(tmp_path / "clean.yaml"), "--json"], capture_output=True, text=True,
                          env=child_env(), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads(res.stdout)  # all of stdout is the one JSON summary
+    assert summary == {k: v for k, v in log_records(clean)[-1].items() if k not in ("event", "time")}
+    assert summary["steps"] == 20 and summary["output_dir"] == str(clean) and summary["result"] == "model"
+    for noise in LIBRARY_NOISE:
+        assert noise not in res.stdout + res.stderr, noise
+    assert res.stderr == ""  # training.progress false: no bars either
     clean_steps = [r for r in log_records(clean) if r["event"] == "step"]
     assert [r["samples"] for r in clean_steps] == [r["samples"] for r in step_recs]
     for a, b in zip(clean_steps, step_recs):
@@ -117,7 +153,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model, tmp_path):
 def test_two_processes_over_gloo(tiny_model, tmp_path):
     out = tmp_path / "two"
     cfg = write_config(tmp_path / "run.yaml", tiny_model, out, max_steps=4, batch_size=2, save_every=2)
-    res = subprocess.run([*DUMA, "train", str(cfg), "--nproc", "2"], capture_output=True, text=True,
+    res = subprocess.run([*DUMA, "train", str(cfg), "--nproc", "2", "--json"], capture_output=True, text=True,
                          env=child_env(), cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     records = log_records(out)
@@ -132,6 +168,7 @@ def test_two_processes_over_gloo(tiny_model, tmp_path):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2", "step-4"]
     summaries = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
     assert len(summaries) == 1 and json.loads(summaries[0])["world_size"] == 2  # saved and reported once
+    assert "built successfully" not in res.stdout + res.stderr and "Gloo" not in res.stderr
 
 
 def test_hostfile_launches_through_deepspeed_launcher(tmp_path):
@@ -143,6 +180,8 @@ def test_hostfile_launches_through_deepspeed_launcher(tmp_path):
     cmd = launch_command("run.yaml", ["training.lr=1e-4"], nproc=1, hostfile=str(hostfile), resume=True)
     assert cmd[1:4] == ["-m", "deepspeed.launcher.runner", "--hostfile"]
     assert cmd[cmd.index("--module") + 1:] == ["duma", "train", "run.yaml", "training.lr=1e-4", "--worker", "--resume"]
+    loud = launch_command("run.yaml", [], nproc=2, hostfile=None, resume=False, as_json=True, debug=True)
+    assert loud[loud.index("-m", 3) + 1:] == ["duma", "--debug", "train", "run.yaml", "--worker", "--json"]
     local = launch_command("run.yaml", [], nproc=2, hostfile=None, resume=False)
     assert "torch.distributed.run" in local and "--nproc_per_node=2" in local
     with pytest.raises(DumaError, match="hostfile .* does not exist"):

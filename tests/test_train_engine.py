@@ -281,3 +281,38 @@ def test_overlong_samples_truncated_or_skipped_and_counted(tiny_model, tmp_path)
     assert cut.data_counts.truncated > 0 and all(len(r) <= 40 for r in cut.train_rows)
     assert skip.data_counts.skipped_overlong == cut.data_counts.truncated
     assert len(skip.train_rows) == len(cut.train_rows) - cut.data_counts.truncated + cut.data_counts.skipped_all_masked
+
+
+def test_skipped_invalid_records_go_beside_the_data_not_into_the_cwd(tiny_model, tmp_path, monkeypatch):
+    cwd, data = tmp_path / "cwd", tmp_path / "data"
+    cwd.mkdir()
+    data.mkdir()
+    monkeypatch.chdir(cwd)
+    mixed = data / "mixed.jsonl"
+    lines = BELLE.read_text(encoding="utf-8").splitlines()
+    mixed.write_text("\n".join([lines[0], '{"conversations": 3}', *lines[1:20]]) + "\n", encoding="utf-8")
+    trainer = _prepare(run_config(tiny_model, tmp_path / "out", data={"files": [str(mixed)], "skip_invalid": True}))
+    rejects = data / "mixed.rejects.jsonl"
+    assert trainer.data_counts.invalid == 1 and trainer.data_counts.summary()["rejects"] == str(rejects)
+    assert json.loads(rejects.read_text(encoding="utf-8"))["line"] == 2
+    assert list(cwd.iterdir()) == []
+
+
+def test_summary_lines_name_what_was_written():
+    from duma.plugins.training import summary_lines
+
+    summary = {"method": "lora", "result": "adapter", "steps": 30, "resumed_from": 20, "final_loss": 1.23456,
+               "eval_loss": None, "tokens_per_s": 101.4, "elapsed_s": 3725.2, "output_dir": "runs/x",
+               "world_size": 2, "data": {"records": 126, "invalid_skipped": 2, "truncated": 3, "train_rows": 40,
+                                         "eval_rows": 0, "rejects": "data/d.rejects.jsonl"}}
+    lines = summary_lines(summary)
+    assert lines[0] == "lora run done: 30 steps in 1h 02m on 2 processes, resumed at step 20"
+    assert lines[1:] == [
+        "  loss        1.2346 at the last step",
+        "  speed       101 tokens/s",
+        "  data        126 records: 40 train rows, 0 eval rows (2 invalid skipped, 3 truncated)",
+        "  rejects     data/d.rejects.jsonl",
+        "  adapter     runs/x",
+        f"  log         {Path('runs/x/train_log.jsonl')} (loss curve: {Path('runs/x/loss.png')})",
+        "  try it      duma chat -m runs/x",
+    ]

@@ -1,6 +1,8 @@
 """The engine loop every trainer shares: data loading, batching (padding, length grouping or
 packing), a deterministic sampler, the DeepSpeed engine, the lr schedule, eval loss,
-atomic checkpoints with exact resume, the JSONL log, the loss curve and the progress bar.
+atomic checkpoints with exact resume, the JSONL log, the loss curve, one progress bar per
+phase (data, model, train, eval, save) and, unless asked, silence from DeepSpeed and
+transformers (their own logs, prints and progress bars).
 
 A trainer subclasses :class:`Trainer` and overrides a few steps (``build_samples``,
 ``prepare_model``, ``save_final``). Heavy libraries are imported inside functions so that
@@ -15,6 +17,7 @@ so a resumed run replays exactly the micro-batches that an uninterrupted run wou
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import json
 import math
@@ -30,7 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from duma import models
-from duma.errors import ConfigError, DumaError
+from duma.errors import DumaError
+from duma.paths import write_atomically
 from duma.rendering import IGNORE_INDEX
 from duma.trainers.config import DataConfig, RunConfig
 
@@ -44,6 +48,8 @@ CHECKPOINTS = "checkpoints"
 LAUNCHED_ENV = "DUMA_TRAIN_LAUNCHED"  # set by ``duma train --nproc``: the parent did the checks
 # Test hook: seconds to sleep after each optimizer step (lets a test kill a run mid-way).
 STEP_SLEEP_ENV = "DUMA_TRAIN_STEP_SLEEP"
+# Set by ``duma train --nproc``: when the launching process started (the run's elapsed time).
+STARTED_AT_ENV = "DUMA_TRAIN_STARTED_AT"
 
 
 @dataclass
@@ -72,33 +78,52 @@ class TrainingDataCounts:
     skipped_all_masked: int = 0
     train_rows: int = 0
     eval_rows: int = 0
+    rejects: Path | None = None  # where the skipped invalid records were written
     extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """The counts as the training log and the run summary show them."""
         return {"records": self.records, "invalid_skipped": self.invalid, "truncated": self.truncated,
                 "skipped_overlong": self.skipped_overlong, "skipped_all_masked": self.skipped_all_masked,
-                "train_rows": self.train_rows, "eval_rows": self.eval_rows, **self.extra}
+                "train_rows": self.train_rows, "eval_rows": self.eval_rows,
+                **({"rejects": str(self.rejects)} if self.rejects else {}), **self.extra}
 
 
 # ----------------------------------------------------------------------------- data reading
 
-def read_records(data_cfg: DataConfig, counts: TrainingDataCounts | None = None) -> Iterator[Record]:
+def read_records(data_cfg: DataConfig, counts: TrainingDataCounts | None = None, *,
+                 rejects_path: Path | None = None) -> Iterator[Record]:
     """Records from the configured source and files, in file order, at most ``data.limit``;
-    invalid records stop the run, or with ``data.skip_invalid`` are counted and skipped."""
-    for path in data_cfg.files:
-        if not Path(path).is_file():
-            raise DumaError(f"data file {path} does not exist", "check data.files in the run config")
+    invalid records stop the run, or with ``data.skip_invalid`` are counted, skipped and
+    written to ``rejects_path`` (if given)."""
+    check_data_files(data_cfg)
     from duma.data import ReadStats, iter_records
 
     read_stats = ReadStats()
     records = iter_records(data_cfg.source, [Path(p) for p in data_cfg.files], skip_invalid=data_cfg.skip_invalid,
-                           rejects_path=data_cfg.rejects_path, stats=read_stats)
+                           rejects_path=rejects_path, stats=read_stats)
     try:
         yield from itertools.islice(records, data_cfg.limit)
     finally:
         if counts is not None:
             counts.invalid = read_stats.invalid
+            counts.rejects = read_stats.rejects_path
+
+
+def check_data_files(data_cfg: DataConfig) -> None:
+    for path in data_cfg.files:
+        if not Path(path).is_file():
+            raise DumaError(f"data file {path} does not exist",
+                            "check data.files in the run config (a relative path is read from the current "
+                            "folder, else from the config file's folder)")
+
+
+def default_rejects_path(data_cfg: DataConfig) -> Path:
+    """``data.rejects_path``, else ``<first data file>.rejects.jsonl`` beside it (as ``duma data``
+    commands do): never the working folder."""
+    from duma.paths import path_beside
+
+    return data_cfg.rejects_path or path_beside(Path(data_cfg.files[0]), "rejects.jsonl")
 
 
 # ----------------------------------------------------------------------------- models
@@ -288,11 +313,17 @@ class Trainer:
     config_class: ClassVar[type[RunConfig]] = RunConfig
     description: ClassVar[str] = ""
     repack: ClassVar[bool] = True  # training.packing packs samples into rows
+    result_kind: ClassVar[str] = "model"  # what save_final writes (the run summary names it)
 
-    def __init__(self, config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> None:
+    def __init__(self, config: RunConfig, *, resume: bool = False, overwrite: bool = False,
+                 quiet: bool = True) -> None:
+        """``quiet``: keep DeepSpeed's and transformers' own output off the terminal."""
         self.config = config
         self.resume = resume
         self.overwrite = overwrite
+        self.quiet = quiet
+        self.started_at = float(os.environ.get(STARTED_AT_ENV) or time.time())
+        self._data_bar = PhaseBar()
         self.out = Path(config.output_dir)
         self.data_counts = TrainingDataCounts()
         self.rank = 0
@@ -332,14 +363,35 @@ class Trainer:
         """Everything that can fail on bad input: output folder, model folder, tokenizer,
         data. Runs before DeepSpeed initialises."""
         models.name_accelerator()
-        if os.environ.get(LAUNCHED_ENV) != "1":
+        launched = os.environ.get(LAUNCHED_ENV) == "1"
+        if not launched:
             self.check_output_dir()
-        self.model_folder = resolve_model_folder(self.config.model)
-        self.tokenizer = self.load_tokenizer()
-        samples = self.build_samples(self.tokenizer)
-        if not samples:
-            raise DumaError("no usable training samples", "check the data files and data.max_length")
-        self.train_rows, self.eval_rows = self.split_and_batch(samples)
+        check_data_files(self.config.data)
+        # A launched worker reads the data again; the launching process showed its bar.
+        bars = RunProgress(self.config.training.progress and not launched and _is_first_process())
+        with quiet_libraries(self.quiet), bars.phase("data", unit="records") as bar:
+            self.model_folder = resolve_model_folder(self.config.model)
+            self._data_bar = bar
+            try:
+                self.tokenizer = self.load_tokenizer()
+                samples = self.build_samples(self.tokenizer)
+            finally:
+                self._data_bar = PhaseBar()
+            if not samples:
+                raise DumaError("no usable training samples", "check the data files and data.max_length")
+            self.train_rows, self.eval_rows = self.split_and_batch(samples)
+            bar.finish(f"{len(self.train_rows)} train rows, {len(self.eval_rows)} eval rows")
+
+    def records(self) -> Iterator[Record]:
+        """The run's records, counted (and shown on the data bar). With ``data.skip_invalid``
+        the invalid ones go to :func:`default_rejects_path`, written by one process only."""
+        d = self.config.data
+        writes_rejects = d.skip_invalid and os.environ.get(LAUNCHED_ENV) != "1" and _is_first_process()
+        rejects = default_rejects_path(d) if writes_rejects else None
+        for record in read_records(d, self.data_counts, rejects_path=rejects):
+            self.data_counts.records += 1
+            self._data_bar.advance()
+            yield record
 
     def load_tokenizer(self) -> Any:
         assert self.model_folder is not None
@@ -353,8 +405,7 @@ class Trainer:
 
         d = self.config.data
         out: list[Sample] = []
-        for record in read_records(d, self.data_counts):
-            self.data_counts.records += 1
+        for record in self.records():
             if not isinstance(record, Conversation):
                 raise DumaError(f"data source '{d.source}' gives {type(record).__name__} records; "
                                 f"method '{self.config.method}' trains on conversations",
@@ -452,7 +503,12 @@ class Trainer:
         """Prepare (if not yet), train, checkpoint, save; returns a summary (rank 0)."""
         if self.tokenizer is None:
             self.prepare()
-        self.rank, self.world = init_distributed()
+        with quiet_libraries(self.quiet, deepspeed=True):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
+        with _stdout_silenced(self.quiet):  # DeepSpeed prints when it builds or loads its comm op
+            self.rank, self.world = init_distributed()
         import deepspeed
         import torch
         import torch.distributed as dist
@@ -464,24 +520,31 @@ class Trainer:
             self.start_output_dir()
         dist.barrier()
 
+        bars = RunProgress(self.rank == 0 and t.progress)
         if t.threads:
             torch.set_num_threads(t.threads)
         random.seed(t.seed)
         torch.manual_seed(t.seed)
-        model = self.prepare_model(self.load_model())
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-        warmup = math.ceil(t.warmup_ratio * total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(t.schedule, warmup, total, t.min_lr_ratio))
-        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                               config=self.deepspeed_config())
-        self.engine = engine  # kept for callers that inspect the trained model
-        if self.world == 1 and t.zero_stage == 0:
-            # One process, no ZeRO: nothing to all-reduce; skip DeepSpeed's flatten/copy of
-            # every gradient per step (a few % of a small model's step on CPU).
-            engine.enable_backward_allreduce = False
-        start = self._maybe_resume(engine) if self.resume else 0
+        with bars.phase("model") as bar:
+            bar.update(info="loading")
+            model = self.prepare_model(self.load_model())
+            params = [p for p in model.parameters() if p.requires_grad]
+            n_all = sum(p.numel() for p in model.parameters())
+            n_trained = sum(p.numel() for p in params)
+            optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+            warmup = math.ceil(t.warmup_ratio * total)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lr_lambda(t.schedule, warmup, total, t.min_lr_ratio))
+            with _stdout_silenced(self.quiet):
+                engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                       config=self.deepspeed_config())
+            self.engine = engine  # kept for callers that inspect the trained model
+            if self.world == 1 and t.zero_stage == 0:
+                # One process, no ZeRO: nothing to all-reduce; skip DeepSpeed's flatten/copy of
+                # every gradient per step (a few % of a small model's step on CPU).
+                engine.enable_backward_allreduce = False
+            start = self._maybe_resume(engine) if self.resume else 0
+            bar.finish(f"{_millions(n_all)} params ({_millions(n_trained)} trained), ZeRO {t.zero_stage}")
         log = _Log(self.out / LOG_FILE, self.rank == 0)
         if self.rank == 0:
             log.truncate_after(start)
@@ -492,10 +555,11 @@ class Trainer:
         sleep_s = float(os.environ.get(STEP_SLEEP_ENV, "0") or 0)
         lengths = [len(r) for r in self.train_rows]
         orders: dict[int, list[list[int]]] = {}
-        progress = _Progress(total, start, enabled=self.rank == 0 and t.progress)
         eval_loss = None
+        final_loss: float | None = None
+        run_tokens, run_seconds = 0, 0.0
         engine.train()
-        try:
+        with bars.phase("train", total, completed=start, eta=True) as bar:
             for step in range(start, total):
                 epoch, pos = divmod(step, spe)
                 if epoch not in orders:
@@ -523,6 +587,7 @@ class Trainer:
                 elapsed = time.perf_counter() - began
                 all_rows = [self.train_rows[i] for b in step_batches for i in b]
                 tokens = sum(len(r) for r in all_rows)
+                run_tokens, run_seconds, final_loss = run_tokens + tokens, run_seconds + elapsed, step_loss
                 done = step + 1
                 if sleep_s:
                     time.sleep(sleep_s)
@@ -534,18 +599,33 @@ class Trainer:
                                "tokens": tokens, "tokens_per_s": tokens / max(elapsed, 1e-9),
                                "samples": sorted(i for r in all_rows for i in r.ids),
                                **({"rank_losses": rank_losses} if self.world > 1 else {})})
-                progress.update(done, step_loss, tokens / max(elapsed, 1e-9))
+                bar.update(done, f"loss {step_loss:.4f}  {tokens / max(elapsed, 1e-9):.0f} tok/s")
                 if t.save_every and done % t.save_every == 0 and done != total:
                     self._save_checkpoint(engine, done, epoch)
-            eval_loss = self.evaluate(engine, pad_id) if self.eval_rows else None
-            if eval_loss is not None:
-                log.write({"event": "eval", "step": total, "eval_loss": eval_loss})
+        if not self.eval_rows:
+            eval_loss = None
+        else:
+            n_batches = math.ceil(len(self.eval_rows) / t.batch_size)
+            with bars.phase("eval", n_batches) as bar:
+                eval_loss = self.evaluate(engine, pad_id, bar)
+                bar.finish(f"loss {eval_loss:.4f}")
+            log.write({"event": "eval", "step": total, "eval_loss": eval_loss})
+        with bars.phase("save", 2 if start < total else 1) as bar:
             if start < total:
+                bar.update(info="checkpoint")
                 self._save_checkpoint(engine, total, (total - 1) // spe)
+                bar.advance()
+            bar.update(info=self.result_kind)
             self._save_result(engine)
-        finally:
-            progress.close()
-        summary = {"steps": total, "resumed_from": start, "eval_loss": eval_loss, "output_dir": str(self.out),
+            bar.advance()
+            bar.finish(f"{self.result_kind} written")
+        if final_loss is None and self.rank == 0:  # resumed at the end: nothing ran here
+            final_loss = next((r["loss"] for r in reversed(read_log(self.out / LOG_FILE))
+                               if r.get("event") == "step"), None)
+        summary = {"method": self.name, "result": self.result_kind, "steps": total, "resumed_from": start,
+                   "final_loss": final_loss, "eval_loss": eval_loss,
+                   "tokens_per_s": round(run_tokens / run_seconds, 1) if run_seconds else None,
+                   "elapsed_s": round(time.time() - self.started_at, 1), "output_dir": str(self.out),
                    "world_size": self.world, "data": self.data_counts.summary()}
         if self.rank == 0:
             log.write({"event": "end", **summary})
@@ -553,7 +633,7 @@ class Trainer:
         dist.barrier()
         return summary
 
-    def evaluate(self, engine: Any, pad_id: int) -> float:
+    def evaluate(self, engine: Any, pad_id: int, bar: PhaseBar | None = None) -> float:
         """Token-weighted mean loss on the eval rows. Every process runs every batch (ZeRO-3
         needs the same forward calls on all ranks)."""
         import torch
@@ -567,10 +647,11 @@ class Trainer:
                 rows = self.eval_rows[i:i + bs]
                 batch = collate(rows, pad_id, isolate)
                 n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-                if n == 0:
-                    continue
-                total_loss += float(engine(**batch).loss) * n
-                total_tokens += n
+                if n:
+                    total_loss += float(engine(**batch).loss) * n
+                    total_tokens += n
+                if bar is not None:
+                    bar.advance()
         engine.train()
         return total_loss / max(total_tokens, 1)
 
@@ -580,7 +661,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         run = {"config_hash": self.config.config_hash(), "trainer": self.name,
                "config": self.config.model_dump(mode="json")}
-        _atomic_write(self.out / RUN_FILE, json.dumps(run, indent=2))
+        write_atomically(self.out / RUN_FILE, lambda tmp: tmp.write_text(json.dumps(run, indent=2), encoding="utf-8"))
 
     # --- checkpoints
 
@@ -659,12 +740,6 @@ class Trainer:
         dist.barrier()
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 class _Log:
     """The JSONL training log (rank 0 writes; every line flushed, so a killed run keeps it)."""
 
@@ -685,7 +760,7 @@ class _Log:
             if rec.get("event") in ("step", "eval") and rec.get("step", 0) > step:
                 continue
             kept.append(line)
-        _atomic_write(self.path, "".join(k + "\n" for k in kept))
+        write_atomically(self.path, lambda tmp: tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8"))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -695,30 +770,137 @@ class _Log:
             fh.flush()
 
 
-class _Progress:
-    """A rich progress bar with loss, tokens/s and ETA (rank 0 only)."""
+class PhaseBar:
+    """The bar of one phase of a run; without a rich progress behind it, it does nothing."""
 
-    def __init__(self, total: int, start: int, enabled: bool) -> None:
-        self.bar = None
-        if not enabled:
+    def __init__(self, progress: Any = None, task: Any = None) -> None:
+        self._progress, self._task = progress, task
+
+    def advance(self, n: int = 1) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, n)
+
+    def update(self, completed: int | None = None, info: str | None = None) -> None:
+        if self._progress is not None:
+            fields = {} if info is None else {"info": info}
+            self._progress.update(self._task, **({"completed": completed} if completed is not None else {}),
+                                  **fields)
+
+    def finish(self, info: str | None = None) -> None:
+        """Show the phase as complete (a phase of unknown length ends at what it counted)."""
+        if self._progress is not None:
+            task = self._progress.tasks[self._task]
+            total = task.total if task.total is not None else max(task.completed, 1)
+            self._progress.update(self._task, total=total, completed=total,
+                                  **({"info": info} if info is not None else {}))
+
+
+class RunProgress:
+    """One progress bar per phase of a run, on stderr (stdout keeps the summary), rank 0 only;
+    none with ``training.progress: false``."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    @contextlib.contextmanager
+    def phase(self, name: str, total: int | None = None, *, completed: int = 0, unit: str = "",
+              eta: bool = False) -> Iterator[PhaseBar]:
+        """A bar for ``name``: ``total`` steps, or of unknown length (counting ``unit`` if
+        given); ``eta`` adds the time remaining."""
+        if not self.enabled:
+            yield PhaseBar()
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]:.4f}"),
-                            TextColumn("{task.fields[tps]:.0f} tok/s"), TimeRemainingColumn(),
-                            transient=False)
-        self.task = self.bar.add_task("train", total=total, completed=start, loss=float("nan"), tps=0.0)
-        self.bar.start()
+        # Short info texts: a line fits 80 columns (rich squeezes the bar of a longer one).
+        columns: list[Any] = [TextColumn(f"{name:<5}"), BarColumn(bar_width=20)]
+        if total is not None:
+            columns.append(TextColumn("{task.completed}/{task.total}"))
+        elif unit:
+            columns.append(TextColumn("{task.completed} " + unit))
+        columns.append(TimeElapsedColumn())
+        if eta:
+            columns.append(TimeRemainingColumn())
+        columns.append(TextColumn("{task.fields[info]}"))
+        progress = Progress(*columns, console=Console(stderr=True), transient=False)
+        task = progress.add_task(name, total=total, completed=completed, info="")
+        progress.start()
+        try:
+            yield PhaseBar(progress, task)
+        finally:
+            progress.stop()
 
-    def update(self, done: int, loss: float, tps: float) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=done, loss=loss, tps=tps)
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
+def _is_first_process() -> bool:
+    """Rank 0, as the launcher set it (before the process group exists)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _millions(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1_000_000 else f"{n / 1e3:.1f}k"
+
+
+@contextlib.contextmanager
+def quiet_libraries(quiet: bool, *, deepspeed: bool = False) -> Iterator[None]:
+    """Keep transformers' (and, with ``deepspeed``, DeepSpeed's) own logs and progress bars
+    ("Writing model shards") off the terminal for a while, and the deprecation warnings the
+    libraries raise about each other; the run shows its own progress. ``deepspeed`` imports
+    it: only where the run needs it anyway."""
+    if not quiet:
+        yield
+        return
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    ds_logger, ds_level = None, logging.NOTSET
+    if deepspeed:
+        models.name_accelerator()
+        from deepspeed.utils import logger as ds_logger
+
+        ds_level = ds_logger.level
+        ds_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+        if ds_logger is not None:
+            ds_logger.setLevel(ds_level)
+
+
+@contextlib.contextmanager
+def _stdout_silenced(quiet: bool) -> Iterator[None]:
+    """Drop what is printed to stdout meanwhile: DeepSpeed prints (not logs) when it loads an
+    op, and a first build runs the compiler on file descriptor 1."""
+    if not quiet:
+        yield
+        return
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no file descriptor 1: only Python's stdout to redirect
+        saved = None
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    if saved is not None:
+        os.dup2(devnull, 1)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
+        os.close(devnull)
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
@@ -752,7 +934,3 @@ def plot_loss_curve(log_path: Path, png_path: Path) -> None:
     fig.tight_layout()
     fig.savefig(png_path)
     plt.close(fig)
-
-
-def print_summary(summary: dict[str, Any]) -> None:
-    print(json.dumps(summary), file=sys.stderr)

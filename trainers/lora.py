@@ -46,6 +46,7 @@ class LoraTrainer(Trainer):
     name = "lora"
     config_class = LoraRunConfig
     description = "peft LoRA adapter on conversations"
+    result_kind = "adapter"
 
     def prepare_model(self, model: Any) -> Any:
         from peft import LoraConfig, get_peft_model

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from duma.trainers.base import Sample, Trainer, read_records
+from duma.trainers.base import Sample, Trainer
 from duma.trainers.config import RunConfig
 
 if TYPE_CHECKING:
@@ -67,8 +67,7 @@ class PTTrainer(Trainer):
 
     def texts(self, tokenizer: Any) -> list[str]:
         out = []
-        for record in read_records(self.config.data, self.data_counts):
-            self.data_counts.records += 1
+        for record in self.records():
             out.append(pretraining_text(tokenizer, record))
         return out
 

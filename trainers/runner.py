@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -66,47 +67,55 @@ def load_run_config(path: str | Path | None = None, overrides: Sequence[str] = (
 
 
 def build_trainer(path: str | Path | None = None, overrides: Sequence[str] = (), *, data: dict[str, Any] | None = None,
-                  resume: bool = False, overwrite: bool = False) -> Any:
+                  resume: bool = False, overwrite: bool = False, quiet: bool = True) -> Any:
+    """The trainer of a run config; ``quiet=False`` lets DeepSpeed and transformers talk."""
     cls, config = load_run_config(path, overrides, data)
-    return cls(config, resume=resume, overwrite=overwrite)
+    return cls(config, resume=resume, overwrite=overwrite, quiet=quiet)
 
 
 def train(path: str | Path | None = None, overrides: Sequence[str] = (), *, data: dict[str, Any] | None = None,
-          resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Run a training job in this process (Python API)."""
-    trainer = build_trainer(path, overrides, data=data, resume=resume, overwrite=overwrite)
+          resume: bool = False, overwrite: bool = False, quiet: bool = True) -> dict[str, Any]:
+    """Run a training job in this process (Python API); returns the run summary."""
+    trainer = build_trainer(path, overrides, data=data, resume=resume, overwrite=overwrite, quiet=quiet)
     trainer.prepare()
     return trainer.run()
 
 
 def launch(config_path: str, overrides: Sequence[str], *, nproc: int, hostfile: str | None,
-           resume: bool, overwrite: bool) -> int:
-    """Check everything here, then start the worker processes; returns their exit code."""
-    from duma.trainers.base import LAUNCHED_ENV
+           resume: bool, overwrite: bool, as_json: bool = False, quiet: bool = True) -> int:
+    """Check everything here, then start the worker processes; returns their exit code.
+    Rank 0 prints the summary (as JSON with ``as_json``)."""
+    from duma.trainers.base import LAUNCHED_ENV, STARTED_AT_ENV
 
+    started_at = time.time()
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other", "pass one of them")
     if hostfile and not Path(hostfile).is_file():
         raise DumaError(f"hostfile {hostfile} does not exist", "give a DeepSpeed hostfile ('host slots=N' lines)")
-    trainer = build_trainer(config_path, overrides, resume=resume, overwrite=overwrite)
+    trainer = build_trainer(config_path, overrides, resume=resume, overwrite=overwrite, quiet=quiet)
     trainer.prepare()
     trainer.start_output_dir()
-    cmd = launch_command(config_path, overrides, nproc=nproc, hostfile=hostfile, resume=resume)
+    cmd = launch_command(config_path, overrides, nproc=nproc, hostfile=hostfile, resume=resume,
+                         as_json=as_json, debug=not quiet)
     env = dict(os.environ)
     env.pop(LAUNCHED_ENV, None)
+    env[STARTED_AT_ENV] = str(started_at)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    if quiet:  # gloo's "connected to N peer ranks" lines
+        env.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     return subprocess.call(cmd, env=env)
 
 
 def launch_command(config_path: str, overrides: Sequence[str], *, nproc: int, hostfile: str | None,
-                   resume: bool) -> list[str]:
+                   resume: bool, as_json: bool = False, debug: bool = False) -> list[str]:
     """The launcher command line: torchrun for processes on this machine; DeepSpeed's
     launcher (pdsh/ssh to each host of the hostfile) for several nodes."""
     from duma.trainers.base import free_port
 
     # --worker (not an environment variable: DeepSpeed's launcher does not pass those to
     # other nodes) tells the workers that this process already did the checks.
-    worker = ["duma", "train", str(config_path), *overrides, "--worker"] + (["--resume"] if resume else [])
+    worker = (["duma", *(["--debug"] if debug else []), "train", str(config_path), *overrides, "--worker"]
+              + (["--resume"] if resume else []) + (["--json"] if as_json else []))
     port = str(free_port())
     if hostfile:
         if not Path(hostfile).is_file():

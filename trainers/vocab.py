@@ -13,7 +13,7 @@ from pydantic import Field
 
 from duma.config import Strict
 from duma.errors import DumaError
-from duma.trainers.base import Sample, load_padded_tokenizer, read_records
+from duma.trainers.base import Sample, load_padded_tokenizer
 from duma.trainers.config import RunConfig, TrainingConfig
 from duma.trainers.pt import PTTrainer, pack_blocks, pretraining_text
 
@@ -112,8 +112,7 @@ class VocabTrainer(PTTrainer):
         base = load_padded_tokenizer(self.model_folder)
         cfg: VocabSettings = self.config.vocab  # type: ignore[attr-defined]
         self._texts = []
-        for record in read_records(self.config.data, self.data_counts):
-            self.data_counts.records += 1
+        for record in self.records():
             self._texts.append(pretraining_text(base, record))
         if cfg.heldout is not None:
             if not Path(cfg.heldout).is_file():
