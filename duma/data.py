@@ -18,7 +18,9 @@ The entry point for readers (the trainers, ``duma data``) is :func:`iter_records
 from __future__ import annotations
 
 import json
+import os
 import re
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -259,10 +261,7 @@ def _iter_json_list(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[int, Any]]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise DumaError(f"reading {path} needs pyarrow", "pip install pyarrow") from None
+    import pyarrow.parquet as pq
     try:
         reader = pq.ParquetFile(str(path))
     except Exception as exc:
@@ -526,18 +525,23 @@ def iter_records(source_name: str, paths: list[Path] | Path, *, skip_invalid: bo
 
 class RecordWriter:
     """Writes raw items (dicts) to a file in the format its suffix names: ``.jsonl`` (and any
-    other suffix) JSON Lines, ``.json`` a JSON list, ``.parquet`` Parquet (buffered whole)."""
+    other suffix) JSON Lines, ``.json`` a JSON list, ``.parquet`` Parquet (buffered whole).
+
+    The items go to a temporary file beside ``path`` that replaces it on :meth:`close`; a
+    writer left by an exception (``with`` block) or a killed process never leaves a
+    half-written ``path``."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         suffix = self.path.suffix.lower()
         self.format: FileFormat = "json" if suffix == ".json" else "parquet" if suffix == ".parquet" else "jsonl"
         self.count = 0
         self._rows: list[dict[str, Any]] = []
         self._fh: IO[str] | None = None
         if self.format != "parquet":
-            self._fh = open(self.path, "w", encoding="utf-8")
+            self._fh = open(self._tmp, "w", encoding="utf-8")
             if self.format == "json":
                 self._fh.write("[")
 
@@ -558,29 +562,41 @@ class RecordWriter:
             self.write(item)
 
     def close(self) -> None:
+        """Finish the file and put it in place."""
         if self._fh is not None:
             if self.format == "json":
                 self._fh.write("\n]\n")
             self._fh.close()
             self._fh = None
+            os.replace(self._tmp, self.path)
         elif self.format == "parquet":
-            try:
-                import pyarrow as pa
-                import pyarrow.parquet as pq
-            except ImportError:
-                raise DumaError(f"writing {self.path} needs pyarrow", "pip install pyarrow") from None
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
             # from_pylist takes its columns from the first row: give every row all the keys
             # (the reader drops the nulls again).
             columns = list(dict.fromkeys(key for row in self._rows for key in row))
             table = pa.Table.from_pylist([{k: row.get(k) for k in columns} for row in self._rows])
-            pq.write_table(table, str(self.path))
+            pq.write_table(table, str(self._tmp))
+            os.replace(self._tmp, self.path)
             self._rows = []
+
+    def discard(self) -> None:
+        """Drop what was written; ``path`` stays as it was."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        self._rows = []
+        self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> RecordWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
 
 
 def flat_text(record: Record) -> str:

@@ -353,3 +353,19 @@ def test_a_chat_log_read_as_json_points_to_duma_logs(tmp_path):
     LogStore(db).close()
     with pytest.raises(DumaError, match="read a duma chat log with source 'duma-logs'"):
         list(iter_records("belle", db))
+
+
+def test_record_writer_never_leaves_a_half_written_file(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"text": "old"}\n')
+    try:
+        with data.RecordWriter(out) as writer:
+            writer.write({"text": "new"})
+            assert out.read_text() == '{"text": "old"}\n'  # nothing replaced while writing
+            raise RuntimeError("killed half way")
+    except RuntimeError:
+        pass
+    assert out.read_text() == '{"text": "old"}\n' and sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
+    with data.RecordWriter(out) as writer:
+        writer.write({"text": "new"})
+    assert out.read_text() == '{"text": "new"}\n'
