@@ -57,7 +57,17 @@ _NAMED_DIMENSIONS = (
     "length", "mass", "time", "temperature", "area", "volume", "speed", "acceleration", "force",
     "energy", "power", "pressure", "frequency", "density", "current", "luminosity", "substance",
 )
-UNIT_EXAMPLES = "m, km, mi, ft, in, kg, lb, oz, l, gal, fl oz, s, h, day, km/h, mph, C, F, K, MB, GiB, Mbit"
+# Named in every unknown-unit error, grouped by dimension: the shipped slow mind was trained
+# on observations in exactly this form and recovers from them (rewording it costs accuracy).
+UNIT_EXAMPLES = "; ".join(f"{dimension}: {units}" for dimension, units in {
+    "length": "m, km, cm, mm, in, ft, yd, mi",
+    "mass": "kg, g, mg, t, lb, oz, st",
+    "volume": "l, ml, m3, gal, qt, pt, cup, fl oz, tbsp, tsp",
+    "time": "s, ms, min, h, day, week, year",
+    "speed": "m/s, km/h, mph, knot, ft/s",
+    "temperature": "C, F, K",
+    "data": "B, KB, MB, GB, TB, KiB, MiB, GiB, bit, Mbit",
+}.items())
 
 
 @functools.cache
@@ -104,7 +114,7 @@ def find_unit(name: str) -> pint.Unit:
     """The pint unit for a name people write; raises ``ToolException`` naming it."""
     raw = (name or "").strip()
     if not raw:
-        raise ToolException(f"give a unit, e.g. convert_units(5, km, mi); known units include {UNIT_EXAMPLES}")
+        raise ToolException(f"give a unit, e.g. convert_units(5, km, mi); known units: {UNIT_EXAMPLES}")
     if len(raw) > MAX_UNIT_CHARS:
         raise ToolException(f"the unit {raw[:MAX_UNIT_CHARS]!r}... is too long; use a unit name such as km or mph")
     registry = unit_registry()
@@ -119,7 +129,7 @@ def find_unit(name: str) -> pint.Unit:
             unit = _parse(registry, spelling)
             if unit is not None and (not unit.dimensionless or _root_unit(unit) != "dimensionless"):
                 return unit  # a plain number such as ``percent`` is no unit to convert
-    raise ToolException(f"unknown unit {raw!r}; known units include {UNIT_EXAMPLES}")
+    raise ToolException(f"unknown unit {raw!r}; known units: {UNIT_EXAMPLES}")
 
 
 def _root_unit(unit: pint.Unit) -> str:
