@@ -188,7 +188,7 @@ class Agent:
         """How this agent runs a conversation: the mode and both minds' specs (kept with each
         conversation, so continuing it keeps its minds)."""
         return {"mode": "duma" if self.runs_minds else "plain",
-                "fast": self.fast_spec.model_dump(mode="json"), "slow": self.slow_spec.model_dump(mode="json")}
+                "fast": _portable_spec(self.fast_spec, "fast"), "slow": _portable_spec(self.slow_spec, "slow")}
 
     def _check_conversation(self, conversation_id: str) -> None:
         if not self.log_store.exists(conversation_id):
@@ -319,8 +319,9 @@ class TurnStream(Iterator[Event]):
 
     The worker never waits for the reader: a caller that reads slowly, or pauses between
     events, holds neither the model nor the conversation, and other conversations go on.
-    Closing the stream (or dropping it) cancels the turn: generation stops at the next token
-    and the part of the reply already shown is logged, marked as interrupted.
+    Closing the stream (or dropping it) cancels the turn: generation stops at its next token
+    (a running tool call finishes first) and the part of the reply already shown is logged,
+    marked as interrupted.
     """
 
     _END = object()
@@ -397,6 +398,7 @@ class TurnRun:
         self.cancel = cancel or threading.Event()
         # What the user has seen of the reply being written (logged if the turn is cut).
         self.shown: list[str] = []
+        self.user_logged = False
         self.interim_logged = False
         self.reply_logged = False
         self.agent = agent
@@ -456,6 +458,9 @@ class TurnRun:
                 yield from self._write_problem()
         except TurnCancelled:
             self._log_interrupted()
+        except Exception as exc:  # the reply shown so far is kept with the error that cut it
+            self._log_interrupted(error=first_line(exc, with_type=True))
+            raise
         yield from self._write_problem()
 
     def _write_problem(self) -> Iterator[Notice]:
@@ -463,14 +468,19 @@ class TurnRun:
         if problem:
             yield Notice(conversation_id=self.cid, message=problem)
 
-    def _log_interrupted(self) -> None:
+    def _log_interrupted(self, error: str | None = None) -> None:
         """Close a cut turn in the log with what the user saw, so no shown text is lost and
         the next turn follows an assistant message."""
-        if self.interim_logged and not self.shown:
-            return  # the interim reply closes the turn already
-        if not self.reply_logged:
-            self._log("assistant", "".join(self.shown).strip(),
-                      {"kind": fast_mind.KIND_REPLY, "interrupted": True}, usage=self.usage, timed=True)
+        if self.reply_logged or not self.user_logged or (self.interim_logged and not self.shown):
+            return  # closed already (the interim reply closes a turn), or nothing to close
+        meta: dict[str, Any] = {"kind": fast_mind.KIND_REPLY, "interrupted": True}
+        if error:
+            meta["error"] = error
+        try:
+            self._log("assistant", "".join(self.shown).strip(), meta, usage=self.usage, timed=True)
+        except DumaError:
+            pass  # the log itself failed: the error event reports the turn's failure
+        self.reply_logged = True
 
     def _close_unanswered_turn(self, history: list[LoggedMessage]) -> list[LoggedMessage]:
         """A process killed mid-turn leaves a user message with no reply: close that turn
@@ -485,6 +495,7 @@ class TurnRun:
         history = self._close_unanswered_turn(self.store.messages(cid))
         # Logged before generation starts: a killed process keeps the user's message.
         self._log("user", self.text, {"kind": fast_mind.KIND_USER})
+        self.user_logged = True
         if not self.agent.runs_minds:
             yield from self._run_plain(history)
             return
@@ -633,7 +644,18 @@ class TurnRun:
             return fast_mind.fit_to_context(slow_backend, messages, slow.options.max_tokens,
                                             lambda m: False, keep="end").messages
 
-        yield from slow.run(query, conversation_id=self.cid, fit=fit)
+        yield from slow.run(query, conversation_id=self.cid, fit=fit, cancel=self.cancel)
+
+
+def _portable_spec(spec: MindConfig, which: str) -> dict[str, Any]:
+    """A mind's spec as a conversation keeps it: the shipped adapter is left out (the config
+    puts it back on the embedded model), so no install path is stored."""
+    from duma.models import shipped_mind_adapter
+
+    data = spec.model_dump(mode="json")
+    if spec.adapter is not None and spec.adapter == str(shipped_mind_adapter(which)):
+        data["adapter"] = None
+    return data
 
 
 def fallback_reply(slow_done: SlowDone, raw_reply: str) -> str:

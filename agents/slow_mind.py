@@ -141,8 +141,10 @@ class SlowMind:
 
     # ------------------------------------------------------------------ loop
     def run(self, retrospect: str, conversation_id: str | None = None,
-            fit: Callable[[list[Message]], list[Message]] | None = None) -> Iterator[SlowStep | SlowDone]:
-        """Yield a ``SlowStep`` per step and one ``SlowDone`` at the end."""
+            fit: Callable[[list[Message]], list[Message]] | None = None,
+            cancel: threading.Event | None = None) -> Iterator[SlowStep | SlowDone]:
+        """Yield a ``SlowStep`` per step and one ``SlowDone`` at the end. ``cancel`` stops the
+        step being generated at its next token (the run then ends unfinished)."""
         deadline = time.monotonic() + self.timeout_s
         messages = [Message(role="system", content=self.system_prompt),
                     Message(role="user", content=retrospect)]
@@ -181,7 +183,7 @@ class SlowMind:
                     if chunk.done and chunk.usage:
                         usage.prompt_tokens += chunk.usage.prompt_tokens
                         usage.completion_tokens += chunk.usage.completion_tokens
-                    if time.monotonic() >= deadline:
+                    if time.monotonic() >= deadline or (cancel is not None and cancel.is_set()):
                         timed_out = True
                         break
             except Exception as exc:

@@ -5,7 +5,7 @@ What a plugin implements and what a service embeds, in one place::
     from duma import hookimpl, Backend, Router, DataSource, Trainer, Judge, Agent
 
 Built-in plugins import from here too. Light at import time: each name loads its module on
-first use, so ``duma --help`` never imports torch, transformers or pydantic.
+first use, so importing ``duma`` (and ``duma --help``) never imports torch or transformers.
 """
 
 from __future__ import annotations

@@ -122,23 +122,24 @@ class RepetitionGuard:
         if not self.max_repeats or not delta:
             return False
         self.text += delta
-        k = self.max_repeats
-        tail = self.text[-k * self.MAX_PERIOD:]
-        for period in range(self.MIN_PERIOD, len(tail) // k + 1):
-            unit = tail[-period:]
-            if unit.strip() and tail.endswith(unit * k):
-                return True
-        return False
+        return self._loop_period() is not None
 
     def loop_start(self) -> int:
         """Where the repeated part begins beyond its first occurrence (the text to keep)."""
+        period = self._loop_period()
+        k = self.max_repeats or 1
+        return len(self.text) if period is None else len(self.text) - (k - 1) * period
+
+    def _loop_period(self) -> int | None:
         k = self.max_repeats or 1
         tail = self.text[-k * self.MAX_PERIOD:]
         for period in range(self.MIN_PERIOD, len(tail) // k + 1):
             unit = tail[-period:]
-            if unit.strip() and tail.endswith(unit * k):
-                return len(self.text) - (k - 1) * period
-        return len(self.text)
+            # A unit that is itself a short repeat ("----", "ha ha ") is a rule line or
+            # laughter, not a loop.
+            if unit.strip() and (unit + unit).find(unit, 1) == period and tail.endswith(unit * k):
+                return period
+        return None
 
 
 def stream_guarded(backend: Backend, messages: Sequence[Message], options: GenerationOptions,

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from duma import __version__, host
-from duma.errors import DumaError, PluginError
+from duma.errors import DumaError, PluginError, first_line
 
 
 class CliState:
@@ -224,6 +224,5 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # the last line of defence: one line, never a deep traceback
         if debug:
             traceback.print_exc()
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        click.echo(f"Error: {type(exc).__name__}: {first} (run with --debug for the traceback)", err=True)
+        click.echo(f"Error: {first_line(exc, with_type=True)} (run with --debug for the traceback)", err=True)
         sys.exit(1)

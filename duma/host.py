@@ -21,7 +21,7 @@ from typing import Any
 import pluggy
 
 from duma import hookspecs
-from duma.errors import PluginError
+from duma.errors import PluginError, first_line
 
 ENTRY_POINT_GROUP = "duma"
 BUILTIN_DISTRIBUTION = "duma"
@@ -101,12 +101,6 @@ def _normalise(name: str) -> str:
     return name.strip().lower().replace("-", "_").replace(".", "_")
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-
-
 def plugin_manager() -> pluggy.PluginManager:
     """The process-wide plugin manager, with every selected plugin loaded."""
     global _state
@@ -167,7 +161,7 @@ def _load_entry_points(state: _State) -> None:
             module = ep.load()
             state.pm.register(module, name=name)
         except (Exception, SystemExit) as exc:  # any failure of a plugin's own code is isolated
-            info.error = _describe(exc)
+            info.error = first_line(exc, with_type=True)
             warn(f"plugin '{name}' failed to load ({info.error})")
             continue
         info.module = module
@@ -262,7 +256,7 @@ def run_isolated(plugin: str, hook_name: str, function: Callable[..., Any], **kw
     except RegistrationError:
         raise
     except (Exception, SystemExit) as exc:
-        warn(f"plugin '{plugin}' raised in {hook_name} ({_describe(exc)})", "its part was skipped")
+        warn(f"plugin '{plugin}' raised in {hook_name} ({first_line(exc, with_type=True)})", "its part was skipped")
         return False
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -86,20 +87,22 @@ class LogStore:
 
     A write that finds the database locked by another process waits (``timeout_s``); if it
     still cannot write, the message is kept in memory, :meth:`take_write_problem` reports it
-    once, and the next write that succeeds writes the kept messages first, in order. Reads
+    once, and later writes try the kept ones first (without waiting again), in order. Reads
     in this process see kept messages too, so a conversation never loses a reply it showed.
+    What is still kept at :meth:`close` goes to a recovery file beside the database.
     """
+
+    RETRY_WAIT_S = 0.05  # how long a write waits for a locked database once writes are kept
 
     def __init__(self, path: str | Path | None = None, timeout_s: float = 5.0) -> None:
         self.path = Path(path) if path else default_path()
         self.in_memory = str(path) == ":memory:"
+        self.timeout_s = timeout_s
         self._lock = threading.RLock()
         self._pending: list[tuple[str, tuple[Any, ...], LoggedMessage | None]] = []
-        self._pending_conversations: set[str] = set()
-        self._pending_setups: dict[str, dict[str, Any] | None] = {}
+        self._pending_conversations: dict[str, dict[str, Any] | None] = {}
         self._write_problem: str | None = None
         self._write_problem_told = False
-        self._turn_lock_fd: int | None = None
         if not self.in_memory:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,11 +121,6 @@ class LogStore:
                 self._db.execute("ALTER TABLE conversations ADD COLUMN setup TEXT")
         except sqlite3.DatabaseError as exc:
             raise self._error(exc) from None
-        if not self.in_memory and os.name == "posix":
-            try:
-                self._turn_lock_fd = os.open(f"{self.path}.turns", os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError:
-                self._turn_lock_fd = None  # a read-only log: nothing will be written anyway
 
     def _error(self, exc: sqlite3.Error) -> DumaError:
         msg = str(exc)
@@ -138,10 +136,13 @@ class LogStore:
         return LogStoreError(f"the log database {self.path} is unreadable ({msg})",
                              "move it away to start a new log, or use -n/--no-log")
 
-    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, list[tuple[Any, ...]]]:
+        """The column description and all rows of a query, read under the lock (the one
+        connection is shared by threads)."""
         with self._lock:
             try:
-                return self._db.execute(sql, params)
+                cur = self._db.execute(sql, params)
+                return cur.description, cur.fetchall()
             except sqlite3.DatabaseError as exc:
                 raise self._error(exc) from None
 
@@ -149,11 +150,11 @@ class LogStore:
         """Run one write after any kept ones; a locked database keeps it in memory instead.
         Returns the new row id, or None when the write was kept."""
         with self._lock:
-            self._flush_pending()
+            self._flush_pending(wait_s=self.RETRY_WAIT_S)
             if not self._pending:
                 try:
                     return int(self._db.execute(sql, params).lastrowid or 0)
-                except sqlite3.OperationalError as exc:
+                except sqlite3.DatabaseError as exc:
                     if not _is_locked(exc):
                         raise self._error(exc) from None
                     self._keep_for_later(exc)
@@ -166,23 +167,29 @@ class LogStore:
                                    "this conversation is kept in memory and written once the log is free")
             self._write_problem_told = False
 
-    def _flush_pending(self) -> None:
+    def _flush_pending(self, wait_s: float | None = None) -> None:
+        """Write the kept writes in one transaction, waiting at most ``wait_s`` for the lock
+        (the full ``timeout_s`` when None)."""
         if not self._pending:
             return
+        if wait_s is not None:
+            self._db.execute(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")
         try:
             self._db.execute("BEGIN IMMEDIATE")
             for sql, params, _ in self._pending:
                 self._db.execute(sql, params)
             self._db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             if not _is_locked(exc):
                 raise self._error(exc) from None
             return
+        finally:
+            if wait_s is not None:
+                self._db.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
         self._pending.clear()
         self._pending_conversations.clear()
-        self._pending_setups.clear()
         self._write_problem = None
 
     def take_write_problem(self) -> str | None:
@@ -200,45 +207,44 @@ class LogStore:
 
     @contextmanager
     def turn_lock(self, conversation_id: str) -> Iterator[None]:
-        """Serialise the turns of one conversation across processes sharing this log (an
-        advisory lock on one byte of ``<database>.turns``, released when the turn ends or
-        the process dies). Threads of one process are serialised by the agent already."""
-        if self._turn_lock_fd is None:
+        """Serialise the turns of one conversation: across the threads of this process and
+        across processes sharing this database (an advisory lock on one byte of
+        ``<database>.turns``, released when the turn ends or the process dies)."""
+        if self.in_memory:
             yield
             return
-        import fcntl
-
-        offset = zlib.crc32(conversation_id.encode("utf-8"))
-        fcntl.lockf(self._turn_lock_fd, fcntl.LOCK_EX, 1, offset)
-        try:
+        with _TURN_LOCKS.hold(self.path, conversation_id):
             yield
-        finally:
-            fcntl.lockf(self._turn_lock_fd, fcntl.LOCK_UN, 1, offset)
+            with self._lock:  # kept writes go in before another process takes its turn
+                self._flush_pending(wait_s=self.RETRY_WAIT_S)
 
     def new_conversation(self, model: str | None = None, name: str | None = None,
                          conversation_id: str | None = None, setup: dict[str, Any] | None = None) -> str:
         """A new conversation; ``setup`` records how it runs (its minds), so that continuing
         it later keeps them."""
         cid = conversation_id or uuid.uuid4().hex[:16]
-        written = self._write(
-            "INSERT OR IGNORE INTO conversations (id, name, model, created, setup) VALUES (?, ?, ?, ?, ?)",
-            (cid, name, model, time.time(), json.dumps(setup) if setup is not None else None))
-        if written is None:
-            self._pending_conversations.add(cid)
-            self._pending_setups[cid] = setup
+        with self._lock:
+            written = self._write(
+                "INSERT OR IGNORE INTO conversations (id, name, model, created, setup) VALUES (?, ?, ?, ?, ?)",
+                (cid, name, model, time.time(), json.dumps(setup) if setup is not None else None))
+            if written is None:
+                self._pending_conversations[cid] = setup
         return cid
 
     def conversation_setup(self, conversation_id: str) -> dict[str, Any] | None:
         """The setup a conversation was started with (None when it recorded none)."""
-        if conversation_id in self._pending_setups:
-            return self._pending_setups[conversation_id]
-        row = self._execute("SELECT setup FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
-        return json.loads(row[0]) if row and row[0] else None
+        with self._lock:
+            if conversation_id in self._pending_conversations:
+                return self._pending_conversations[conversation_id]
+        _, rows = self._query("SELECT setup FROM conversations WHERE id = ?", (conversation_id,))
+        return json.loads(rows[0][0]) if rows and rows[0][0] else None
 
     def exists(self, conversation_id: str) -> bool:
-        if conversation_id in self._pending_conversations:
-            return True
-        return self._execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)).fetchone() is not None
+        with self._lock:
+            if conversation_id in self._pending_conversations:
+                return True
+        _, rows = self._query("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,))
+        return bool(rows)
 
     def last_conversation(self) -> str | None:
         """The conversation with the most recent message (or the newest one)."""
@@ -246,11 +252,10 @@ class LogStore:
             kept = next((m.conversation_id for _, _, m in reversed(self._pending) if m is not None), None)
         if kept is not None:
             return kept
-        row = self._execute(
-            "SELECT conversation_id FROM messages ORDER BY id DESC LIMIT 1").fetchone()
-        if row is None:
-            row = self._execute("SELECT id FROM conversations ORDER BY created DESC LIMIT 1").fetchone()
-        return row[0] if row else None
+        _, rows = self._query("SELECT conversation_id FROM messages ORDER BY created DESC, id DESC LIMIT 1")
+        if not rows:
+            _, rows = self._query("SELECT id FROM conversations ORDER BY created DESC LIMIT 1")
+        return rows[0][0] if rows else None
 
     def add_message(self, conversation_id: str, message: Message, *, model: str | None = None,
                     options: dict[str, Any] | None = None, prompt_tokens: int | None = None,
@@ -262,55 +267,67 @@ class LogStore:
                   json.dumps(options) if options is not None else None, prompt_tokens, completion_tokens,
                   first_token_s, total_s, json.dumps(meta or {}), now)
         with self._lock:
-            kept_id = -(len(self._pending) + 1)
-            kept = LoggedMessage(id=kept_id, conversation_id=conversation_id, role=message.role,
-                                 content=message.content, model=model, options=options,
+            self._flush_pending(wait_s=self.RETRY_WAIT_S)
+            kept = LoggedMessage(id=-(len(self._pending) + 1), conversation_id=conversation_id,
+                                 role=message.role, content=message.content, model=model, options=options,
                                  prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                                  first_token_s=first_token_s, total_s=total_s, meta=meta or {}, created=now)
             written = self._write(
                 "INSERT INTO messages (conversation_id, role, content, model, options, prompt_tokens,"
                 " completion_tokens, first_token_s, total_s, meta, created)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", params, kept)
-            return kept_id if written is None else written
+            return kept.id if written is None else written
 
     def messages(self, conversation_id: str) -> list[LoggedMessage]:
-        cur = self._execute(
+        """A conversation's messages in the order they were written (kept ones last)."""
+        description, rows = self._query(
             "SELECT id, conversation_id, role, content, model, options, prompt_tokens, completion_tokens,"
-            " first_token_s, total_s, meta, created FROM messages WHERE conversation_id = ? ORDER BY id",
-            (conversation_id,))
-        out = [_logged(cur.description, row) for row in cur.fetchall()]
+            " first_token_s, total_s, meta, created FROM messages WHERE conversation_id = ?"
+            " ORDER BY created, id", (conversation_id,))
+        out = [_logged(description, row) for row in rows]
         with self._lock:
             out += [m for _, _, m in self._pending if m is not None and m.conversation_id == conversation_id]
         return out
 
-    def conversations(self, limit: int = 20, *, include_empty: bool = False) -> list[ConversationSummary]:
+    def conversations(self, limit: int = 20, *, include_empty: bool = False,
+                      conversation_id: str | None = None) -> list[ConversationSummary]:
         """The most recent conversations, newest first, with a preview of their first user
-        message (empty ones are left out unless ``include_empty``)."""
-        having = "" if include_empty else " HAVING COUNT(m.id) > 0"
-        cur = self._execute(
+        message (empty ones are left out unless ``include_empty``); or just ``conversation_id``."""
+        having = "" if include_empty or conversation_id else " HAVING COUNT(m.id) > 0"
+        where = " WHERE c.id = ?" if conversation_id else ""
+        params: tuple[Any, ...] = (conversation_id, limit) if conversation_id else (limit,)
+        _, rows = self._query(
             "SELECT c.id, c.name, c.model, c.created, COUNT(m.id),"
             " (SELECT content FROM messages f WHERE f.conversation_id = c.id AND f.role = 'user'"
             "  ORDER BY f.id LIMIT 1)"
-            " FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id GROUP BY c.id"
-            f"{having} ORDER BY COALESCE(MAX(m.created), c.created) DESC LIMIT ?", (limit,))
+            f" FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id{where} GROUP BY c.id"
+            f"{having} ORDER BY COALESCE(MAX(m.created), c.created) DESC LIMIT ?", params)
         return [ConversationSummary(id=r[0], name=r[1], model=r[2], created=r[3], messages=r[4],
-                                    preview=_preview(r[5])) for r in cur.fetchall()]
+                                    preview=_preview(r[5])) for r in rows]
+
+    def conversation(self, conversation_id: str) -> ConversationSummary | None:
+        """One conversation's summary, or None when there is no such conversation."""
+        found = self.conversations(1, conversation_id=conversation_id)
+        return found[0] if found else None
 
     def search(self, text: str, limit: int = 20) -> list[tuple[ConversationSummary, LoggedMessage]]:
         """Messages containing ``text`` (case-insensitive for ASCII), newest first, each with
         its conversation."""
         pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        cur = self._execute(
+        description, rows = self._query(
             "SELECT id, conversation_id, role, content, model, options, prompt_tokens, completion_tokens,"
             " first_token_s, total_s, meta, created FROM messages WHERE content LIKE ? ESCAPE '\\'"
             " AND role IN ('user', 'assistant') ORDER BY id DESC LIMIT ?", (pattern, limit))
-        found = [_logged(cur.description, row) for row in cur.fetchall()]
-        summaries = {s.id: s for s in self.conversations(limit=1_000_000, include_empty=True)}
-        return [(summaries[m.conversation_id], m) for m in found if m.conversation_id in summaries]
+        found = [_logged(description, row) for row in rows]
+        summaries = {cid: self.conversation(cid) for cid in {m.conversation_id for m in found}}
+        return [(summary, m) for m in found if (summary := summaries[m.conversation_id]) is not None]
 
     def delete(self, conversation_id: str) -> int:
         """Delete a conversation and its messages; returns how many messages went."""
         with self._lock:
+            # Kept writes of this conversation (its row and its messages) go too.
+            self._pending = [w for w in self._pending if w[1][0] != conversation_id]
+            self._pending_conversations.pop(conversation_id, None)
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 count = self._db.execute("DELETE FROM messages WHERE conversation_id = ?",
@@ -324,14 +341,66 @@ class LogStore:
             return int(count)
 
     def close(self) -> None:
+        """Write what is kept (waiting the full timeout); if the database is still locked,
+        the kept messages go to ``<database>.unwritten-<pid>.jsonl`` and a one-line warning
+        says where, so nothing the user saw is lost."""
         with self._lock:
             try:
                 self._flush_pending()
+                if self._pending and not self.in_memory:
+                    rescue = self.path.with_name(f"{self.path.name}.unwritten-{os.getpid()}.jsonl")
+                    with rescue.open("a", encoding="utf-8") as fh:
+                        for _, _, kept in self._pending:
+                            if kept is not None:
+                                fh.write(kept.model_dump_json() + "\n")
+                    print(f"duma: warning: the log database {self.path} stayed locked; {len(self._pending)} "
+                          f"unwritten messages were saved to {rescue}", file=sys.stderr)
+                    self._pending.clear()
             finally:
                 self._db.close()
-                if self._turn_lock_fd is not None:
-                    os.close(self._turn_lock_fd)
-                    self._turn_lock_fd = None
+
+
+class _ProcessTurnLocks:
+    """The turn locks of this process: one thread lock per conversation and database, and
+    one open ``<database>.turns`` file per database for the locks between processes. POSIX
+    record locks belong to the whole process (another thread "gets" a lock the process
+    holds, and closing any descriptor of the file drops them all), so they are taken and
+    released only here, by the thread that holds the conversation's thread lock."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._files: dict[str, int | None] = {}
+        self._threads: dict[tuple[str, str], threading.Lock] = {}
+
+    def _file(self, database: str) -> int | None:
+        if database not in self._files:
+            try:
+                self._files[database] = os.open(f"{database}.turns", os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError:
+                self._files[database] = None  # a read-only log: nothing will be written anyway
+        return self._files[database]
+
+    @contextmanager
+    def hold(self, database: Path, conversation_id: str) -> Iterator[None]:
+        key = str(database.resolve())
+        with self._guard:
+            thread_lock = self._threads.setdefault((key, conversation_id), threading.Lock())
+            fd = self._file(key) if os.name == "posix" else None
+        with thread_lock:
+            if fd is None:
+                yield
+                return
+            import fcntl
+
+            offset = zlib.crc32(conversation_id.encode("utf-8"))
+            fcntl.lockf(fd, fcntl.LOCK_EX, 1, offset)
+            try:
+                yield
+            finally:
+                fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)
+
+
+_TURN_LOCKS = _ProcessTurnLocks()
 
 
 def _is_locked(exc: sqlite3.Error) -> bool:

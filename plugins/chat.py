@@ -151,7 +151,11 @@ def command_config(state: CliState, flag_overrides: dict[str, Any], *, model_ref
         setup = store.conversation_setup(cid)
         if setup:
             kept = {"agent": {"mode": setup["mode"], "fast": setup["fast"], "slow": setup["slow"]}}
-            config = state.config_with(merge(kept, flag_overrides))
+            try:
+                config = state.config_with(merge(kept, flag_overrides))
+            except DumaError as exc:
+                raise DumaError(f"conversation {cid} was started with minds this duma cannot load ({exc})",
+                                "continue it with another model: -m MODEL") from None
     return config, store, cid
 
 
@@ -192,7 +196,7 @@ def copy_conversation(source: LogStore, conversation_id: str, target: LogStore) 
     """Copy one conversation (messages with their metadata) into another store."""
     from duma.types import Message
 
-    summary = next((s for s in source.conversations(limit=1_000_000) if s.id == conversation_id), None)
+    summary = source.conversation(conversation_id)
     target.new_conversation(model=summary.model if summary else None, name=summary.name if summary else None,
                             setup=source.conversation_setup(conversation_id),
                             conversation_id=conversation_id)
@@ -261,6 +265,11 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM: stop the turn as Ctrl-C does, then leave (Ctrl-C alone returns to the prompt)."""
 
 
+def exit_code_of(interrupt: KeyboardInterrupt) -> int:
+    """The shell's exit code for a process stopped by a signal: 128 + SIGTERM or SIGINT."""
+    return 143 if isinstance(interrupt, Terminated) else 130
+
+
 @contextmanager
 def stop_on_sigterm() -> Iterator[None]:
     """Turn SIGTERM into :class:`Terminated` while a command runs, so a terminated chat
@@ -305,6 +314,8 @@ def terminal_line_reader() -> Callable[[str], str | None]:
         while True:
             try:
                 return session.prompt(prompt)
+            except Terminated:
+                raise
             except KeyboardInterrupt:  # Ctrl-C at the prompt clears the line, like a shell
                 continue
             except EOFError:
@@ -547,20 +558,20 @@ def chat_command(state: CliState, system: str | None, model_ref: str | None, bac
     config, store, cid = command_config(
         state, build_overrides(system=system, router=router, no_stream=no_stream, no_log=no_log, mode=mode),
         model_ref=model_ref, backend=backend, continue_last=continue_last, conversation_id=conversation_id)
-    interrupted = False
+    stopped_by: int | None = None
     with stop_on_sigterm():
         try:
             if stdin_is_terminal():
                 failed = _chat_interactive(config, store, cid, options, show_slow)
             else:
                 failed = _chat_piped(config, store, cid, options, show_slow)
-        except KeyboardInterrupt:  # the turn in progress has logged what it had
-            failed = interrupted = True
+        except KeyboardInterrupt as exc:  # the turn in progress has logged what it had
+            failed, stopped_by = True, exit_code_of(exc)
         finally:
             if store is not None:
                 store.close()
-    if interrupted:
-        sys.exit(130)
+    if stopped_by is not None:
+        sys.exit(stopped_by)
     if failed:
         sys.exit(1)
 
@@ -642,8 +653,8 @@ def prompt_command(state: CliState, text: str | None, system: str | None, model_
     with stop_on_sigterm():
         try:
             final, _cid = run_turn(agent, renderer, text.strip(), cid, system=config.chat.system, options=options)
-        except KeyboardInterrupt:  # the turn has logged what it had
-            sys.exit(130)
+        except KeyboardInterrupt as exc:  # the turn has logged what it had
+            sys.exit(exit_code_of(exc))
         finally:
             if store is not None:
                 store.close()

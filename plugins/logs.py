@@ -1,7 +1,8 @@
 """``duma logs``: read the conversation log (the SQLite database the agent writes every turn to).
 
 The database is config ``logging.database`` or DUMA_HOME/logs.db. A locked or corrupt
-database is a one-line :class:`duma.errors.LogStoreError`. Reading never creates a database.
+database is a one-line :class:`duma.errors.LogStoreError`. Reading never creates a database where
+there is none.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def logs_show(state: CliState, conversation_id: str | None, latest: bool, as_jso
             raise DumaError(f"unknown conversation ID '{conversation_id}'",
                             "see 'duma logs list' for the logged conversations")
         messages = store.messages(conversation_id)
-        summary = next((s for s in store.conversations(limit=1_000_000) if s.id == conversation_id), None)
+        summary = store.conversation(conversation_id)
     finally:
         store.close()
     if as_json:

@@ -87,9 +87,13 @@ def register_commands(cli: Any) -> None:
           duma router train configs/examples/routers/labelled_turns.jsonl --out router.npz
           duma -S agent.router=classifier -S agent.router_options.path=router.npz chat
         """
+        from duma.errors import DumaError
         from duma.plugins.builtin_routers import default_model_path, read_labelled_turns, train_classifier
 
         turns = read_labelled_turns(data)
+        if len({turn.is_slow for turn in turns}) < 2:
+            kind = "slow" if turns[0].is_slow else "fast"
+            raise DumaError(f"{data}: every labelled turn is {kind}", "label turns of both kinds to train a classifier")
         report = train_classifier(turns, out or default_model_path(), holdout=holdout, seed=seed)
         click.echo(json.dumps(report.model_dump(), indent=2))
 

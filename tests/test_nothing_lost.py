@@ -9,6 +9,7 @@ import json
 import signal
 import sqlite3
 import subprocess
+import threading
 import sys
 import time
 from pathlib import Path
@@ -156,7 +157,7 @@ def test_sigterm_mid_reply_logs_the_partial_reply(slow_chat):
     wait_for_messages(slow_chat.database, 1)
     time.sleep(1.5)  # a few words are out
     chat.send_signal(signal.SIGTERM)
-    assert chat.wait(30) == 130
+    assert chat.wait(30) == 143  # 128 + SIGTERM
     rows = wait_for_messages(slow_chat.database, 2)
     role, content, meta = rows[1]
     assert role == "assistant" and json.loads(meta)["interrupted"] is True
@@ -245,3 +246,56 @@ def test_a_truncated_cached_model_says_to_delete_it(tiny_model, tmp_path, monkey
     with pytest.raises(ModelLoadError) as info:
         models.load_model(str(cached))
     assert f"delete {cached}" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_locked_log_waits_once_not_at_every_write_and_keeps_what_it_cannot_write(tmp_path):
+    from duma.types import Message
+
+    store = LogStore(tmp_path / "logs.db", timeout_s=1.0)
+    cid = store.new_conversation()
+    holder = sqlite3.connect(str(tmp_path / "logs.db"), isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    started = time.perf_counter()
+    for i in range(5):
+        store.add_message(cid, Message(role="user", content=f"m{i}"))
+    assert time.perf_counter() - started < 2.5  # one full wait, then short retries
+    assert store.unwritten == 5 and [m.content for m in store.messages(cid)] == [f"m{i}" for i in range(5)]
+    store.close()  # still locked: the kept messages go to a recovery file
+    holder.execute("ROLLBACK")
+    holder.close()
+    [rescue] = tmp_path.glob("logs.db.unwritten-*.jsonl")
+    assert [json.loads(line)["content"] for line in rescue.read_text().splitlines()] == [f"m{i}" for i in range(5)]
+
+
+def test_two_stores_on_one_log_in_one_process_take_turns(tmp_path):
+    first, second = LogStore(tmp_path / "logs.db"), LogStore(tmp_path / "logs.db")
+    order: list[str] = []
+    entered = threading.Event()
+
+    def hold() -> None:
+        with first.turn_lock("c"):
+            entered.set()
+            time.sleep(0.3)
+            order.append("first done")
+
+    worker = threading.Thread(target=hold)
+    worker.start()
+    entered.wait(5)
+    with second.turn_lock("c"):
+        order.append("second in")
+    worker.join()
+    assert order == ["first done", "second in"]
+    first.close()
+    with second.turn_lock("c"):  # closing one store releases nothing the other holds
+        pass
+
+
+def test_the_repetition_guard_leaves_rules_and_laughter_alone():
+    from duma.backend import RepetitionGuard
+
+    def loops(text: str) -> bool:
+        guard = RepetitionGuard(4)
+        return any(guard.feed(text[i:i + 3]) for i in range(0, len(text), 3))
+
+    assert not loops("-" * 100) and not loops("ha " * 40) and not loops("=" * 80)
+    assert loops("I checked: " * 10) and loops("Paris is the capital.\n" * 6)

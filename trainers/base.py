@@ -378,7 +378,10 @@ class Trainer:
             finally:
                 self._data_bar = PhaseBar()
             if not samples:
-                raise DumaError("no usable training samples", "check the data files and data.max_length")
+                files = ", ".join(str(f) for f in self.config.data.files)
+                raise DumaError(f"no usable training samples in {files} (data.max_length "
+                                f"{self.config.data.max_length})",
+                                "check that the files hold records of data.source and that they fit data.max_length")
             self.train_rows, self.eval_rows = self.split_and_batch(samples)
             bar.finish(f"{len(self.train_rows)} train rows, {len(self.eval_rows)} eval rows")
 
