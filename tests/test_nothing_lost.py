@@ -299,3 +299,15 @@ def test_the_repetition_guard_leaves_rules_and_laughter_alone():
 
     assert not loops("-" * 100) and not loops("ha " * 40) and not loops("=" * 80)
     assert loops("I checked: " * 10) and loops("Paris is the capital.\n" * 6)
+
+
+def test_a_log_folder_that_cannot_be_made_is_a_one_line_error_with_the_cause(tmp_path):
+    from duma.errors import LogStoreError
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where DUMA_HOME should be")
+    with pytest.raises(LogStoreError) as info:
+        LogStore(blocker / "logs.db")
+    message = str(info.value)
+    assert "cannot create the log folder" in message and "writable" in message and "\n" not in message
+    assert "unreadable" not in message and "move it away" not in message
