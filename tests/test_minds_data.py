@@ -152,7 +152,7 @@ def test_one_training_step_on_the_generated_data(data, tiny_model, tmp_path):
     env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".test-cache" / "torch_extensions"))
     out = tmp_path / "fast-adapter"
     done = subprocess.run(
-        [sys.executable, "-m", "duma", "train", str(REPO / "configs" / "duma-default" / "fast.yaml"),
+        [sys.executable, "-m", "duma", "train", "--json", str(REPO / "configs" / "duma-default" / "fast.yaml"),
          f"model={tiny_model}", f"data.files=[{data / 'fast_train.jsonl'}]", f"output_dir={out}",
          "training.max_steps=1", "training.progress=false"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
