@@ -446,10 +446,13 @@ class TurnRun:
         return fitted.messages, (Notice(conversation_id=self.cid, message=note) if note else None)
 
     def _shown(self, delta: str) -> str:
-        if self.cancel.is_set():
-            raise TurnCancelled
+        self._stop_if_cancelled()
         self.shown.append(delta)
         return delta
+
+    def _stop_if_cancelled(self) -> None:
+        if self.cancel.is_set():
+            raise TurnCancelled
 
     def run(self) -> Iterator[Event]:
         try:
@@ -517,9 +520,10 @@ class TurnRun:
             invoke, parse_ok, raw, fast_usage, reply = True, True, None, Usage(), interim
         else:
             fast_pass = fast_mind.FastPass()
-            for delta in fast_mind.stream_fast(self.fast, context, self.options, fast_pass):
+            for delta in fast_mind.stream_fast(self.fast, context, self.options, fast_pass, cancel=self.cancel):
                 self._mark_first_token()
                 yield FastToken(conversation_id=cid, text=self._shown(delta))
+            self._stop_if_cancelled()
             out = fast_pass.output
             assert out is not None
             # A router that decided "fast" overrides the fast mind's Invoke[...].
@@ -554,8 +558,7 @@ class TurnRun:
         slow_done: SlowDone | None = None
         trace: list[dict[str, Any]] = []
         for ev in self._run_slow(history):
-            if self.cancel.is_set():
-                raise TurnCancelled
+            self._stop_if_cancelled()
             if isinstance(ev, SlowDone):
                 slow_done = ev
             else:
@@ -577,8 +580,9 @@ class TurnRun:
             yield notice
         final_pass = fast_mind.FastPass()
         for delta in fast_mind.stream_fast(self.fast, final_context, self.options, final_pass,
-                                           hold_raw=True):
+                                           hold_raw=True, cancel=self.cancel):
             yield FinalToken(conversation_id=cid, text=self._shown(delta))
+        self._stop_if_cancelled()
         out = final_pass.output
         assert out is not None
         self._add_usage(final_pass.usage)
@@ -609,12 +613,13 @@ class TurnRun:
         options = self.options.model_copy(
             update={"stop": [s for s in self.options.stop if s not in protocol.FAST_STOP]})
         usage = Usage()
-        for chunk in stream_guarded(self.fast, fitted.messages, options):
+        for chunk in stream_guarded(self.fast, fitted.messages, options, cancel=self.cancel):
             if chunk.text:
                 self._mark_first_token()
                 yield FastToken(conversation_id=self.cid, text=self._shown(chunk.text))
             if chunk.done and chunk.usage:
                 usage = chunk.usage
+        self._stop_if_cancelled()
         reply = "".join(self.shown).strip() or "(no reply)"
         self._add_usage(usage)
         yield FastDone(conversation_id=self.cid, text=reply, invoke=False, usage=usage,

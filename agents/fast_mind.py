@@ -7,6 +7,7 @@ through the lenient protocol parser.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -176,8 +177,10 @@ class FastPass:
 
 
 def stream_fast(backend: Backend, messages: list[Message], options: GenerationOptions,
-                result: FastPass, *, hold_raw: bool = False) -> Iterator[str]:
+                result: FastPass, *, hold_raw: bool = False,
+                cancel: threading.Event | None = None) -> Iterator[str]:
     """Yield the visible text deltas of one fast-mind generation; fill ``result``.
+    ``cancel`` ends the generation at its next token.
 
     ``hold_raw``: when the output does not start with ``Response[``, stream nothing (the
     caller decides what to show: used for the final reply, which has a fallback).
@@ -185,12 +188,12 @@ def stream_fast(backend: Backend, messages: list[Message], options: GenerationOp
     start = time.perf_counter()
     parser = protocol.FastStreamParser()
     prompt = messages
-    if backend.supports_prefill:
+    if backend.capabilities.prefill:
         # Every protocol reply opens with Response[: write it for the model (two tokens of
         # SmolLM2 fewer to decode before the first visible one; the same tokens training saw).
         parser.feed(protocol.RESPONSE_OPEN)
         prompt = [*messages, Message(role="assistant", content=protocol.RESPONSE_OPEN)]
-    stream = stream_guarded(backend, prompt, options)
+    stream = stream_guarded(backend, prompt, options, cancel=cancel)
     try:
         for chunk in stream:
             if chunk.text:

@@ -178,7 +178,7 @@ class SlowMind:
             parts: list[str] = []
             timed_out = False
             try:
-                for chunk in stream_guarded(self.backend, prompt, options):
+                for chunk in stream_guarded(self.backend, prompt, options, cancel=cancel):
                     parts.append(chunk.text)
                     if chunk.done and chunk.usage:
                         usage.prompt_tokens += chunk.usage.prompt_tokens

@@ -76,10 +76,10 @@ class TimingProxy:
     def context_length(self) -> int:
         return self.backend.context_length
 
-    def stream(self, messages: Any, options: Any = None) -> Any:
+    def stream(self, messages: Any, options: Any = None, *, adapter: Any = None, cancel: Any = None) -> Any:
         if self.called_at is None:
             self.called_at = time.perf_counter()
-        for chunk in self.backend.stream(messages, options):
+        for chunk in self.backend.stream(messages, options, adapter=adapter, cancel=cancel):
             if self.first_chunk_at is None and chunk.text.strip():
                 self.first_chunk_at = time.perf_counter()
             yield chunk

@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from duma.errors import ConfigError, format_validation_error
 from duma.types import Completion, GenerationChunk, GenerationOptions, Message, ModelSpec
+
+
+class BackendCapabilities(BaseModel):
+    """What a backend can do beyond streaming text (one record per backend, per spec)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prefill: bool = Field(False, description="A trailing assistant message is continued: the reply "
+                          "begins with its text, which is not repeated in the output.")
+    adapters_per_call: bool = Field(False, description="One loaded base runs any peft adapter of it "
+                                    "per call (stream(adapter=FOLDER)); minds on one base share its weights.")
+    kv_reuse: bool = Field(False, description="The KV cache of a conversation is reused by its next turn.")
+    exact_token_count: bool = Field(False, description="count_tokens uses the model's tokenizer.")
+
+
+class NoBackendOptions(BaseModel):
+    """A backend that takes no ``backend_options``."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class Backend(ABC):
@@ -16,39 +39,52 @@ class Backend(ABC):
     :class:`ModelSpec` (loading weights in ``__init__``) and calls :meth:`stream` or
     :meth:`generate`. Implementations must be safe to call from several threads (serialising
     internally is fine).
+
+    ``Options`` is the pydantic model of the backend's own settings (``spec.backend_options``,
+    validated into ``self.backend_options``); ``capabilities`` says what it can do.
     """
 
     name: ClassVar[str]
-    #: True when a trailing assistant message in ``messages`` is continued (the reply begins
-    #: with its text, which is not repeated in the output). The fast mind then writes the
-    #: protocol's ``Response[`` for the model, so its first decoded token is visible text.
-    supports_prefill: ClassVar[bool] = False
+    Options: ClassVar[type[BaseModel]] = NoBackendOptions
+    capabilities: BackendCapabilities = BackendCapabilities()
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
+        self.capabilities = self.capabilities_for(spec)
+        self.backend_options = self.parse_backend_options(spec)
 
     @classmethod
-    def switches_adapters(cls, spec: ModelSpec) -> bool:
-        """True when one loaded instance of ``spec`` (without its adapter) can run any peft
-        adapter of that base per call: :meth:`stream` then takes ``adapter=FOLDER``, and
-        minds on one base model with different adapters share its weights (an
-        :class:`AdapterView` each)."""
-        return False
+    def capabilities_for(cls, spec: ModelSpec) -> BackendCapabilities:
+        """The capabilities of this backend loaded with ``spec`` (the class's, unless a
+        setting such as a dtype changes them)."""
+        return cls.capabilities
+
+    @classmethod
+    def parse_backend_options(cls, spec: ModelSpec) -> BaseModel:
+        """``spec.backend_options`` validated by ``Options``; a bad one is a one-line
+        :class:`ConfigError` naming the backend, the key and what is allowed."""
+        try:
+            return cls.Options.model_validate(spec.backend_options)
+        except ValidationError as exc:
+            allowed = ", ".join(sorted(cls.Options.model_fields)) or "none"
+            raise ConfigError(format_validation_error(exc, prefix="backend_options"),
+                              f"backend '{cls.name}' takes: {allowed}") from None
 
     @abstractmethod
-    def stream(
-        self, messages: Sequence[Message], options: GenerationOptions | None = None
-    ) -> Iterator[GenerationChunk]:
+    def stream(self, messages: Sequence[Message], options: GenerationOptions | None = None, *,
+               adapter: str | None = None, cancel: threading.Event | None = None) -> Iterator[GenerationChunk]:
         """Yield text deltas as they are decoded; the last chunk has ``done=True``, the
-        finish reason, token counts and timings. Stop strings are never part of the text."""
+        finish reason, token counts and timings. Stop strings are never part of the text
+        (:class:`StopFilter` does this). ``adapter`` names a peft adapter folder to run with
+        (backends with ``capabilities.adapters_per_call``); ``cancel``, once set, ends the
+        generation before its next token with ``finish_reason="cancelled"``."""
 
-    def generate(
-        self, messages: Sequence[Message], options: GenerationOptions | None = None
-    ) -> Completion:
+    def generate(self, messages: Sequence[Message], options: GenerationOptions | None = None, *,
+                 adapter: str | None = None, cancel: threading.Event | None = None) -> Completion:
         """Generate a whole reply (drains :meth:`stream`)."""
         parts: list[str] = []
         last = GenerationChunk(done=True)
-        for chunk in self.stream(messages, options):
+        for chunk in self.stream(messages, options, adapter=adapter, cancel=cancel):
             parts.append(chunk.text)
             if chunk.done:
                 last = chunk
@@ -77,15 +113,17 @@ class AdapterView(Backend):
     both minds share one base model. Everything but the adapter is the base backend's."""
 
     def __init__(self, base: Backend, adapter: str) -> None:
-        super().__init__(base.spec.model_copy(update={"adapter": adapter}))
+        # Not Backend.__init__: the base has loaded and validated everything already.
+        self.spec = base.spec.model_copy(update={"adapter": adapter})
         self.base = base
         self.adapter = adapter
         self.name = base.name  # type: ignore[misc]  # the backend's name, per instance
+        self.capabilities = base.capabilities
+        self.backend_options = base.backend_options
 
-    def stream(
-        self, messages: Sequence[Message], options: GenerationOptions | None = None
-    ) -> Iterator[GenerationChunk]:
-        return self.base.stream(messages, options, adapter=self.adapter)  # type: ignore[call-arg]
+    def stream(self, messages: Sequence[Message], options: GenerationOptions | None = None, *,
+               adapter: str | None = None, cancel: threading.Event | None = None) -> Iterator[GenerationChunk]:
+        return self.base.stream(messages, options, adapter=adapter or self.adapter, cancel=cancel)
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         return self.base.count_tokens(messages)
@@ -94,15 +132,98 @@ class AdapterView(Backend):
     def context_length(self) -> int:
         return self.base.context_length
 
-    @property  # type: ignore[override]
-    def supports_prefill(self) -> bool:  # type: ignore[override]
-        return self.base.supports_prefill
-
     def __getattr__(self, name: str) -> Any:
         # The base's tokenizer, model, caches... (only reached for names not set here).
         if name == "base":
             raise AttributeError(name)
         return getattr(self.base, name)
+
+
+class IncrementalDetokenizer:
+    """Turns a growing list of token ids into text deltas, for backends that decode token
+    by token.
+
+    Decodes a window of recent ids twice (with and without the newest ones) and emits the
+    difference, holding back while the text ends in an incomplete UTF-8 sequence (a
+    multi-byte character split across tokens decodes to U+FFFD until its last byte arrives).
+    A few prompt tokens seed the window so that tokenizers which drop a leading space at the
+    start of a decode do not drop it from the reply.
+    """
+
+    def __init__(self, tokenizer: Any, context_ids: Sequence[int]) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = list(context_ids)
+        self.prefix_offset = 0
+        self.read_offset = len(self.ids)
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        prefix_text = self._decode(self.ids[self.prefix_offset:self.read_offset])
+        new_text = self._decode(self.ids[self.prefix_offset:])
+        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
+            self.prefix_offset = self.read_offset
+            self.read_offset = len(self.ids)
+            return new_text[len(prefix_text):]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is still held back (an invalid byte sequence at the very end)."""
+        prefix_text = self._decode(self.ids[self.prefix_offset:self.read_offset])
+        new_text = self._decode(self.ids[self.prefix_offset:])
+        self.prefix_offset = self.read_offset = len(self.ids)
+        return new_text[len(prefix_text):] if len(new_text) > len(prefix_text) else ""
+
+
+class StopFilter:
+    """Holds back text that may be the start of a stop string and cuts at the first stop:
+    every backend passes its decoded text through one, so stop strings never show."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.longest = max((len(s) for s in self.stops), default=0)
+        self.text = ""
+        self.emitted = 0
+        self.stopped = False
+
+    def push(self, delta: str) -> str:
+        """Add decoded text; return the part that is safe to show now."""
+        if self.stopped or not delta:
+            return ""
+        self.text += delta
+        if not self.stops:
+            out = self.text[self.emitted:]
+            self.emitted = len(self.text)
+            return out
+        # A stop can only begin in the not-yet-emitted tail (earlier text had no stop).
+        search_from = max(0, self.emitted - self.longest + 1)
+        cut = min((i for i in (self.text.find(s, search_from) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            out = self.text[self.emitted:cut]
+            self.emitted = cut
+            return out
+        safe = len(self.text) - self._held_back()
+        out = self.text[self.emitted:safe] if safe > self.emitted else ""
+        self.emitted = max(self.emitted, safe)
+        return out
+
+    def _held_back(self) -> int:
+        """Length of the longest tail of the text that is a proper prefix of a stop string."""
+        for n in range(min(self.longest - 1, len(self.text)), 0, -1):
+            tail = self.text[-n:]
+            if any(s.startswith(tail) for s in self.stops):
+                return n
+        return 0
+
+    def flush(self) -> str:
+        if self.stopped:
+            return ""
+        out = self.text[self.emitted:]
+        self.emitted = len(self.text)
+        return out
 
 
 class RepetitionGuard:
@@ -142,13 +263,13 @@ class RepetitionGuard:
         return None
 
 
-def stream_guarded(backend: Backend, messages: Sequence[Message], options: GenerationOptions,
-                   **kwargs: Any) -> Iterator[GenerationChunk]:
+def stream_guarded(backend: Backend, messages: Sequence[Message], options: GenerationOptions, *,
+                   cancel: threading.Event | None = None) -> Iterator[GenerationChunk]:
     """``backend.stream`` with the repetition guard of ``options.max_repeats``: a looping
     generation ends early with ``finish_reason="length"``; the repeats beyond the first are
     not passed on where they can still be held back (the text of the current chunk)."""
     guard = RepetitionGuard(options.max_repeats)
-    stream = backend.stream(messages, options, **kwargs)
+    stream = backend.stream(messages, options, cancel=cancel)
     try:
         for chunk in stream:
             if chunk.text and guard.feed(chunk.text):

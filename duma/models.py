@@ -12,6 +12,7 @@ Nothing here imports torch or transformers at module level (``duma --help`` stay
 from __future__ import annotations
 
 import hashlib
+import json
 import importlib.util
 import os
 import shutil
@@ -432,8 +433,9 @@ def quiet_peft() -> Iterator[None]:
         yield
 
 
-def _backend_key(spec: ModelSpec) -> tuple[str, str, str | None, str, str]:
-    return (spec.backend, spec.model, spec.adapter, spec.device, spec.dtype)
+def _backend_key(spec: ModelSpec) -> tuple[str, str, str | None, str, str, str]:
+    options = json.dumps(spec.backend_options, sort_keys=True, default=str)
+    return (spec.backend, spec.model, spec.adapter, spec.device, spec.dtype, options)
 
 
 def load_backend(spec: ModelSpec) -> Backend:
@@ -441,7 +443,7 @@ def load_backend(spec: ModelSpec) -> Backend:
     backend, model, adapter, device and dtype share one copy of the weights. Generation
     options are per call, so they are not part of the key.
 
-    When the backend switches adapters per call (``Backend.switches_adapters``), a spec with
+    When the backend switches adapters per call (``capabilities.adapters_per_call``), a spec with
     an adapter gets an :class:`~duma.backend.AdapterView` of the base model's one instance:
     a fast and a slow mind with different adapters keep one base model in memory.
     """
@@ -450,7 +452,7 @@ def load_backend(spec: ModelSpec) -> Backend:
 
     model, adapter = split_adapter(spec.model, spec.adapter)
     spec = spec.model_copy(update={"model": model, "adapter": adapter})
-    if adapter is None or not host.get("backend", spec.backend).switches_adapters(spec):
+    if adapter is None or not host.get("backend", spec.backend).capabilities_for(spec).adapters_per_call:
         return _cached_backend(spec)
     folder = str(Path(adapter).expanduser().resolve())
     base = _cached_backend(spec.model_copy(update={"adapter": None}))

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from duma.backend import Backend
+from duma.backend import Backend, StopFilter
 from duma.types import GenerationChunk, GenerationOptions, Message, ModelSpec, Timings, Usage
 
 CHATML_TEMPLATE = (
@@ -132,27 +132,38 @@ class ScriptedBackend(Backend):
         self.calls: list[list[Message]] = []
         self._lock = threading.Lock()
 
-    def stream(self, messages: Sequence[Message], options: GenerationOptions | None = None
-               ) -> Iterator[GenerationChunk]:
+    def stream(self, messages: Sequence[Message], options: GenerationOptions | None = None, *,
+               adapter: str | None = None, cancel: threading.Event | None = None) -> Iterator[GenerationChunk]:
         options = options or GenerationOptions()
         with self._lock:
             self.calls.append(list(messages))
             reply = self.replies[(len(self.calls) - 1) % len(self.replies)]
         start = time.perf_counter()
-        for stop in options.stop:
-            if stop and stop in reply:
-                reply = reply[: reply.index(stop)]
         words = reply.split(" ")
+        stops = StopFilter(options.stop)
         first = None
+        n = 0
+        finish = "length" if len(words) > options.max_tokens else "stop"
         for i, word in enumerate(words[: options.max_tokens]):
+            if cancel is not None and cancel.is_set():
+                finish = "cancelled"
+                break
             if self.delay_s:
                 time.sleep(self.delay_s)
             first = first if first is not None else time.perf_counter() - start
-            yield GenerationChunk(text=word if i == 0 else " " + word)
-        n = min(len(words), options.max_tokens)
+            n += 1
+            text = stops.push(word if i == 0 else " " + word)
+            if text:
+                yield GenerationChunk(text=text)
+            if stops.stopped:
+                finish = "stop"
+                break
+        tail = stops.flush()
+        if tail:
+            yield GenerationChunk(text=tail)
         yield GenerationChunk(
             done=True,
-            finish_reason="length" if len(words) > options.max_tokens else "stop",
+            finish_reason=finish,  # type: ignore[arg-type]
             usage=Usage(prompt_tokens=sum(len(m.content.split()) for m in messages), completion_tokens=n),
             timings=Timings(first_token_s=first, total_s=time.perf_counter() - start),
         )

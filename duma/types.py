@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,6 +52,9 @@ class ModelSpec(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16", "int8"] = Field(
         "auto", description="'int8': CPU-only dynamic int8 weights, about 1.6x faster decode.")
     options: GenerationOptions = Field(default_factory=GenerationOptions)
+    backend_options: dict[str, Any] = Field(
+        default_factory=dict, description="Settings of this backend only, checked by the backend's own "
+        "Options model (e.g. a remote endpoint's base_url).")
 
 
 class Usage(BaseModel):
@@ -71,7 +74,7 @@ class GenerationChunk(BaseModel):
 
     text: str = ""
     done: bool = False
-    finish_reason: Literal["stop", "length", "error"] | None = None
+    finish_reason: Literal["stop", "length", "error", "cancelled"] | None = None
     usage: Usage | None = None
     timings: Timings | None = None
 
@@ -80,7 +83,7 @@ class Completion(BaseModel):
     """A finished generation."""
 
     text: str
-    finish_reason: Literal["stop", "length", "error"] = "stop"
+    finish_reason: Literal["stop", "length", "error", "cancelled"] = "stop"
     usage: Usage = Field(default_factory=Usage)
     timings: Timings = Field(default_factory=Timings)
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from duma import Backend, hookimpl
+from duma.backend import BackendCapabilities, IncrementalDetokenizer, StopFilter
 from duma.errors import DumaError
 from duma.types import GenerationChunk, GenerationOptions, Message, ModelSpec, Timings, Usage
 
@@ -64,101 +65,19 @@ def _new_cache(config: Any) -> Any:
     return DynamicCache(config=config)
 
 
-class _IncrementalDecoder:
-    """Turns a growing list of token ids into text deltas.
-
-    Decodes a window of recent ids twice (with and without the newest ones) and emits the
-    difference, holding back while the text ends in an incomplete UTF-8 sequence (a
-    multi-byte character split across tokens decodes to U+FFFD until its last byte arrives).
-    A few prompt tokens seed the window so that tokenizers which drop a leading space at the
-    start of a decode do not drop it from the reply.
-    """
-
-    def __init__(self, tokenizer: Any, context_ids: Sequence[int]) -> None:
-        self.tokenizer = tokenizer
-        self.ids: list[int] = list(context_ids)
-        self.prefix_offset = 0
-        self.read_offset = len(self.ids)
-
-    def _decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-    def push(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        prefix_text = self._decode(self.ids[self.prefix_offset:self.read_offset])
-        new_text = self._decode(self.ids[self.prefix_offset:])
-        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
-            self.prefix_offset = self.read_offset
-            self.read_offset = len(self.ids)
-            return new_text[len(prefix_text):]
-        return ""
-
-    def flush(self) -> str:
-        """Whatever is still held back (an invalid byte sequence at the very end)."""
-        prefix_text = self._decode(self.ids[self.prefix_offset:self.read_offset])
-        new_text = self._decode(self.ids[self.prefix_offset:])
-        self.prefix_offset = self.read_offset = len(self.ids)
-        return new_text[len(prefix_text):] if len(new_text) > len(prefix_text) else ""
-
-
-class _StopFilter:
-    """Holds back text that may be the start of a stop string; cuts at the first stop."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self.longest = max((len(s) for s in self.stops), default=0)
-        self.text = ""
-        self.emitted = 0
-        self.stopped = False
-
-    def push(self, delta: str) -> str:
-        """Add decoded text; return the part that is safe to show now."""
-        if self.stopped or not delta:
-            return ""
-        self.text += delta
-        if not self.stops:
-            out = self.text[self.emitted:]
-            self.emitted = len(self.text)
-            return out
-        # A stop can only begin in the not-yet-emitted tail (earlier text had no stop).
-        search_from = max(0, self.emitted - self.longest + 1)
-        cut = min((i for i in (self.text.find(s, search_from) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            self.stopped = True
-            out = self.text[self.emitted:cut]
-            self.emitted = cut
-            return out
-        safe = len(self.text) - self._held_back()
-        out = self.text[self.emitted:safe] if safe > self.emitted else ""
-        self.emitted = max(self.emitted, safe)
-        return out
-
-    def _held_back(self) -> int:
-        """Length of the longest tail of the text that is a proper prefix of a stop string."""
-        for n in range(min(self.longest - 1, len(self.text)), 0, -1):
-            tail = self.text[-n:]
-            if any(s.startswith(tail) for s in self.stops):
-                return n
-        return 0
-
-    def flush(self) -> str:
-        if self.stopped:
-            return ""
-        out = self.text[self.emitted:]
-        self.emitted = len(self.text)
-        return out
-
-
 class TransformersBackend(Backend):
     """A transformers causal LM (``embedded``, an HF folder or a .gguf file) in-process."""
 
     name = "transformers"
-    supports_prefill = True
+    capabilities = BackendCapabilities(prefill=True, adapters_per_call=True, kv_reuse=True,
+                                       exact_token_count=True)
 
     @classmethod
-    def switches_adapters(cls, spec: ModelSpec) -> bool:
+    def capabilities_for(cls, spec: ModelSpec) -> BackendCapabilities:
         # int8 weights cannot take a merged adapter back out: one copy per adapter then.
-        return spec.dtype != "int8"
+        if spec.dtype == "int8":
+            return cls.capabilities.model_copy(update={"adapters_per_call": False})
+        return cls.capabilities
 
     def __init__(self, spec: ModelSpec, *, cache_slots: int = DEFAULT_CACHE_SLOTS) -> None:
         super().__init__(spec)
@@ -233,8 +152,8 @@ class TransformersBackend(Backend):
         with self._lock:
             self._slots.clear()
 
-    def stream(self, messages: Sequence[Message], options: GenerationOptions | None = None,
-               adapter: str | None = None) -> Iterator[GenerationChunk]:
+    def stream(self, messages: Sequence[Message], options: GenerationOptions | None = None, *,
+               adapter: str | None = None, cancel: threading.Event | None = None) -> Iterator[GenerationChunk]:
         """``adapter``: a peft adapter folder of this base model to generate with (loaded on
         first use, then switched per call); None runs the base model."""
         options = options or self.spec.options
@@ -248,7 +167,7 @@ class TransformersBackend(Backend):
         max_new = min(options.max_tokens, limit - len(prompt))
         with self._lock:
             self._activate(adapter)
-            yield from self._generate(prompt, options, max_new)
+            yield from self._generate(prompt, options, max_new, cancel)
 
     # --- adapters ------------------------------------------------------------------------
 
@@ -369,15 +288,15 @@ class TransformersBackend(Backend):
             next_id = sampler.pick(out.logits[0, -1], history)
         return next_id, history
 
-    def _generate(self, prompt: list[int], options: GenerationOptions, max_new: int
-                  ) -> Iterator[GenerationChunk]:
+    def _generate(self, prompt: list[int], options: GenerationOptions, max_new: int,
+                  cancel: threading.Event | None) -> Iterator[GenerationChunk]:
         torch = self._torch
         start = time.perf_counter()
         first_token_s: float | None = None
         slot, reused = self._take_slot(prompt)
         self.last_prefix_reused = reused
-        decoder = _IncrementalDecoder(self.tokenizer, prompt[-4:])
-        stops = _StopFilter(options.stop)
+        decoder = IncrementalDetokenizer(self.tokenizer, prompt[-4:])
+        stops = StopFilter(options.stop)
         sampler = _Sampler(torch, options, self.device)
         generated: list[int] = []
         finish = "length"
@@ -408,6 +327,9 @@ class TransformersBackend(Backend):
                     finish = "stop"
                     break
                 if len(generated) >= max_new:
+                    break
+                if cancel is not None and cancel.is_set():
+                    finish = "cancelled"
                     break
                 step_input = next_id.view(1, 1)
                 fed = [token]

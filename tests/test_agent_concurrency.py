@@ -34,8 +34,8 @@ class EchoFastBackend(Backend):
         text = last[len("User["):-1]
         return f"Response[working on {text}] Invoke[True]" if "calc" in text else f"Response[echo {text}] Invoke[False]"
 
-    def stream(self, messages: Sequence[Message], options: GenerationOptions | None = None
-               ) -> Iterator[GenerationChunk]:
+    def stream(self, messages: Sequence[Message], options: GenerationOptions | None = None, *,
+               adapter: str | None = None, cancel: object = None) -> Iterator[GenerationChunk]:
         reply = self._reply(messages)
         for word in reply.split(" "):
             with self._lock:

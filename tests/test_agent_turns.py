@@ -428,8 +428,8 @@ def test_overlong_message_is_shortened(tmp_path):
 
 
 class FailingBackend(ScriptedBackend):
-    def stream(self, messages, options=None):
-        yield from super().stream(messages, options)
+    def stream(self, messages, options=None, *, adapter=None, cancel=None):
+        yield from super().stream(messages, options, cancel=cancel)
         raise RuntimeError("CUDA out of memory")
 
 

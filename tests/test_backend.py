@@ -189,11 +189,11 @@ def test_context_length_comes_from_the_config(backend):
 
 
 def test_incremental_decoder_handles_multibyte_characters(backend):
-    from duma.plugins.transformers_backend import _IncrementalDecoder
+    from duma.backend import IncrementalDetokenizer
 
     text = "你好，今天天气很好。北京是中国的首都。Paris!"
     ids = backend.tokenizer(text, add_special_tokens=False)["input_ids"]
-    decoder = _IncrementalDecoder(backend.tokenizer, [])
+    decoder = IncrementalDetokenizer(backend.tokenizer, [])
     deltas = [decoder.push(i) for i in ids]
     deltas.append(decoder.flush())
     assert "".join(deltas) == text
@@ -201,12 +201,12 @@ def test_incremental_decoder_handles_multibyte_characters(backend):
 
 
 def test_stop_filter_across_deltas():
-    from duma.plugins.transformers_backend import _StopFilter
+    from duma.backend import StopFilter
 
-    f = _StopFilter(["Obs["])
+    f = StopFilter(["Obs["])
     shown = [f.push(d) for d in ["Act[x] O", "b", "s", "[4]"]]
     assert "".join(shown) == "Act[x] " and f.stopped
-    g = _StopFilter(["Obs["])
+    g = StopFilter(["Obs["])
     shown = [g.push(d) for d in ["Ob", "ject"]] + [g.flush()]
     assert "".join(shown) == "Object" and not g.stopped
 
@@ -313,7 +313,7 @@ def test_int8_dtype_is_opt_in_and_runs(tiny_model):
     quantized = TransformersBackend(ModelSpec(model=str(tiny_model), device="cpu", dtype="int8"))
     completion = quantized.generate(QUESTION, GenerationOptions(max_tokens=5))
     assert completion.usage.completion_tokens >= 1
-    assert not TransformersBackend.switches_adapters(ModelSpec(model=str(tiny_model), dtype="int8"))
+    assert not TransformersBackend.capabilities_for(ModelSpec(model=str(tiny_model), dtype="int8")).adapters_per_call
 
 
 def test_loader_int8_dtype_quantizes_linear_layers(tiny_model):
@@ -417,3 +417,39 @@ def test_loading_an_adapter_while_another_is_active_keeps_the_active_one(tiny_mo
     first.clear_cache()
     models.load_backend(ModelSpec(model=str(tiny_model), adapter=two))  # loaded while `one` is merged
     assert first.generate(QUESTION, options).text == before
+
+
+def test_cancel_stops_a_generation_within_one_token(backend):
+    import threading
+
+    cancel = threading.Event()
+    options = GenerationOptions(max_tokens=40)
+    full = backend.generate(QUESTION, options)
+    chunks = []
+    for chunk in backend.stream(QUESTION, options, cancel=cancel):
+        chunks.append(chunk)
+        if chunk.text and not cancel.is_set():
+            cancel.set()
+    last = chunks[-1]
+    assert last.done and last.finish_reason == "cancelled"
+    assert last.usage.completion_tokens <= 2 < full.usage.completion_tokens
+
+
+def test_backend_options_are_validated_by_the_backends_own_model(tiny_model):
+    from duma.errors import ConfigError
+    from duma.plugins.transformers_backend import TransformersBackend
+
+    with pytest.raises(ConfigError) as info:
+        TransformersBackend(ModelSpec(model=str(tiny_model), backend_options={"base_url": "http://x"}))
+    message = str(info.value)
+    assert "backend_options.base_url: unknown key" in message and "backend 'transformers' takes" in message
+    assert "\n" not in message
+
+
+def test_capabilities_are_one_record_per_backend_and_spec(tiny_model):
+    from duma.plugins.transformers_backend import TransformersBackend
+
+    float32 = TransformersBackend.capabilities_for(ModelSpec(model=str(tiny_model)))
+    int8 = TransformersBackend.capabilities_for(ModelSpec(model=str(tiny_model), dtype="int8"))
+    assert float32.prefill and float32.adapters_per_call and float32.kv_reuse
+    assert int8.prefill and not int8.adapters_per_call

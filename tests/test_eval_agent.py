@@ -89,7 +89,7 @@ class MindsBackend(Backend):
 
     name = "eval-minds"
 
-    def stream(self, messages, options=None) -> Iterator[GenerationChunk]:
+    def stream(self, messages, options=None, *, adapter=None, cancel=None) -> Iterator[GenerationChunk]:
         if self.spec.model == "slow":
             reply = "Finish[5]"
         elif any("SlowMind[" in m.content for m in messages):

@@ -140,7 +140,7 @@ class FlakyBackend(ScriptedBackend):
         self.failures = failures
         self.attempts = 0
 
-    def stream(self, messages, options=None):
+    def stream(self, messages, options=None, *, adapter=None, cancel=None):
         self.attempts += 1
         if self.attempts <= self.failures:
             raise ConnectionError("judge server unreachable")

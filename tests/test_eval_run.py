@@ -184,7 +184,7 @@ class FlakyJudgeBackend(ScriptedBackend):
         self.fail_on_call = fail_on_call
         self.prompts: list[str] = []
 
-    def stream(self, messages, options=None):
+    def stream(self, messages, options=None, *, adapter=None, cancel=None):
         prompt = messages[-1].content
         if prompt not in self.prompts:
             self.prompts.append(prompt)
@@ -204,7 +204,7 @@ class EvalBackend(Backend):
 
     name = "eval-test"
 
-    def stream(self, messages: Sequence[Message], options=None) -> Iterator[GenerationChunk]:
+    def stream(self, messages: Sequence[Message], options=None, *, adapter=None, cancel=None) -> Iterator[GenerationChunk]:
         prompt = messages[-1].content
         if "模型回答:" in prompt:
             if "Name a colour" in prompt:

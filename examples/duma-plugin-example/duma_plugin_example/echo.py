@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Sequence
 
@@ -17,8 +18,8 @@ class EchoBackend(Backend):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)  # a real backend loads its weights here
 
-    def stream(self, messages: Sequence[Message], options: GenerationOptions | None = None
-               ) -> Iterator[GenerationChunk]:
+    def stream(self, messages: Sequence[Message], options: GenerationOptions | None = None, *,
+               adapter: str | None = None, cancel: threading.Event | None = None) -> Iterator[GenerationChunk]:
         options = options or GenerationOptions()
         start = time.perf_counter()
         reply = next((m.content for m in reversed(messages) if m.role == "user"), "")
@@ -29,6 +30,8 @@ class EchoBackend(Backend):
         kept = words[: options.max_tokens]  # one "token" per word
         first_token_s = None
         for i, word in enumerate(kept):
+            if cancel is not None and cancel.is_set():  # checked between tokens
+                break
             if first_token_s is None:
                 first_token_s = time.perf_counter() - start
             yield GenerationChunk(text=word if i == 0 else " " + word)
