@@ -13,7 +13,6 @@ import asyncio
 import queue
 import threading
 import time
-import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -147,9 +146,6 @@ class Agent:
         self._fast_backend = fast_backend
         self._slow_backend = slow_backend
         self._load_lock = threading.Lock()
-        # Held only while a turn runs: a conversation nobody is using drops its lock.
-        self._locks: weakref.WeakValueDictionary[str, _ConversationLock] = weakref.WeakValueDictionary()
-        self._locks_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, config: DumaConfig | dict[str, Any] | str | Path | None = None, *,
@@ -203,13 +199,6 @@ class Agent:
         if internal:
             return [m.as_message() for m in logged]
         return fast_mind.visible_history(logged)
-
-    def _conversation_lock(self, conversation_id: str) -> _ConversationLock:
-        with self._locks_lock:
-            lock = self._locks.get(conversation_id)
-            if lock is None:
-                lock = self._locks[conversation_id] = _ConversationLock()
-            return lock
 
     def _fast_options(self, options: OptionsLike) -> GenerationOptions:
         base = self.fast_spec.options
@@ -303,9 +292,8 @@ class Agent:
     def _run_turn(self, text: str, cid: str, system: str | None, options: GenerationOptions,
                   cancel: threading.Event, put: Callable[[Any], None]) -> None:
         """One turn, start to end, handing each event to ``put`` (runs in the turn's worker)."""
-        lock = self._conversation_lock(cid)  # a strong reference for the whole turn
         try:
-            with lock, self.log_store.turn_lock(cid):
+            with self.log_store.turn_lock(cid):
                 for event in TurnRun(self, text, cid, system, options, cancel).run():
                     put(event)
         except DumaError as exc:
@@ -369,20 +357,6 @@ class TurnStream(Iterator[Event]):
 
 class TurnCancelled(Exception):
     """The reader closed the turn's stream: stop generating."""
-
-
-class _ConversationLock:
-    """A lock that can be weakly referenced (``threading.Lock`` cannot)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> _ConversationLock:
-        self._lock.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()
 
 
 class _Raised:

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -207,13 +208,11 @@ class LogStore:
 
     @contextmanager
     def turn_lock(self, conversation_id: str) -> Iterator[None]:
-        """Serialise the turns of one conversation: across the threads of this process and
-        across processes sharing this database (an advisory lock on one byte of
+        """Serialise the turns of one conversation: across the threads of this process (also
+        for an in-memory log) and across processes sharing this database (an advisory lock on one byte of
         ``<database>.turns``, released when the turn ends or the process dies)."""
-        if self.in_memory:
-            yield
-            return
-        with _TURN_LOCKS.hold(self.path, conversation_id):
+        database = f"memory:{id(self)}" if self.in_memory else str(self.path.resolve())
+        with _TURN_LOCKS.hold(database, conversation_id, between_processes=not self.in_memory):
             yield
             with self._lock:  # kept writes go in before another process takes its turn
                 self._flush_pending(wait_s=self.RETRY_WAIT_S)
@@ -370,7 +369,8 @@ class _ProcessTurnLocks:
     def __init__(self) -> None:
         self._guard = threading.Lock()
         self._files: dict[str, int | None] = {}
-        self._threads: dict[tuple[str, str], threading.Lock] = {}
+        # Held only while a turn runs: a conversation nobody is using drops its lock.
+        self._threads: weakref.WeakValueDictionary[tuple[str, str], _TurnLock] = weakref.WeakValueDictionary()
 
     def _file(self, database: str) -> int | None:
         if database not in self._files:
@@ -381,11 +381,12 @@ class _ProcessTurnLocks:
         return self._files[database]
 
     @contextmanager
-    def hold(self, database: Path, conversation_id: str) -> Iterator[None]:
-        key = str(database.resolve())
+    def hold(self, database: str, conversation_id: str, *, between_processes: bool) -> Iterator[None]:
         with self._guard:
-            thread_lock = self._threads.setdefault((key, conversation_id), threading.Lock())
-            fd = self._file(key) if os.name == "posix" else None
+            thread_lock = self._threads.get((database, conversation_id))
+            if thread_lock is None:
+                thread_lock = self._threads[(database, conversation_id)] = _TurnLock()
+            fd = self._file(database) if between_processes and os.name == "posix" else None
         with thread_lock:
             if fd is None:
                 yield
@@ -398,6 +399,20 @@ class _ProcessTurnLocks:
                 yield
             finally:
                 fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)
+
+
+class _TurnLock:
+    """A lock that can be weakly referenced (``threading.Lock`` cannot)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> _TurnLock:
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
 
 
 _TURN_LOCKS = _ProcessTurnLocks()
