@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import IO, Any, ClassVar, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from duma.errors import DumaError, first_line, validation_problems
+from duma.paths import temporary_path
 from duma.types import Message
 
 
@@ -534,7 +534,7 @@ class RecordWriter:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        self._tmp = temporary_path(self.path)
         suffix = self.path.suffix.lower()
         self.format: FileFormat = "json" if suffix == ".json" else "parquet" if suffix == ".parquet" else "jsonl"
         self.count = 0

@@ -18,14 +18,13 @@ import os
 import shutil
 import sys
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from duma.errors import ModelLoadError, first_line
-from duma.paths import duma_home
+from duma.paths import TEMPORARY_MARK, duma_home, temporary_owner, temporary_path
 
 if TYPE_CHECKING:
     from duma.backend import Backend
@@ -89,8 +88,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     if not gguf.is_file():
         raise ModelLoadError(f"GGUF file {gguf} does not exist", "check the model path")
     target.parent.mkdir(parents=True, exist_ok=True)
-    # The pid in the name tells a later run whether the converting process is still alive.
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = temporary_path(target)
     console = Console(stderr=True)
     try:
         with conversion_progress(console) as phase:
@@ -175,9 +173,9 @@ def remove_stale_conversions(cache: Path) -> list[Path]:
     """Delete the temporary folders of conversions whose process died (a kill during the
     first run leaves one of about 200 MB); returns what was removed."""
     removed = []
-    for tmp in cache.glob(".*.tmp-*"):
-        owner = tmp.name.rsplit(".tmp-", 1)[1].split("-")[0]
-        if owner.isdigit() and _process_alive(int(owner)):
+    for tmp in cache.glob(f".*{TEMPORARY_MARK}*"):
+        owner = temporary_owner(tmp)
+        if owner is not None and _process_alive(owner):
             continue
         shutil.rmtree(tmp, ignore_errors=True)
         removed.append(tmp)

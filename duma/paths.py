@@ -15,12 +15,27 @@ def duma_home() -> Path:
     return home
 
 
+TEMPORARY_MARK = ".tmp-"
+
+
+def temporary_path(path: Path) -> Path:
+    """A hidden sibling of ``path`` to write before renaming it into place:
+    ``.<name>.tmp-<pid>-<random>`` (the pid tells a later run whether its writer is alive)."""
+    return path.with_name(f".{path.name}{TEMPORARY_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def temporary_owner(tmp: Path) -> int | None:
+    """The pid of the process that made a :func:`temporary_path`, or None if unknown."""
+    owner = tmp.name.rsplit(TEMPORARY_MARK, 1)[-1].split("-")[0]
+    return int(owner) if TEMPORARY_MARK in tmp.name and owner.isdigit() else None
+
+
 def write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(temporary_path)``, then rename the result onto ``path``: readers never
     see a half-written file, and a failed write leaves the old one in place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = temporary_path(path)
     try:
         write(tmp)
         os.replace(tmp, path)
