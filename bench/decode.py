@@ -109,7 +109,7 @@ def _tiny_overhead(runs: int, new_tokens: int = 200) -> dict[str, float]:
 
     from duma.testing import make_tiny_model
     from duma.types import Message, ModelSpec
-    from duma.plugins.transformers_backend import TransformersBackend
+    from duma.plugins.backends.transformers import TransformersBackend
 
     with tempfile.TemporaryDirectory() as folder:
         backend = TransformersBackend(ModelSpec(model=str(make_tiny_model(folder)), device="cpu"))
@@ -133,7 +133,7 @@ def _shipped_minds(model: str, runs: int, new_tokens: int) -> dict[str, Any]:
     from duma import models
     from duma.backend import AdapterView
     from duma.types import Message, ModelSpec
-    from duma.plugins.transformers_backend import TransformersBackend
+    from duma.plugins.backends.transformers import TransformersBackend
 
     fast_dir, slow_dir = models.shipped_mind_adapter("fast"), models.shipped_mind_adapter("slow")
     if fast_dir is None or slow_dir is None:
@@ -174,7 +174,7 @@ def main(out: Any = None) -> None:
         torch.set_num_threads(args.threads)
 
     from duma.types import Message, ModelSpec
-    from duma.plugins.transformers_backend import TransformersBackend
+    from duma.plugins.backends.transformers import TransformersBackend
 
     spec = ModelSpec(model=args.model)
     load_start = time.perf_counter()

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from duma.data import DataSource
     from duma.errors import DumaError
     from duma.judge import Judge, JudgeResult
+    from duma.quantizer import Quantizer
     from duma.routing import RouteDecision, RouteInput, Router
     from duma.trainers.base import Trainer
 
@@ -38,6 +39,7 @@ _LAZY: dict[str, str] = {
     "RouteDecision": "duma.routing",
     "DataSource": "duma.data",
     "Trainer": "duma.trainers.base",
+    "Quantizer": "duma.quantizer",
     "Judge": "duma.judge",
     "JudgeResult": "duma.judge",
     "DumaConfig": "duma.config",

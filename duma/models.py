@@ -134,9 +134,11 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
 
 
 @contextmanager
-def conversion_progress(console: Any) -> Iterator[Callable[[str], None]]:
-    """One line per phase of the first-run conversion, each with its elapsed time (a status
-    line short enough not to wrap, so it redraws in place); ``phase(text)`` starts the next."""
+def conversion_progress(console: Any, title: str = "duma: converting the model once into a cached folder "
+                        "(about 30 s)") -> Iterator[Callable[[str], None]]:
+    """One line per phase of a conversion or quantization, each with its elapsed time (a
+    status line short enough not to wrap, so it redraws in place); ``phase(text)`` starts
+    the next."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     progress = Progress(SpinnerColumn(), TextColumn("duma: {task.description}"), TimeElapsedColumn(),
@@ -149,8 +151,7 @@ def conversion_progress(console: Any) -> Iterator[Callable[[str], None]]:
         current.append(progress.add_task(text, total=1))
 
     with progress:
-        progress.console.print("duma: converting the model once into a cached folder (about 30 s)",
-                               style="dim", highlight=False)
+        progress.console.print(title, style="dim", highlight=False)
         yield phase
         if current:
             progress.update(current[-1], completed=1)
@@ -362,6 +363,12 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto", adapter: s
                                  "use device 'cpu', or dtype 'auto' on a GPU")
         loaded = load_model(model, device, "float32", adapter, merge_adapter=True)
         return _quantize_int8(loaded)
+    own_loader = _quantizer_loader(path)
+    if own_loader is not None:
+        if adapter:
+            raise ModelLoadError(f"{path} is a quantized model; an adapter cannot be applied to it",
+                                 "quantize the model with the adapter merged in (duma quantize --adapter)")
+        return own_loader(path, device)
     torch_dtype = pick_dtype(dtype, device)
     try:
         with _quiet_loading():
@@ -377,6 +384,21 @@ def load_model(model: str, device: str = "auto", dtype: str = "auto", adapter: s
     loaded.to(device)
     loaded.eval()
     return loaded
+
+
+def _quantizer_loader(path: Path) -> Callable[[Path, str], Any] | None:
+    """The loader of the quantizer that wrote ``path`` (its ``duma-quantized.json`` names the
+    method) when that quantizer loads its own format; None for plain HF folders."""
+    manifest = path / "duma-quantized.json"
+    if not manifest.is_file():
+        return None
+    from duma import host
+
+    try:
+        method = json.loads(manifest.read_text(encoding="utf-8"))["method"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ModelLoadError(f"{manifest} is unreadable", "re-run duma quantize for this model") from None
+    return getattr(host.get("quantizer", method), "load_model", None)
 
 
 def _quantize_int8(model: Any) -> Any:
@@ -436,6 +458,21 @@ def _backend_key(spec: ModelSpec) -> tuple[str, str, str | None, str, str, str]:
     return (spec.backend, spec.model, spec.adapter, spec.device, spec.dtype, options)
 
 
+AUTO_BACKEND = "auto"
+
+
+def resolve_backend_name(spec: ModelSpec) -> str:
+    """The backend ``backend: auto`` stands for: onnxruntime-genai on CPU (several times the
+    decode speed of transformers there; the model is converted once, see its backend), and
+    transformers on a GPU. Any other name is returned as given."""
+    if spec.backend != AUTO_BACKEND:
+        return spec.backend
+    if pick_device(spec.device) == "cpu" and spec.dtype in ("auto", "float32", "int8") \
+            and importlib.util.find_spec("onnxruntime_genai") is not None:
+        return "onnxruntime"
+    return "transformers"
+
+
 def load_backend(spec: ModelSpec) -> Backend:
     """The backend instance for a model spec, shared process-wide: two minds on the same
     backend, model, adapter, device and dtype share one copy of the weights. Generation
@@ -449,7 +486,7 @@ def load_backend(spec: ModelSpec) -> Backend:
     from duma.backend import AdapterView
 
     model, adapter = split_adapter(spec.model, spec.adapter)
-    spec = spec.model_copy(update={"model": model, "adapter": adapter})
+    spec = spec.model_copy(update={"model": model, "adapter": adapter, "backend": resolve_backend_name(spec)})
     if adapter is None or not host.get("backend", spec.backend).capabilities_for(spec).adapters_per_call:
         return _cached_backend(spec)
     folder = str(Path(adapter).expanduser().resolve())

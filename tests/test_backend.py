@@ -18,7 +18,7 @@ QUESTION = [Message(role="user", content="What is the capital of France?")]
 
 @pytest.fixture(scope="module")
 def backend(tiny_model):
-    from duma.plugins.transformers_backend import TransformersBackend
+    from duma.plugins.backends.transformers import TransformersBackend
 
     return TransformersBackend(ModelSpec(model=str(tiny_model), device="cpu"))
 
@@ -43,13 +43,13 @@ def _reference_greedy(backend, messages, max_new_tokens):
 
 def test_plugin_registers_the_backend():
     from duma import host
-    from duma.plugins.transformers_backend import TransformersBackend
+    from duma.plugins.backends.transformers import TransformersBackend
 
     assert host.get("backend", "transformers") is TransformersBackend
 
 
 def test_importing_backend_and_loader_does_not_import_torch():
-    code = "import sys, duma.plugins.transformers_backend, duma.models; print('torch' in sys.modules)"
+    code = "import sys, duma.plugins.backends.transformers, duma.models; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -127,7 +127,7 @@ def test_repetition_penalty_matches_transformers(backend):
 
 
 def test_cache_reuse_across_turns_matches_no_reuse(tiny_model, backend):
-    from duma.plugins.transformers_backend import TransformersBackend
+    from duma.plugins.backends.transformers import TransformersBackend
 
     no_reuse = TransformersBackend(ModelSpec(model=str(tiny_model)), cache_slots=0)
     backend.clear_cache()
@@ -279,7 +279,7 @@ def test_adapter_changes_logits(tiny_model, tmp_path):
     assert not torch.allclose(plain, with_adapter, atol=1e-4)
     assert torch.allclose(with_adapter, with_merged, atol=1e-4)
 
-    from duma.plugins.transformers_backend import TransformersBackend
+    from duma.plugins.backends.transformers import TransformersBackend
 
     adapted_backend = TransformersBackend(ModelSpec(model=str(tiny_model), adapter=str(tmp_path / "adapter")))
     assert adapted_backend.generate(QUESTION, GenerationOptions(max_tokens=3)).usage.completion_tokens >= 1
@@ -289,7 +289,7 @@ def test_an_adapter_folder_given_as_the_model_loads_on_its_base(tiny_model, tmp_
     """`duma chat -m runs/my-lora`: the adapter folder names its base model."""
     from peft import LoraConfig, get_peft_model
 
-    from duma.plugins.transformers_backend import TransformersBackend
+    from duma.plugins.backends.transformers import TransformersBackend
 
     lora = get_peft_model(models.load_model(str(tiny_model)),
                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
@@ -308,7 +308,7 @@ def test_missing_adapter_is_a_one_line_error(tiny_model, tmp_path):
 
 
 def test_int8_dtype_is_opt_in_and_runs(tiny_model):
-    from duma.plugins.transformers_backend import TransformersBackend
+    from duma.plugins.backends.transformers import TransformersBackend
 
     quantized = TransformersBackend(ModelSpec(model=str(tiny_model), device="cpu", dtype="int8"))
     completion = quantized.generate(QUESTION, GenerationOptions(max_tokens=5))
@@ -340,7 +340,7 @@ def test_two_adapters_share_one_base_model_and_switch_per_call(tiny_model, tmp_p
     """The fast and slow minds: one base in memory, each call runs its own adapter, and the
     result equals a separate model with that adapter merged in."""
     from duma.backend import AdapterView
-    from duma.plugins.transformers_backend import TransformersBackend
+    from duma.plugins.backends.transformers import TransformersBackend
 
     fast_dir = _random_adapter(tiny_model, tmp_path / "fast", 1)
     slow_dir = _random_adapter(tiny_model, tmp_path / "slow", 2)
@@ -437,7 +437,7 @@ def test_cancel_stops_a_generation_within_one_token(backend):
 
 def test_backend_options_are_validated_by_the_backends_own_model(tiny_model):
     from duma.errors import ConfigError
-    from duma.plugins.transformers_backend import TransformersBackend
+    from duma.plugins.backends.transformers import TransformersBackend
 
     with pytest.raises(ConfigError) as info:
         TransformersBackend(ModelSpec(model=str(tiny_model), backend_options={"base_url": "http://x"}))
@@ -447,7 +447,7 @@ def test_backend_options_are_validated_by_the_backends_own_model(tiny_model):
 
 
 def test_capabilities_are_one_record_per_backend_and_spec(tiny_model):
-    from duma.plugins.transformers_backend import TransformersBackend
+    from duma.plugins.backends.transformers import TransformersBackend
 
     float32 = TransformersBackend.capabilities_for(ModelSpec(model=str(tiny_model)))
     int8 = TransformersBackend.capabilities_for(ModelSpec(model=str(tiny_model), dtype="int8"))

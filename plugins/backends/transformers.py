@@ -6,8 +6,8 @@ for the last position only, and the KV cache of recent conversations is kept so 
 follow-up turn only runs the new tokens through the model (its longest common token prefix
 with a cached conversation is reused). Greedy output equals ``model.generate(do_sample=False)``.
 
-torch and transformers are imported inside methods: this module is imported when the CLI
-starts.
+torch and transformers are imported inside methods: the module is imported the first time a
+backend is looked up.
 """
 
 from __future__ import annotations
@@ -19,18 +19,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from duma import Backend, hookimpl
-from duma.backend import BackendCapabilities, IncrementalDetokenizer, StopFilter
+from duma.backend import Backend, BackendCapabilities, IncrementalDetokenizer, StopFilter
 from duma.errors import DumaError
 from duma.types import GenerationChunk, GenerationOptions, Message, ModelSpec, Timings, Usage
 
 # Conversations whose KV cache is kept for reuse (fast and slow minds share one backend).
 DEFAULT_CACHE_SLOTS = 4
-
-
-@hookimpl
-def register_backends(register: Any) -> None:
-    register(TransformersBackend)
 
 
 @dataclass(eq=False)

@@ -1,0 +1,22 @@
+"""Built-in inference backends, one module each. A new backend is one more module here and
+one line in :func:`register_backends`.
+
+The modules are imported when a backend is first looked up, not when the CLI starts (they
+need pydantic and, when a model loads, torch or an inference engine).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from duma import hookimpl
+
+
+@hookimpl
+def register_backends(register: Any) -> None:
+    from duma.plugins.backends.llamacpp import LlamaCppBackend
+    from duma.plugins.backends.onnxruntime import OnnxRuntimeBackend
+    from duma.plugins.backends.transformers import TransformersBackend
+
+    for backend in (TransformersBackend, OnnxRuntimeBackend, LlamaCppBackend):
+        register(backend)

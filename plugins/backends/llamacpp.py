@@ -1,0 +1,6 @@
+"""Placeholder: being written."""
+from duma.backend import Backend
+
+
+class LlamaCppBackend(Backend):  # type: ignore[misc]
+    name = "llamacpp"

@@ -1,0 +1,7 @@
+"""Placeholder: being written."""
+from duma.quantizer import Quantizer
+
+
+class OnnxQuantizer(Quantizer):  # type: ignore[misc]
+    name = "onnx"
+    bits = (8,)
