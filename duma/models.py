@@ -148,13 +148,21 @@ def conversion_progress(console: Any, title: str = "duma: converting the model o
     def phase(text: str) -> None:
         if current:
             progress.update(current[-1], completed=1)
+        else:
+            # Started with the first phase: a run refused before any work prints nothing, and
+            # a conversion nested before it (the GGUF of a model being quantized) has the
+            # terminal to itself.
+            progress.start()
+            progress.console.print(title, style="dim", highlight=False)
         current.append(progress.add_task(text, total=1))
 
-    with progress:
-        progress.console.print(title, style="dim", highlight=False)
+    try:
         yield phase
         if current:
             progress.update(current[-1], completed=1)
+    finally:
+        if current:
+            progress.stop()
 
 
 def _drop_gguf_quantizer(model: Any) -> None:

@@ -282,37 +282,12 @@ def quantize_model(model: str, method: str, out: str | Path, *, adapter: str | N
     source = QuantizeSource(reference=model, base_folder=base_folder,
                             adapter=Path(adapter_ref).expanduser() if adapter_ref else None,
                             scratch=scratch, progress=progress)
-    try:
-        quantizer.check(source, bits)
-        details = quantizer.quantize(source, tmp, bits, calibration_data) or {}
-        if not tmp.exists():
-            raise QuantizeError(f"method '{method}' wrote nothing", "report this to the plugin's authors")
-        size_before = model_size_bytes(source.merged_folder())
-        ppl_before = ppl_after = None
-        if text_ids is not None:
-            progress("measuring perplexity before and after")
-            ppl_before = perplexity_of(hf_logits_function(source.merged_folder()), text_ids)
-            try:
-                ppl_after = perplexity_of(quantizer.logits_function(tmp, source), text_ids)
-            finally:
-                quantizer.close_logits()
-        report = QuantizeReport(
-            source=model, adapter=str(adapter_ref) if adapter_ref else None, method=method, bits=bits,
-            output=str(out), options=quantizer.options.model_dump(mode="json"),
-            size_before_bytes=size_before, size_after_bytes=model_size_bytes(tmp),
-            perplexity_before=ppl_before, perplexity_after=ppl_after,
-            perplexity_text=str(ppl_text) if text_ids is not None else None,
-            perplexity_tokens=len(text_ids) if text_ids is not None else None,
-            seconds=round(time.perf_counter() - started, 2), details=details)
-        manifest = json.dumps(report.model_dump(mode="json"), indent=2) + "\n"
-        if cls.output == "folder":
-            (tmp / MANIFEST).write_text(manifest, encoding="utf-8")
-        _move_into_place(tmp, out)
-        if cls.output == "file":
-            from duma.paths import write_atomically
+    from duma.models import _quiet_loading
 
-            write_atomically(manifest_path(out), lambda p: p.write_text(manifest, encoding="utf-8"))
-        return report
+    try:
+        with _quiet_loading():  # the method's own loading bars would bury the phases
+            return _write_quantized(quantizer, source, tmp, out, bits, calibration_data, text_ids,
+                                    ppl_text, started)
     except DumaError:
         raise
     except Exception as exc:
@@ -321,6 +296,44 @@ def quantize_model(model: str, method: str, out: str | Path, *, adapter: str | N
     finally:
         _remove(tmp)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _write_quantized(quantizer: Quantizer, source: QuantizeSource, tmp: Path, out: Path, bits: int,
+                     calibration: list[str] | None, text_ids: list[int] | None, ppl_text: str | Path | None,
+                     started: float) -> QuantizeReport:
+    """Quantize into ``tmp``, measure, write the manifest, then move the output into place."""
+    cls = type(quantizer)
+    progress = source.progress
+    quantizer.check(source, bits)
+    progress(f"quantizing with '{cls.name}' ({bits} bits)")
+    details = quantizer.quantize(source, tmp, bits, calibration) or {}
+    if not tmp.exists():
+        raise QuantizeError(f"method '{cls.name}' wrote nothing", "report this to the plugin's authors")
+    ppl_before = ppl_after = None
+    if text_ids is not None:
+        progress("measuring perplexity before and after")
+        ppl_before = perplexity_of(hf_logits_function(source.merged_folder()), text_ids)
+        try:
+            ppl_after = perplexity_of(quantizer.logits_function(tmp, source), text_ids)
+        finally:
+            quantizer.close_logits()
+    report = QuantizeReport(
+        source=source.reference, adapter=str(source.adapter) if source.adapter else None, method=cls.name,
+        bits=bits, output=str(out), options=quantizer.options.model_dump(mode="json"),
+        size_before_bytes=model_size_bytes(source.merged_folder()), size_after_bytes=model_size_bytes(tmp),
+        perplexity_before=ppl_before, perplexity_after=ppl_after,
+        perplexity_text=str(ppl_text) if text_ids is not None else None,
+        perplexity_tokens=len(text_ids) if text_ids is not None else None,
+        seconds=round(time.perf_counter() - started, 2), details=details)
+    manifest = json.dumps(report.model_dump(mode="json"), indent=2) + "\n"
+    if cls.output == "folder":
+        (tmp / MANIFEST).write_text(manifest, encoding="utf-8")
+    _move_into_place(tmp, out)
+    if cls.output == "file":
+        from duma.paths import write_atomically
+
+        write_atomically(manifest_path(out), lambda p: p.write_text(manifest, encoding="utf-8"))
+    return report
 
 
 def manifest_path(out: Path) -> Path:
