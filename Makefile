@@ -62,7 +62,7 @@ minds: install
 
 # Each benchmark prints one JSON object: our figure, the baseline's, the ratio.
 bench: install
-	$(BIN)/python bench/decode.py --minds
+	$(BIN)/python bench/decode.py
 	$(BIN)/python bench/agent_latency.py
 	$(BIN)/python bench/train_throughput.py
 

@@ -425,6 +425,19 @@ def _quantize_int8(model: Any) -> Any:
                                 inplace=True)
 
 
+def save_merged(base: str | Path, adapter: str | Path, out: Path) -> Path:
+    """Fold a peft adapter into its base model (a reference :func:`resolve_model_path` takes)
+    and write a plain float32 HF folder with the adapter's tokenizer (its base's when the
+    adapter has none): ``duma export --merge`` and the quantizers both write through here."""
+    merged = load_model(str(base), device="cpu", dtype="float32", adapter=str(adapter), merge_adapter=True)
+    out.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(str(out), safe_serialization=True)
+    has_own = (Path(adapter) / "tokenizer_config.json").is_file()
+    tokenizer = load_tokenizer(str(adapter)) if has_own else load_tokenizer(str(base))
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
 def _apply_adapter(model: Any, adapter: str, merge: bool) -> Any:
     peft_model = attach_adapter(model, adapter)
     return peft_model.merge_and_unload() if merge else peft_model
@@ -472,10 +485,11 @@ AUTO_BACKEND = "auto"
 def resolve_backend_name(spec: ModelSpec) -> str:
     """The backend ``backend: auto`` stands for: onnxruntime-genai on CPU (several times the
     decode speed of transformers there; the model is converted once, see its backend), and
-    transformers on a GPU. Any other name is returned as given."""
+    transformers on a GPU or with an explicit ``dtype`` (such as torch's ``int8``). Any other
+    name is returned as given."""
     if spec.backend != AUTO_BACKEND:
         return spec.backend
-    if pick_device(spec.device) == "cpu" and spec.dtype in ("auto", "float32", "int8") \
+    if pick_device(spec.device) == "cpu" and spec.dtype == "auto" \
             and importlib.util.find_spec("onnxruntime_genai") is not None:
         return "onnxruntime"
     return "transformers"

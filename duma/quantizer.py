@@ -71,15 +71,10 @@ class QuantizeSource:
         if self.adapter is None:
             return self.base_folder
         if self._merged is None:
-            from duma.models import load_model, load_tokenizer
+            from duma.models import save_merged
 
             self.progress(f"merging adapter {self.adapter.name} into its base")
-            target = self.scratch / "merged"
-            model = load_model(str(self.base_folder), device="cpu", dtype="float32", adapter=str(self.adapter),
-                               merge_adapter=True)
-            model.save_pretrained(str(target))
-            load_tokenizer(str(self.adapter)).save_pretrained(str(target))
-            self._merged = target
+            self._merged = save_merged(self.base_folder, self.adapter, self.scratch / "merged")
         return self._merged
 
 

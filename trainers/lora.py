@@ -12,7 +12,7 @@ from pydantic import Field
 
 from duma import models
 from duma.config import Strict
-from duma.trainers.base import Trainer, load_causal_lm, load_padded_tokenizer, resolve_model_folder
+from duma.trainers.base import Trainer, resolve_model_folder
 from duma.trainers.config import RunConfig, TrainingConfig
 
 ADAPTER_BASE_FILE = "duma_adapter.json"  # the base model reference as the run config gave it
@@ -69,8 +69,6 @@ class LoraTrainer(Trainer):
 
 def merge_adapter(adapter: Path, out: Path) -> Path:
     """Fold a LoRA adapter into its base model and write a plain HF model folder."""
-    import torch
-
     from duma.errors import DumaError
 
     adapter = Path(adapter)
@@ -89,12 +87,4 @@ def merge_adapter(adapter: Path, out: Path) -> Path:
         base_folder = resolve_model_folder(ref)
     else:
         raise DumaError(f"{cfg_file} names no base model", "set base_model_name_or_path")
-    model = load_causal_lm(base_folder)
-    merged = models.attach_adapter(model, str(adapter)).merge_and_unload()
-    merged = merged.to(torch.float32)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(str(out), safe_serialization=True)
-    tok_src = adapter if (adapter / "tokenizer_config.json").is_file() else base_folder
-    load_padded_tokenizer(tok_src).save_pretrained(str(out))
-    return out
+    return models.save_merged(base_folder, adapter, Path(out))
