@@ -300,7 +300,7 @@ def _write_quantized(quantizer: Quantizer, source: QuantizeSource, tmp: Path, ou
     cls = type(quantizer)
     progress = source.progress
     quantizer.check(source, bits)
-    progress(f"quantizing with '{cls.name}' ({bits} bits)")
+    progress(f"quantizing with '{cls.name}'")
     details = quantizer.quantize(source, tmp, bits, calibration) or {}
     if not tmp.exists():
         raise QuantizeError(f"method '{cls.name}' wrote nothing", "report this to the plugin's authors")

@@ -70,7 +70,8 @@ def quantize(model: str, method: str, out: str, adapter: str | None, bits: int |
     if as_json:
         click.echo(json.dumps(report.model_dump(mode="json"), indent=2))
         return
-    click.echo(f"wrote {report.output} ({method}, {report.bits} bits) in {report.seconds:.0f} s")
+    kind = report.details.get("type") or f"{report.bits} bits"  # a method's own name for it, e.g. Q4_1
+    click.echo(f"wrote {report.output} ({method}, {kind}) in {report.seconds:.0f} s")
     click.echo(f"size: {_size(report.size_before_bytes)} -> {_size(report.size_after_bytes)} "
                f"({report.size_ratio:.0%})")
     if report.perplexity_before is not None and report.perplexity_after is not None:
