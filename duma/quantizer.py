@@ -196,6 +196,8 @@ def calibration_texts(path: Path, tokenizer: Any, limit: int = CALIBRATION_SAMPL
 
     if not path.exists():
         raise QuantizeError(f"--calibration {path}: no such file", "give a data file duma reads (duma data stats FILE)")
+    if path.is_file() and not path.read_bytes().strip():
+        raise QuantizeError(f"--calibration {path}: no usable text (the file is empty)", "give a file with some records")
     texts: list[str] = []
     for record in iter_records(detect_source(path), path):
         if isinstance(record, Conversation):
@@ -256,6 +258,9 @@ def quantize_model(model: str, method: str, out: str | Path, *, adapter: str | N
         raise QuantizeError(f"--out {out} already exists", "choose another path or pass --overwrite to replace it")
     if calibration is not None and not cls.calibration:
         raise QuantizeError(f"--calibration: method '{method}' takes no calibration data", "leave it out")
+    if calibration is None and cls.calibration:
+        raise QuantizeError(f"method '{method}' calibrates on sample texts: --calibration is required",
+                            f"give a data file, e.g. --calibration data.jsonl ({CALIBRATION_SAMPLES} texts are used)")
     text_ids: list[int] | None = None
     base_ref, adapter_ref = split_adapter(model, adapter)
     if adapter_ref is not None and not (Path(adapter_ref).expanduser() / "adapter_config.json").is_file():

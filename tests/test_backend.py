@@ -320,8 +320,9 @@ def test_loader_int8_dtype_quantizes_linear_layers(tiny_model):
     import torch
 
     quantized = models.load_model(str(tiny_model), device="cpu", dtype="int8")
-    linear_types = {type(m).__name__ for m in quantized.modules() if "Linear" in type(m).__name__}
-    assert linear_types and not any(type(m) is torch.nn.Linear for m in quantized.modules())
+    still_float = {name.rsplit(".", 1)[-1] for name, m in quantized.named_modules() if type(m) is torch.nn.Linear}
+    assert still_float == set(models.INT8_KEEP_FLOAT)  # the MLP output projection, for its outliers
+    assert any("quantized" in type(m).__module__ for m in quantized.modules())
 
 
 def _random_adapter(tiny_model, folder, seed):

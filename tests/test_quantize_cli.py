@@ -182,7 +182,7 @@ def test_calibration_data_is_checked_and_read(half, tiny_model, tmp_path, capsys
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     code, _, err = run_cli([*base, "--out", str(tmp_path / "b"), "--calibration", str(empty)], capsys)
-    assert code != 0 and "empty.jsonl" in err
+    assert code != 0 and "empty.jsonl" in err and "no usable text" in err
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"instruction": f"say {i}", "output": f"{i}"}) + "\n" for i in range(200)))
     code, stdout, err = run_cli([*base, "--out", str(tmp_path / "c"), "--calibration", str(data), "--json"], capsys)

@@ -54,7 +54,7 @@ def test_gptq_is_registered_with_its_recipe():
 
 
 def test_missing_calibration_is_refused(library_present, tiny_model, tmp_path):
-    error = _refused(tiny_model, tmp_path / "out", "needs calibration data")
+    error = _refused(tiny_model, tmp_path / "out", "--calibration is required")
     assert "--calibration" in error.hint
 
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from duma.backend import Backend, BackendCapabilities, IncrementalDetokenizer, StopFilter
@@ -68,8 +69,9 @@ class TransformersBackend(Backend):
 
     @classmethod
     def capabilities_for(cls, spec: ModelSpec) -> BackendCapabilities:
-        # int8 weights cannot take a merged adapter back out: one copy per adapter then.
-        if spec.dtype == "int8":
+        # int8 weights cannot take a merged adapter back out: one copy per adapter then (and a
+        # folder duma quantize wrote takes none).
+        if spec.dtype == "int8" or (Path(spec.model).expanduser() / "duma-quantized.json").is_file():
             return cls.capabilities.model_copy(update={"adapters_per_call": False})
         return cls.capabilities
 
