@@ -55,8 +55,9 @@ def register_backends(register: Register) -> None:
 def register_quantizers(register: Register) -> None:
     """Register quantizers.
 
-    ``register(quantizer_cls)``: a class with a ``name`` (e.g. ``"gptq"``) that writes a
-    smaller copy of a model. No quantizer is built in yet; the hook is where they register.
+    ``register(quantizer_cls)``: a :class:`duma.quantizer.Quantizer` subclass with a ``name``
+    (e.g. ``"gguf"``) that writes a smaller copy of a model. Called when ``duma quantize``
+    (or a backend converting a model on first use) looks up a method.
     """
 
 
