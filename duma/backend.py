@@ -283,3 +283,46 @@ def stream_guarded(backend: Backend, messages: Sequence[Message], options: Gener
         close = getattr(stream, "close", None)
         if close is not None:
             close()
+
+
+class Sampler:
+    """Picks the next token from a torch logits vector, for backends that decode token by
+    token: argmax when greedy, else repetition penalty, temperature, top-k and top-p in the
+    order transformers applies them, then a (seeded) draw. ``torch`` is passed in so this
+    module stays importable without it."""
+
+    def __init__(self, torch: Any, options: GenerationOptions, device: str) -> None:
+        self.torch = torch
+        self.options = options
+        self.greedy = options.temperature == 0
+        self.needs_history = options.repetition_penalty != 1.0
+        self.generator = None
+        if not self.greedy:
+            self.generator = torch.Generator(device=device)
+            if options.seed is not None:
+                self.generator.manual_seed(options.seed)
+            else:
+                self.generator.seed()
+
+    def pick(self, logits: Any, history: Any) -> Any:
+        torch = self.torch
+        opts = self.options
+        if self.needs_history and history is not None:
+            logits = logits.float().clone()
+            seen = logits.gather(0, history)
+            seen = torch.where(seen < 0, seen * opts.repetition_penalty, seen / opts.repetition_penalty)
+            logits.scatter_(0, history, seen)
+        if self.greedy:
+            return logits.argmax()
+        logits = logits.float() / opts.temperature
+        if opts.top_k > 0 and opts.top_k < logits.numel():
+            kth = torch.topk(logits, opts.top_k).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if opts.top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, descending=False)
+            cumulative = sorted_logits.softmax(-1).cumsum(-1)
+            remove = cumulative <= (1 - opts.top_p)
+            remove[-1] = False  # always keep the most likely token
+            logits = logits.masked_fill(remove.scatter(0, order, remove), float("-inf"))
+        probs = logits.softmax(-1)
+        return torch.multinomial(probs, 1, generator=self.generator)[0]

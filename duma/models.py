@@ -245,6 +245,9 @@ def resolve_model_path(model: str) -> Path:
             raise ModelLoadError(f"model file {path} is not a .gguf file",
                                  "give a .gguf file or a Hugging Face model folder")
         return _converted(path, embedded=False)
+    if (path / "genai_config.json").is_file():
+        raise ModelLoadError(f"model folder {path} is an onnxruntime-genai model",
+                             "run it with backend onnxruntime (--backend onnxruntime)")
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"model folder {path} has no config.json",
                              "give a Hugging Face model folder (saved with save_pretrained) or a .gguf file")

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -26,7 +25,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from duma.errors import ConfigError, DumaError, first_line, format_validation_error
+from duma.errors import ConfigError, DumaError, first_line, validation_problems
 from duma.paths import temporary_path
 
 MANIFEST = "duma-quantized.json"
@@ -111,8 +110,8 @@ class Quantizer(ABC):
             return cls.Options.model_validate(options)
         except ValidationError as exc:
             allowed = ", ".join(sorted(cls.Options.model_fields)) or "none"
-            raise ConfigError(format_validation_error(exc, prefix="-o"),
-                              f"method '{cls.name}' takes: {allowed}") from None
+            key, problem = validation_problems(exc)[0]
+            raise ConfigError(f"-o {key}: {problem}", f"method '{cls.name}' takes: {allowed}") from None
 
     def check(self, source: QuantizeSource, bits: int) -> None:
         """Refuse what this method cannot do with a one-line :class:`QuantizeError`, before
@@ -241,7 +240,7 @@ def quantize_model(model: str, method: str, out: str | Path, *, adapter: str | N
     Nothing is left at ``out`` unless everything succeeded; an existing ``out`` is refused
     unless ``overwrite``, and then replaced only at the end.
     """
-    from duma.models import load_tokenizer, resolve_model_path, split_adapter
+    from duma.models import load_tokenizer, remove_stale_conversions, resolve_model_path, split_adapter
 
     progress = progress or (lambda text: None)
     quantizer = get_quantizer(method, options)
@@ -278,7 +277,9 @@ def quantize_model(model: str, method: str, out: str | Path, *, adapter: str | N
     started = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(out)
-    scratch = Path(tempfile.mkdtemp(prefix="duma-quantize-", dir=out.parent))
+    remove_stale_conversions(out.parent)  # scratch and temporary outputs of killed runs
+    scratch = temporary_path(out.parent / f"{out.name}.scratch")
+    scratch.mkdir()
     source = QuantizeSource(reference=model, base_folder=base_folder,
                             adapter=Path(adapter_ref).expanduser() if adapter_ref else None,
                             scratch=scratch, progress=progress)

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from duma.backend import Backend, BackendCapabilities, IncrementalDetokenizer, StopFilter
+from duma.backend import Backend, BackendCapabilities, IncrementalDetokenizer, Sampler, StopFilter
 from duma.errors import ConfigError, DumaError, ModelLoadError, first_line
 from duma.plugins.quantizers.onnx import Int4Algo
 from duma.types import GenerationChunk, GenerationOptions, Message, ModelSpec, Timings, Usage
@@ -480,7 +480,6 @@ class OnnxRuntimeBackend(Backend):
                   cancel: threading.Event | None, adapter: str | None) -> Iterator[GenerationChunk]:
         import torch
 
-        from duma.plugins.backends.transformers import _Sampler
 
         start = time.perf_counter()
         first_token_s: float | None = None
@@ -488,7 +487,7 @@ class OnnxRuntimeBackend(Backend):
         self.last_prefix_reused = reused
         decoder = IncrementalDetokenizer(self.tokenizer, prompt[-4:])
         stops = StopFilter(options.stop)
-        sampler = _Sampler(torch, options, "cpu")
+        sampler = Sampler(torch, options, "cpu")
         generated: list[int] = []
         finish = "length"
         # Every token fed so far (prompt and reply), for the repetition penalty.

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from duma.backend import Backend, BackendCapabilities, IncrementalDetokenizer, StopFilter
+from duma.backend import Backend, BackendCapabilities, Sampler, IncrementalDetokenizer, StopFilter
 from duma.errors import DumaError
 from duma.types import GenerationChunk, GenerationOptions, Message, ModelSpec, Timings, Usage
 
@@ -272,7 +272,7 @@ class TransformersBackend(Backend):
         self._slots.append(slot)
         del self._slots[:-self._cache_slots]
 
-    def _step(self, step_input: Any, cache: Any, sampler: _Sampler, history: Any) -> tuple[Any, Any]:
+    def _step(self, step_input: Any, cache: Any, sampler: Sampler, history: Any) -> tuple[Any, Any]:
         """One forward pass over the new tokens and the pick of the next token. Inference
         mode is entered here, not around the whole stream, so it never leaks into the
         caller's code between chunks."""
@@ -293,7 +293,7 @@ class TransformersBackend(Backend):
         self.last_prefix_reused = reused
         decoder = IncrementalDetokenizer(self.tokenizer, prompt[-4:])
         stops = StopFilter(options.stop)
-        sampler = _Sampler(torch, options, self.device)
+        sampler = Sampler(torch, options, self.device)
         generated: list[int] = []
         finish = "length"
         # Every token fed so far (prompt and reply) as one tensor, for the repetition penalty.
@@ -341,44 +341,3 @@ class TransformersBackend(Backend):
             usage=Usage(prompt_tokens=len(prompt), completion_tokens=len(generated)),
             timings=Timings(first_token_s=first_token_s, total_s=time.perf_counter() - start),
         )
-
-
-class _Sampler:
-    """Picks the next token: argmax when greedy, else repetition penalty, temperature,
-    top-k and top-p in the order transformers applies them, then a (seeded) draw."""
-
-    def __init__(self, torch: Any, options: GenerationOptions, device: str) -> None:
-        self.torch = torch
-        self.options = options
-        self.greedy = options.temperature == 0
-        self.needs_history = options.repetition_penalty != 1.0
-        self.generator = None
-        if not self.greedy:
-            self.generator = torch.Generator(device=device)
-            if options.seed is not None:
-                self.generator.manual_seed(options.seed)
-            else:
-                self.generator.seed()
-
-    def pick(self, logits: Any, history: Any) -> Any:
-        torch = self.torch
-        opts = self.options
-        if self.needs_history and history is not None:
-            logits = logits.float().clone()
-            seen = logits.gather(0, history)
-            seen = torch.where(seen < 0, seen * opts.repetition_penalty, seen / opts.repetition_penalty)
-            logits.scatter_(0, history, seen)
-        if self.greedy:
-            return logits.argmax()
-        logits = logits.float() / opts.temperature
-        if opts.top_k > 0 and opts.top_k < logits.numel():
-            kth = torch.topk(logits, opts.top_k).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if opts.top_p < 1.0:
-            sorted_logits, order = torch.sort(logits, descending=False)
-            cumulative = sorted_logits.softmax(-1).cumsum(-1)
-            remove = cumulative <= (1 - opts.top_p)
-            remove[-1] = False  # always keep the most likely token
-            logits = logits.masked_fill(remove.scatter(0, order, remove), float("-inf"))
-        probs = logits.softmax(-1)
-        return torch.multinomial(probs, 1, generator=self.generator)[0]
