@@ -124,13 +124,14 @@ def _measure_backend(engine: str, model: str, new_tokens: int, runs: int) -> dic
     backend = models.load_backend(spec)
     load_s = time.perf_counter() - start
     base = getattr(backend, "base", backend)
-    if hasattr(base, "_eos_ids"):
+    eos_ids = getattr(base, "_eos_ids", None)
+    if eos_ids is not None:
         base._eos_ids = set()  # ignore EOS, like the plain loop, so every run makes new_tokens
     messages = [Message(role="user", content=PROMPT)]
     _backend_run(backend, messages, 8)
     measured = _median([_backend_run(backend, messages, new_tokens) for _ in range(runs)])
-    if hasattr(base, "_eos_ids"):
-        base._eos_ids = base._find_eos_ids()
+    if eos_ids is not None:
+        base._eos_ids = eos_ids
     result: dict[str, Any] = {"backend": base.name, "spec": spec.model_dump(include={"model", "adapter", "dtype",
                                                                                       "backend_options"}),
                               "load_s": round(load_s, 2), **measured, **_tenth_turn(backend)}

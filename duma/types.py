@@ -45,7 +45,8 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: str = Field("transformers", description="Name of a registered backend.")
+    backend: str = Field("auto", description="Name of a registered backend; 'auto': onnxruntime on CPU (the "
+                         "model converted once, about 1 minute), transformers on a GPU or with an explicit dtype.")
     model: str = Field("embedded", description="'embedded', an HF model folder or a .gguf file.")
     adapter: str | None = Field(None, description="Optional peft adapter folder.")
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]'.")

@@ -352,12 +352,12 @@ def test_two_adapters_share_one_base_model_and_switch_per_call(tiny_model, tmp_p
     expected["base"] = TransformersBackend(ModelSpec(model=str(tiny_model))).generate(QUESTION, options).text
     assert len(set(expected.values())) == 3  # the adapters really change the output
 
-    fast = models.load_backend(ModelSpec(model=str(tiny_model), adapter=fast_dir))
-    slow = models.load_backend(ModelSpec(model=str(tiny_model), adapter=slow_dir))
-    base = models.load_backend(ModelSpec(model=str(tiny_model)))
+    fast = models.load_backend(ModelSpec(backend="transformers", model=str(tiny_model), adapter=fast_dir))
+    slow = models.load_backend(ModelSpec(backend="transformers", model=str(tiny_model), adapter=slow_dir))
+    base = models.load_backend(ModelSpec(backend="transformers", model=str(tiny_model)))
     assert isinstance(fast, AdapterView) and isinstance(slow, AdapterView)
     assert fast.base is slow.base is base  # one copy of the weights
-    assert models.load_backend(ModelSpec(model=str(tiny_model), adapter=fast_dir)) is fast
+    assert models.load_backend(ModelSpec(backend="transformers", model=str(tiny_model), adapter=fast_dir)) is fast
     # Interleaved calls (as in a DUMA turn), twice over: switching is exact and repeatable,
     # and a cached conversation is never continued under another adapter.
     for _ in range(2):

@@ -32,7 +32,7 @@ def error_of(**kwargs) -> ConfigError:
 def test_defaults_without_file_or_environment():
     config = load_config(environ={})
     assert config == DumaConfig()
-    assert config.model.backend == "transformers" and config.model.model == "embedded"
+    assert config.model.backend == "auto" and config.model.model == "embedded"
     assert config.agent.max_slow_steps == 6 and config.log_level == "warning"
 
 

@@ -6,6 +6,8 @@ These load the real embedded model; they are skipped in a checkout without train
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from duma import models
@@ -19,24 +21,33 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def agent():
+def agent(tmp_path_factory):
     from duma.agents import Agent
 
-    models.clear_backends()
-    agent = Agent.from_config(log=False)
-    agent.load()
-    yield agent
-    models.clear_backends()
+    # Module-scoped: set up before the per-test DUMA_HOME, so say where models are cached.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DUMA_HOME", str(tmp_path_factory.mktemp("duma-home")))
+        env.setenv("DUMA_MODEL_CACHE", str(Path(__file__).resolve().parents[1] / ".test-cache" / "models"))
+        models.clear_backends()
+        agent = Agent.from_config(log=False)
+        agent.load()
+        yield agent
+        models.clear_backends()
 
 
-def test_the_default_agent_runs_both_adapters_on_one_base(agent):
+def test_the_default_agent_runs_both_minds_on_the_fast_backend(agent):
     assert agent.router_name == "duma"
     assert agent.fast_spec.model == agent.slow_spec.model == "embedded"
     assert agent.fast_spec.adapter == str(models.shipped_mind_adapter("fast"))
     assert agent.slow_spec.adapter == str(models.shipped_mind_adapter("slow"))
     fast, slow = agent.fast_backend, agent.slow_backend
-    assert isinstance(fast, AdapterView) and isinstance(slow, AdapterView)
-    assert fast.base is slow.base
+    if models.resolve_backend_name(agent.fast_spec) == "onnxruntime":
+        # One int4 model per mind, its adapter merged in (faster than switching adapters).
+        assert fast.name == slow.name == "onnxruntime" and fast is not slow
+        assert fast.folder != slow.folder
+    else:
+        assert isinstance(fast, AdapterView) and isinstance(slow, AdapterView)
+        assert fast.base is slow.base
 
 
 def test_a_percentage_wakes_the_slow_mind_which_uses_the_calculator(agent):

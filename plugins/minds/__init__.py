@@ -60,15 +60,17 @@ def generate_command(out: Path, seed: int, n_fast: int, n_slow: int, eval_fracti
 @click.option("--slow-adapter", default=None, type=click.Path(), help="LoRA adapter of the slow mind.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="At most this many items per measurement.")
 @click.option("--max-tokens", type=click.IntRange(1), default=96, show_default=True)
+@click.option("--backend", default="auto", show_default=True,
+              help="Backend both minds run on (auto: what duma chat uses; transformers: float32 PyTorch).")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Report JSON (a Markdown table is written next to it, .md).")
 def measure_command(data: Path, model: str, fast_adapter: str | None, slow_adapter: str | None,
-                    limit: int | None, max_tokens: int, out: Path) -> None:
+                    limit: int | None, max_tokens: int, backend: str, out: Path) -> None:
     """Measure invoke decisions, slow-mind validity and end-to-end routing on held-out templates."""
     from .measure import measure, to_markdown
 
     report = measure(data, model=model, fast_adapter=fast_adapter, slow_adapter=slow_adapter,
-                     limit=limit, max_tokens=max_tokens)
+                     limit=limit, max_tokens=max_tokens, backend=backend)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report.model_dump_json(indent=1) + "\n", encoding="utf-8")
     table = to_markdown(report)

@@ -72,6 +72,7 @@ class MeasureReport(BaseModel):
     fast_adapter: str | None = None
     slow_adapter: str | None = None
     limit: int | None = None
+    backend: str = "auto"
     invoke: InvokeMetrics = Field(default_factory=InvokeMetrics)
     slow: SlowMetrics = Field(default_factory=SlowMetrics)
     end_to_end: EndToEndMetrics = Field(default_factory=EndToEndMetrics)
@@ -243,20 +244,21 @@ def balanced(turns: list[dict[str, Any]], limit: int | None) -> list[dict[str, A
 
 def measure(data: Path, *, model: str = "embedded", fast_adapter: str | None = None,
             slow_adapter: str | None = None, limit: int | None = None, max_tokens: int = 96,
-            today: str = DEFAULT_TODAY, device: str = "auto") -> MeasureReport:
+            today: str = DEFAULT_TODAY, device: str = "auto", backend: str = "auto") -> MeasureReport:
     from duma.agents.agent import load_tools
     from duma.config import DumaConfig
     from duma.models import load_backend
     from duma.types import ModelSpec
 
-    report = MeasureReport(model=model, fast_adapter=fast_adapter, slow_adapter=slow_adapter, limit=limit)
+    report = MeasureReport(model=model, fast_adapter=fast_adapter, slow_adapter=slow_adapter, limit=limit,
+                           backend=backend)
     turns = balanced(_read_jsonl(data / "routing_eval.jsonl"), limit)
     slow_eval = _read_jsonl(data / "slow_eval.jsonl")
     expected = {r["id"]: r["expected"] for r in _read_jsonl(data / "slow_expected.jsonl")}
     slow_eval = slow_eval[:limit] if limit else slow_eval
     with fixed_today(today):
-        fast = load_backend(ModelSpec(model=model, adapter=fast_adapter, device=device))
-        slow = load_backend(ModelSpec(model=model, adapter=slow_adapter, device=device))
+        fast = load_backend(ModelSpec(backend=backend, model=model, adapter=fast_adapter, device=device))
+        slow = load_backend(ModelSpec(backend=backend, model=model, adapter=slow_adapter, device=device))
         tools = load_tools(DumaConfig(agent={"knowledge_dir": KNOWLEDGE_DIR}))
         report.invoke, invoke_rows = measure_invoke(fast, turns, max_tokens)
         report.slow, _ = measure_slow(slow, tools, [(r["messages"][1]["content"], expected[r["id"]])
