@@ -76,3 +76,8 @@ def test_awkward_input_gets_a_reply_never_a_crash_or_a_stuck_turn(agent, text):
     assert reply.total_s < 120
     if reply.slow_ran:
         assert len(reply.steps) <= agent.config.agent.max_slow_steps
+
+
+def test_the_default_path_knows_the_capital_of_france(agent):
+    reply = agent.chat("What is the capital of France?")
+    assert "Paris" in reply.text, reply.text

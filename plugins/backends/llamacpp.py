@@ -47,8 +47,9 @@ class LlamaCppOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    n_threads: int | None = Field(None, ge=1, description="CPU threads for decoding (default: llama.cpp's "
-                                  "choice).")
+    n_threads: int | None = Field(None, ge=1, description="CPU threads for decoding (default: one per CPU this "
+                                  "process may use, as the onnxruntime backend; llama.cpp's own choice used half "
+                                  "of 2 cores).")
     n_ctx: int = Field(DEFAULT_N_CTX, ge=64, description="Context length to allocate (at most the model's "
                        "own).")
     n_batch: int = Field(512, ge=1, description="Prompt tokens per llama.cpp batch.")
@@ -133,7 +134,7 @@ class LlamaCppBackend(Backend):
             # last_n_tokens_size: the repetition penalty covers every token of the reply (llama.cpp
             # reads -1 or 0 as "no penalty", and its default window is 64 tokens).
             return self._llama_cpp.Llama(model_path=str(path), n_ctx=options.n_ctx, n_batch=options.n_batch,
-                                         n_threads=options.n_threads, n_gpu_layers=n_gpu_layers,
+                                         n_threads=options.n_threads or len(os.sched_getaffinity(0)), n_gpu_layers=n_gpu_layers,
                                          last_n_tokens_size=options.n_ctx, verbose=bool(os.environ.get("DUMA_DEBUG")))
         except Exception as exc:  # llama.cpp says only "Failed to load model from file"
             raise ModelLoadError(f"llama.cpp cannot load GGUF file {path}: {first_line(exc, with_type=True)}",
