@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import threading
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from duma.errors import ConfigError, format_validation_error
-from duma.types import Completion, GenerationChunk, GenerationOptions, Message, ModelSpec
+from duma.types import Completion, GenerationChunk, GenerationOptions, Message, ModelSpec, Timings, Usage
 
 
 class BackendCapabilities(BaseModel):
@@ -106,6 +107,97 @@ class Backend(ABC):
 
     def close(self) -> None:
         """Release resources (optional)."""
+
+
+class TokenizedBackend(Backend):
+    """A backend that decodes token by token from prompts of its Hugging Face tokenizer
+    (``self.tokenizer``), rendered by the one renderer shared with training: the in-process
+    backends (transformers, onnxruntime, llama.cpp) all are."""
+
+    tokenizer: Any
+
+    def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
+        """The prompt token ids: exactly the training prefix of the next reply."""
+        from duma.rendering import render_prompt_ids
+
+        return render_prompt_ids(self.tokenizer, messages)
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        return len(self.prompt_ids(messages))
+
+
+def eos_token_ids(configured: int | Sequence[int] | None, tokenizer: Any) -> set[int]:
+    """The ids that end a reply: the model's configured EOS id(s) and the tokenizer's."""
+    ids: set[int] = set()
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(int(i) for i in configured)
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
+
+
+class TokenStreamer:
+    """Turns the token ids a backend decodes into its stream: text through the incremental
+    detokenizer and the stop filter, the end at EOS, a stop string, ``max_new`` tokens or
+    ``cancel``, and the last chunk with usage and timings. Every token-by-token backend
+    feeds its tokens through one, so they end replies alike::
+
+        streamer = TokenStreamer(tokenizer, prompt, options, max_new, eos_ids, cancel)
+        for token in tokens:
+            text = streamer.push(token)
+            if text:
+                yield GenerationChunk(text=text)
+            if streamer.finished:
+                break
+        ...
+        yield from streamer.close()
+    """
+
+    def __init__(self, tokenizer: Any, prompt: Sequence[int], options: GenerationOptions, max_new: int,
+                 eos_ids: Container[int], cancel: threading.Event | None) -> None:
+        self.start = time.perf_counter()
+        self.first_token_s: float | None = None
+        self.prompt_tokens = len(prompt)
+        self.decoder = IncrementalDetokenizer(tokenizer, prompt[-4:])
+        self.stops = StopFilter(options.stop)
+        self.max_new = max_new
+        self.eos_ids = eos_ids
+        self.cancel = cancel
+        self.generated: list[int] = []
+        self.finish = "length"
+        self.finished = False
+
+    def push(self, token: int) -> str:
+        """Take the next decoded token; returns the text that may be shown now. Afterwards
+        ``finished`` says whether generation ends here."""
+        if self.first_token_s is None:
+            self.first_token_s = time.perf_counter() - self.start
+        self.generated.append(token)
+        if token in self.eos_ids:
+            self.finish, self.finished = "stop", True
+            return ""
+        text = self.stops.push(self.decoder.push(token))
+        if self.stops.stopped:
+            self.finish, self.finished = "stop", True
+        elif len(self.generated) >= self.max_new:
+            self.finished = True
+        elif self.cancel is not None and self.cancel.is_set():
+            self.finish, self.finished = "cancelled", True
+        return text
+
+    def close(self) -> Iterator[GenerationChunk]:
+        """The text still held back, then the last chunk."""
+        tail = self.stops.push(self.decoder.flush()) + self.stops.flush()
+        if tail:
+            yield GenerationChunk(text=tail)
+        yield GenerationChunk(
+            done=True,
+            finish_reason=self.finish,  # type: ignore[arg-type]
+            usage=Usage(prompt_tokens=self.prompt_tokens, completion_tokens=len(self.generated)),
+            timings=Timings(first_token_s=self.first_token_s, total_s=time.perf_counter() - self.start),
+        )
 
 
 class AdapterView(Backend):

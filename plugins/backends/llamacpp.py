@@ -23,16 +23,15 @@ import json
 import os
 import random
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from duma.backend import Backend, BackendCapabilities, IncrementalDetokenizer, StopFilter
+from duma.backend import BackendCapabilities, TokenizedBackend, TokenStreamer, eos_token_ids
 from duma.errors import DumaError, ModelLoadError, first_line
-from duma.types import GenerationChunk, GenerationOptions, Message, ModelSpec, Timings, Usage
+from duma.types import GenerationChunk, GenerationOptions, Message, ModelSpec
 
 INSTALL_HINT = "install it: pip install 'duma[llamacpp]' (builds from source, about 7 minutes)"
 # The context duma allocates by default: the KV cache is sized for all of it up front, and
@@ -68,7 +67,7 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-class LlamaCppBackend(Backend):
+class LlamaCppBackend(TokenizedBackend):
     """A GGUF model in-process through llama.cpp."""
 
     name = "llamacpp"
@@ -94,10 +93,10 @@ class LlamaCppBackend(Backend):
         # After the model: llama.cpp's error names a damaged file better than a tokenizer reader's.
         self.tokenizer = (_gguf_tokenizer(self.gguf_path) if tokenizer_source is None
                           else models.load_tokenizer(tokenizer_source))
-        self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
-        self._eos_ids = {int(self.llm.token_eos())}
-        if self.tokenizer.eos_token_id is not None:
-            self._eos_ids.add(int(self.tokenizer.eos_token_id))
+        vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        # Every end-of-generation token llama.cpp knows (EOS, end of turn...), and the tokenizer's.
+        self._eos_ids = eos_token_ids([t for t in range(int(self.llm.n_vocab()))
+                                       if llama_cpp.llama_vocab_is_eog(vocab, t)], self.tokenizer)
         train_ctx = int(llama_cpp.llama_model_n_ctx_train(self.llm.model))
         self._context_length = min(int(self.llm.n_ctx()), train_ctx) if train_ctx > 0 else int(self.llm.n_ctx())
         self._lock = threading.Lock()
@@ -141,15 +140,6 @@ class LlamaCppBackend(Backend):
                                  "check that the file is complete and of an architecture llama.cpp supports") from None
 
     # --- public API ----------------------------------------------------------------------
-
-    def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
-        """The prompt token ids: the one rendering shared with training."""
-        from duma.rendering import render_prompt_ids
-
-        return render_prompt_ids(self.tokenizer, messages)
-
-    def count_tokens(self, messages: Sequence[Message]) -> int:
-        return len(self.prompt_ids(messages))
 
     @property
     def context_length(self) -> int:
@@ -196,15 +186,10 @@ class LlamaCppBackend(Backend):
     def _generate(self, prompt: list[int], options: GenerationOptions, max_new: int,
                   cancel: threading.Event | None) -> Iterator[GenerationChunk]:
         llm = self.llm
-        start = time.perf_counter()
-        first_token_s: float | None = None
+        streamer = TokenStreamer(self.tokenizer, prompt, options, max_new, self._eos_ids, cancel)
         self.last_prefix_reused = self._reusable(prompt)
         greedy = options.temperature == 0
         llm.set_seed(options.seed if options.seed is not None else random.getrandbits(31))
-        decoder = IncrementalDetokenizer(self.tokenizer, prompt[-4:])
-        stops = StopFilter(options.stop)
-        generated: list[int] = []
-        finish = "length"
         # llama.cpp's chain: penalties, top-k, top-p, temperature, draw (greedy: penalties, argmax);
         # its min-p and typical filters stay off, as they are not duma options. Unlike the
         # transformers backend, the repetition penalty counts the reply's tokens, not the prompt's.
@@ -213,37 +198,16 @@ class LlamaCppBackend(Backend):
                               repeat_penalty=options.repetition_penalty, reset=True)
         try:
             for token in tokens:
-                token = int(token)
-                if first_token_s is None:
-                    first_token_s = time.perf_counter() - start
-                generated.append(token)
-                if token in self._eos_ids or self._llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                    finish = "stop"
-                    break
-                text = stops.push(decoder.push(token))
+                text = streamer.push(int(token))
                 if text:
                     yield GenerationChunk(text=text)
-                if stops.stopped:
-                    finish = "stop"
+                if streamer.finished:
                     break
-                if len(generated) >= max_new:
-                    break
-                if cancel is not None and cancel.is_set():
-                    finish = "cancelled"
-                    break
-            tail = stops.push(decoder.flush()) + stops.flush()
-            if tail:
-                yield GenerationChunk(text=tail)
         finally:
             tokens.close()
             # llama.cpp ran the prompt and every token but the last one sampled.
-            self._context_ids = (prompt + generated)[: llm.n_tokens]
-        yield GenerationChunk(
-            done=True,
-            finish_reason=finish,  # type: ignore[arg-type]
-            usage=Usage(prompt_tokens=len(prompt), completion_tokens=len(generated)),
-            timings=Timings(first_token_s=first_token_s, total_s=time.perf_counter() - start),
-        )
+            self._context_ids = (prompt + streamer.generated)[: llm.n_tokens]
+        yield from streamer.close()
 
 
 # --- files -----------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ import json
 import os
 import re
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,10 +32,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from duma.backend import Backend, BackendCapabilities, IncrementalDetokenizer, Sampler, StopFilter
+from duma.backend import BackendCapabilities, Sampler, TokenizedBackend, TokenStreamer, eos_token_ids
 from duma.errors import ConfigError, DumaError, ModelLoadError, first_line
 from duma.plugins.quantizers.onnx import Int4Algo
-from duma.types import GenerationChunk, GenerationOptions, Message, ModelSpec, Timings, Usage
+from duma.types import GenerationChunk, GenerationOptions, Message, ModelSpec
 
 DEFAULT_CACHE_SLOTS = 4
 # spec.dtype -> bits, when backend_options does not name the bits itself.
@@ -168,7 +167,7 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(TokenizedBackend):
     """onnxruntime-genai on the CPU (an ONNX folder, or any model converted once)."""
 
     name = "onnxruntime"
@@ -296,26 +295,9 @@ class OnnxRuntimeBackend(Backend):
         self._eos_ids = self._find_eos_ids()
 
     def _find_eos_ids(self) -> set[int]:
-        ids: set[int] = set()
-        configured = self.genai_config["model"].get("eos_token_id")
-        if isinstance(configured, int):
-            ids.add(configured)
-        elif configured:
-            ids.update(int(i) for i in configured)
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(int(self.tokenizer.eos_token_id))
-        return ids
+        return eos_token_ids(self.genai_config["model"].get("eos_token_id"), self.tokenizer)
 
     # --- public API ----------------------------------------------------------------------
-
-    def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
-        """The prompt token ids: the one rendering shared with training."""
-        from duma.rendering import render_prompt_ids
-
-        return render_prompt_ids(self.tokenizer, messages)
-
-    def count_tokens(self, messages: Sequence[Message]) -> int:
-        return len(self.prompt_ids(messages))
 
     @property
     def context_length(self) -> int:
@@ -483,15 +465,10 @@ class OnnxRuntimeBackend(Backend):
         import torch
 
 
-        start = time.perf_counter()
-        first_token_s: float | None = None
+        streamer = TokenStreamer(self.tokenizer, prompt, options, max_new, self._eos_ids, cancel)
         slot, reused = self._take_slot(prompt, adapter, len(prompt) + max_new)
         self.last_prefix_reused = reused
-        decoder = IncrementalDetokenizer(self.tokenizer, prompt[-4:])
-        stops = StopFilter(options.stop)
         sampler = Sampler(torch, options, "cpu")
-        generated: list[int] = []
-        finish = "length"
         # Every token fed so far (prompt and reply), for the repetition penalty.
         history = torch.tensor(prompt[:reused], dtype=torch.long) if sampler.needs_history else None
         # False while tokens are being appended: a call that raised may have left the KV
@@ -508,33 +485,13 @@ class OnnxRuntimeBackend(Backend):
                 if history is not None:
                     history = torch.cat([history, torch.tensor(fed, dtype=torch.long)])
                 token = int(sampler.pick(logits, history))
-                if first_token_s is None:
-                    first_token_s = time.perf_counter() - start
-                generated.append(token)
-                if token in self._eos_ids:
-                    finish = "stop"
-                    break
-                text = stops.push(decoder.push(token))
+                text = streamer.push(token)
                 if text:
                     yield GenerationChunk(text=text)
-                if stops.stopped:
-                    finish = "stop"
-                    break
-                if len(generated) >= max_new:
-                    break
-                if cancel is not None and cancel.is_set():
-                    finish = "cancelled"
+                if streamer.finished:
                     break
                 fed = [token]
-            tail = stops.push(decoder.flush()) + stops.flush()
-            if tail:
-                yield GenerationChunk(text=tail)
         finally:
             if consistent:
                 self._keep_slot(slot)
-        yield GenerationChunk(
-            done=True,
-            finish_reason=finish,  # type: ignore[arg-type]
-            usage=Usage(prompt_tokens=len(prompt), completion_tokens=len(generated)),
-            timings=Timings(first_token_s=first_token_s, total_s=time.perf_counter() - start),
-        )
+        yield from streamer.close()

@@ -13,16 +13,15 @@ backend is looked up.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from duma.backend import Backend, BackendCapabilities, Sampler, IncrementalDetokenizer, StopFilter
+from duma.backend import BackendCapabilities, Sampler, TokenizedBackend, TokenStreamer, eos_token_ids
 from duma.errors import DumaError
-from duma.types import GenerationChunk, GenerationOptions, Message, ModelSpec, Timings, Usage
+from duma.types import GenerationChunk, GenerationOptions, Message, ModelSpec
 
 # Conversations whose KV cache is kept for reuse (fast and slow minds share one backend).
 DEFAULT_CACHE_SLOTS = 4
@@ -60,7 +59,7 @@ def _new_cache(config: Any) -> Any:
     return DynamicCache(config=config)
 
 
-class TransformersBackend(Backend):
+class TransformersBackend(TokenizedBackend):
     """A transformers causal LM (``embedded``, an HF folder or a .gguf file) in-process."""
 
     name = "transformers"
@@ -107,28 +106,12 @@ class TransformersBackend(Backend):
     # --- loading -------------------------------------------------------------------------
 
     def _find_eos_ids(self) -> set[int]:
-        ids: set[int] = set()
         configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         if configured is None:
             configured = getattr(self.model.config, "eos_token_id", None)
-        if isinstance(configured, int):
-            ids.add(configured)
-        elif configured:
-            ids.update(int(i) for i in configured)
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(int(self.tokenizer.eos_token_id))
-        return ids
+        return eos_token_ids(configured, self.tokenizer)
 
     # --- public API ----------------------------------------------------------------------
-
-    def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
-        """The prompt token ids: the one rendering shared with training."""
-        from duma.rendering import render_prompt_ids
-
-        return render_prompt_ids(self.tokenizer, messages)
-
-    def count_tokens(self, messages: Sequence[Message]) -> int:
-        return len(self.prompt_ids(messages))
 
     @property
     def context_length(self) -> int:
@@ -287,15 +270,10 @@ class TransformersBackend(Backend):
     def _generate(self, prompt: list[int], options: GenerationOptions, max_new: int,
                   cancel: threading.Event | None) -> Iterator[GenerationChunk]:
         torch = self._torch
-        start = time.perf_counter()
-        first_token_s: float | None = None
+        streamer = TokenStreamer(self.tokenizer, prompt, options, max_new, self._eos_ids, cancel)
         slot, reused = self._take_slot(prompt)
         self.last_prefix_reused = reused
-        decoder = IncrementalDetokenizer(self.tokenizer, prompt[-4:])
-        stops = StopFilter(options.stop)
         sampler = Sampler(torch, options, self.device)
-        generated: list[int] = []
-        finish = "length"
         # Every token fed so far (prompt and reply) as one tensor, for the repetition penalty.
         history = torch.tensor(prompt[:reused], dtype=torch.long, device=self.device) if sampler.needs_history else None
         # False while a forward pass runs: a pass that raised may have updated only some
@@ -310,34 +288,14 @@ class TransformersBackend(Backend):
                 slot.ids.extend(fed)
                 consistent = True
                 token = int(next_id)  # the one host sync per token
-                if first_token_s is None:
-                    first_token_s = time.perf_counter() - start
-                generated.append(token)
-                if token in self._eos_ids:
-                    finish = "stop"
-                    break
-                text = stops.push(decoder.push(token))
+                text = streamer.push(token)
                 if text:
                     yield GenerationChunk(text=text)
-                if stops.stopped:
-                    finish = "stop"
-                    break
-                if len(generated) >= max_new:
-                    break
-                if cancel is not None and cancel.is_set():
-                    finish = "cancelled"
+                if streamer.finished:
                     break
                 step_input = next_id.view(1, 1)
                 fed = [token]
-            tail = stops.push(decoder.flush()) + stops.flush()
-            if tail:
-                yield GenerationChunk(text=tail)
         finally:
             if consistent:
                 self._keep_slot(slot)
-        yield GenerationChunk(
-            done=True,
-            finish_reason=finish,  # type: ignore[arg-type]
-            usage=Usage(prompt_tokens=len(prompt), completion_tokens=len(generated)),
-            timings=Timings(first_token_s=first_token_s, total_s=time.perf_counter() - start),
-        )
+        yield from streamer.close()
