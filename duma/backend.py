@@ -125,6 +125,21 @@ class TokenizedBackend(Backend):
     def count_tokens(self, messages: Sequence[Message]) -> int:
         return len(self.prompt_ids(messages))
 
+    def prompt_and_budget(self, messages: Sequence[Message], options: GenerationOptions,
+                          context_hint: str = "") -> tuple[list[int], int]:
+        """The prompt ids and how many tokens may follow them (``max_tokens`` within the
+        context); an empty or too long prompt is a one-line error."""
+        from duma.errors import DumaError
+
+        prompt = self.prompt_ids(messages)
+        if not prompt:
+            raise DumaError("cannot generate from an empty prompt", "pass at least one message")
+        limit = self.context_length
+        if len(prompt) >= limit:
+            raise DumaError(f"the prompt is {len(prompt)} tokens but the model accepts at most {limit}",
+                            "shorten the conversation history or the system prompt" + context_hint)
+        return prompt, min(options.max_tokens, limit - len(prompt))
+
 
 def eos_token_ids(configured: int | Sequence[int] | None, tokenizer: Any) -> set[int]:
     """The ids that end a reply: the model's configured EOS id(s) and the tokenizer's."""

@@ -161,14 +161,7 @@ class LlamaCppBackend(TokenizedBackend):
             raise DumaError("backend 'llamacpp' runs one model per mind and cannot switch adapters per call",
                             "give the adapter in the mind's model spec (adapter: FOLDER)")
         options = options or self.spec.options
-        prompt = self.prompt_ids(messages)
-        if not prompt:
-            raise DumaError("cannot generate from an empty prompt", "pass at least one message")
-        limit = self.context_length
-        if len(prompt) >= limit:
-            raise DumaError(f"the prompt is {len(prompt)} tokens but the model accepts at most {limit}",
-                            "shorten the conversation history or the system prompt, or raise backend_options.n_ctx")
-        max_new = min(options.max_tokens, limit - len(prompt))
+        prompt, max_new = self.prompt_and_budget(messages, options, ", or raise backend_options.n_ctx")
         with self._lock:
             yield from self._generate(prompt, options, max_new, cancel)
 

@@ -327,14 +327,7 @@ class OnnxRuntimeBackend(TokenizedBackend):
         """``adapter``: a peft adapter folder of the base model to generate with (with
         ``backend_options adapters: per_call``); None runs the model as loaded."""
         options = options or self.spec.options
-        prompt = self.prompt_ids(messages)
-        if not prompt:
-            raise DumaError("cannot generate from an empty prompt", "pass at least one message")
-        limit = self.context_length
-        if len(prompt) >= limit:
-            raise DumaError(f"the prompt is {len(prompt)} tokens but the model accepts at most {limit}",
-                            "shorten the conversation history or the system prompt")
-        max_new = min(options.max_tokens, limit - len(prompt))
+        prompt, max_new = self.prompt_and_budget(messages, options)
         with self._lock:
             if self._model is None:
                 raise DumaError("this onnxruntime backend was closed", "load the model again")

@@ -136,14 +136,7 @@ class TransformersBackend(TokenizedBackend):
         """``adapter``: a peft adapter folder of this base model to generate with (loaded on
         first use, then switched per call); None runs the base model."""
         options = options or self.spec.options
-        prompt = self.prompt_ids(messages)
-        if not prompt:
-            raise DumaError("cannot generate from an empty prompt", "pass at least one message")
-        limit = self.context_length
-        if len(prompt) >= limit:
-            raise DumaError(f"the prompt is {len(prompt)} tokens but the model accepts at most {limit}",
-                            "shorten the conversation history or the system prompt")
-        max_new = min(options.max_tokens, limit - len(prompt))
+        prompt, max_new = self.prompt_and_budget(messages, options)
         with self._lock:
             self._activate(adapter)
             yield from self._generate(prompt, options, max_new, cancel)
