@@ -141,6 +141,15 @@ class TokenizedBackend(Backend):
         return prompt, min(options.max_tokens, limit - len(prompt))
 
 
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading token ids two sequences share (what a kept KV cache can serve)."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
 def eos_token_ids(configured: int | Sequence[int] | None, tokenizer: Any) -> set[int]:
     """The ids that end a reply: the model's configured EOS id(s) and the tokenizer's."""
     ids: set[int] = set()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -49,3 +50,33 @@ def path_beside(input_path: Path, name: str) -> Path:
     when no option names it (``data.jsonl`` -> ``data.rejects.jsonl``), never the current
     directory."""
     return input_path.parent / f"{input_path.stem}.{name}"
+
+
+def version_stamp(path: Path) -> str:
+    """What a copy derived from ``path`` depends on: its resolved path and the name, size and
+    modification time of the file, or of every file at the top of the folder (weights,
+    config, tokenizer). Cached conversions are named by a digest of it."""
+    path = path.expanduser().resolve()
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    parts = [str(path)]
+    for p in files:
+        stat = p.stat()
+        parts.append(f"{p.name}|{stat.st_size}|{stat.st_mtime_ns}")
+    return "\n".join(parts)
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes on the file ``path`` (created if missing)."""
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: callers still rename atomically
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shutil
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -335,6 +336,39 @@ def _write_quantized(quantizer: Quantizer, source: QuantizeSource, tmp: Path, ou
 
         write_atomically(manifest_path(out), lambda p: p.write_text(manifest, encoding="utf-8"))
     return report
+
+
+_convert_lock = threading.Lock()
+
+
+def convert_once(model: str, method: str, target: Path, *, backend: str, title: str, adapter: str | None = None,
+                 bits: int | None = None, options: dict[str, Any] | None = None) -> Path:
+    """``target``, quantizing ``model`` into it with ``method`` unless it exists: what ``backend``
+    runs on first use (under ``title``'s progress line, no perplexity). One thread and one
+    process converts; the others wait for it and take its result. A failure is a
+    :class:`~duma.errors.ModelLoadError`, since the caller was loading a model."""
+    from rich.console import Console
+
+    from duma.errors import ModelLoadError
+    from duma.models import conversion_progress, remove_stale_conversions
+    from duma.paths import file_lock
+
+    if target.exists():
+        return target
+    with _convert_lock, file_lock(target.parent / f".{target.name}.lock"):
+        if target.exists():  # another thread or process converted it meanwhile
+            return target
+        remove_stale_conversions(target.parent)
+        try:
+            with conversion_progress(Console(stderr=True), title=title) as phase:
+                quantize_model(model, method, target, adapter=adapter, bits=bits, options=options, ppl_text=None,
+                               progress=phase)
+        except DumaError as exc:
+            if target.exists():  # finished by a process that took no lock
+                return target
+            label = model if adapter is None else f"{model} with adapter {Path(adapter).name}"
+            raise ModelLoadError(f"cannot convert {label} for {backend}: {exc.message}", exc.hint) from None
+    return target
 
 
 def manifest_path(out: Path) -> Path:

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from duma.backend import BackendCapabilities, TokenizedBackend, TokenStreamer, eos_token_ids
+from duma.backend import BackendCapabilities, TokenizedBackend, TokenStreamer, common_prefix_length, eos_token_ids
 from duma.errors import DumaError, ModelLoadError, first_line
 from duma.types import GenerationChunk, GenerationOptions, Message, ModelSpec
 
@@ -38,7 +38,6 @@ INSTALL_HINT = "install it: pip install 'duma[llamacpp]' (builds from source, ab
 # models train on far longer contexts than a chat needs.
 DEFAULT_N_CTX = 4096
 
-_convert_lock = threading.Lock()
 
 
 class LlamaCppOptions(BaseModel):
@@ -57,14 +56,6 @@ class LlamaCppOptions(BaseModel):
     quant_type: Literal["F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q4_K_M", "Q5_K_M", "Q6_K"] = Field(
         "Q8_0", description="GGUF type of models converted for llama.cpp (not of a .gguf given as the model). "
         "Q8_0 keeps a merged adapter almost exactly.")
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class LlamaCppBackend(TokenizedBackend):
@@ -171,7 +162,7 @@ class LlamaCppBackend(TokenizedBackend):
         """Prompt tokens llama.cpp's generate will not run again: the common prefix with what it
         holds, less the last prompt token when the whole prompt is held (its logits are rerun),
         unless the state ends exactly at the prompt."""
-        common = _common_prefix(self._context_ids, prompt)
+        common = common_prefix_length(self._context_ids, prompt)
         if common == len(prompt):
             return common if len(self._context_ids) == len(prompt) else common - 1
         return common
@@ -238,20 +229,17 @@ def _gguf_tokenizer(gguf: Path) -> Any:
 
 def _file_key(path: Path) -> str:
     """A cache name tied to one version of a file or folder (path, sizes, modification times)."""
-    path = path.expanduser().resolve()
-    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
-    stamp = [str(path)] + [f"{p.name}|{p.stat().st_size}|{p.stat().st_mtime_ns}" for p in files]
-    digest = hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:10]
-    return f"{path.stem.lower()}-{digest}"
+    from duma.paths import version_stamp
+
+    digest = hashlib.sha256(version_stamp(path).encode()).hexdigest()[:10]
+    return f"{path.expanduser().resolve().stem.lower()}-{digest}"
 
 
 def _converted_gguf(model: str, adapter: str | None, quant_type: str) -> Path:
     """``model`` (with ``adapter`` merged in) as a ``quant_type`` GGUF file in the model cache,
     written once by the gguf quantizer."""
-    from rich.console import Console
-
     from duma import models
-    from duma.quantizer import quantize_model
+    from duma.quantizer import convert_once
 
     source = models.embedded_gguf_path() if model == models.EMBEDDED else Path(model)
     if not source.exists():
@@ -260,16 +248,5 @@ def _converted_gguf(model: str, adapter: str | None, quant_type: str) -> Path:
     label = Path(adapter).name if adapter else ("embedded" if model == models.EMBEDDED else source.stem)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     out = models.model_cache_dir() / "gguf" / f"{label}-{quant_type.lower()}-{digest}.gguf"
-    with _convert_lock:
-        if out.is_file():
-            return out
-        console = Console(stderr=True)
-        title = f"duma: converting {label} once to a {quant_type} GGUF file for llama.cpp"
-        try:
-            with models.conversion_progress(console, title=title) as phase:
-                quantize_model(model, "gguf", out, adapter=adapter, options={"type": quant_type}, ppl_text=None,
-                               progress=phase)
-        except DumaError:
-            if not out.is_file():  # else another process finished the same conversion first
-                raise
-    return out
+    return convert_once(model, "gguf", out, backend="llamacpp", adapter=adapter, options={"type": quant_type},
+                        title=f"duma: converting {label} once to a {quant_type} GGUF file for llama.cpp")

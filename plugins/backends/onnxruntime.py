@@ -25,22 +25,21 @@ import os
 import re
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from duma.backend import BackendCapabilities, Sampler, TokenizedBackend, TokenStreamer, eos_token_ids
+from duma.backend import BackendCapabilities, Sampler, TokenizedBackend, TokenStreamer, common_prefix_length, eos_token_ids
 from duma.errors import ConfigError, DumaError, ModelLoadError, first_line
+from duma.paths import version_stamp
 from duma.plugins.quantizers.onnx import Int4Algo
 from duma.types import GenerationChunk, GenerationOptions, Message, ModelSpec
 
 DEFAULT_CACHE_SLOTS = 4
 # spec.dtype -> bits, when backend_options does not name the bits itself.
 DTYPE_BITS = {"float32": 32, "int8": 8}
-_convert_lock = threading.Lock()
 
 
 class OnnxRuntimeOptions(BaseModel):
@@ -77,14 +76,6 @@ class _Slot:
     ids: list[int] = field(default_factory=list)
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 def is_onnx_folder(path: Path) -> bool:
     """An onnxruntime-genai model folder (complete or not), as opposed to an HF folder."""
     return path.is_dir() and ((path / "genai_config.json").exists() or
@@ -108,18 +99,6 @@ def read_genai_config(folder: Path, hint: str) -> dict[str, Any]:
     return config
 
 
-def _identity(path: Path) -> str:
-    """What a converted copy depends on: a file's path, size and modification time, or those
-    of every file at the top of a folder (weights, config, tokenizer)."""
-    path = path.expanduser().resolve()
-    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
-    parts = [str(path)]
-    for p in files:
-        stat = p.stat()
-        parts.append(f"{p.name}|{stat.st_size}|{stat.st_mtime_ns}")
-    return "\n".join(parts)
-
-
 def _round_up(n: int, step: int) -> int:
     return -(-n // step) * step
 
@@ -140,31 +119,14 @@ def converted_folder_name(model: str, adapter: str | None, bits: int, options: d
     else:
         path = Path(model).expanduser()
         stem = path.stem if path.is_file() else path.resolve().name
-        identity = _identity(path)
+        identity = version_stamp(path)
     parts = [_slug(stem)]
     if adapter is not None:
         parts.append(_slug(Path(adapter).expanduser().resolve().name))
-        identity += "\nadapter:" + _identity(Path(adapter))
+        identity += "\nadapter:" + version_stamp(Path(adapter))
     identity += f"\nbits:{bits}\noptions:{json.dumps(options, sort_keys=True)}\nbuilder:{builder_version()}"
     parts.append("fp32" if bits == 32 else f"int{bits}")
     return "-".join(parts) + "-" + hashlib.sha256(identity.encode()).hexdigest()[:10]
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes (a conversion runs once; the other waits)."""
-    try:
-        import fcntl
-    except ImportError:  # not on POSIX: the in-process lock and the atomic rename remain
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class OnnxRuntimeBackend(TokenizedBackend):
@@ -233,11 +195,8 @@ class OnnxRuntimeBackend(TokenizedBackend):
 
     def _convert(self, model: str, adapter: str | None, options: OnnxRuntimeOptions) -> Path:
         """The cached ONNX folder of ``model`` (+ ``adapter``), converting it on first use."""
-        from rich.console import Console
-
-        from duma.models import (EMBEDDED, conversion_progress, model_cache_dir, remove_stale_conversions,
-                                 resolve_model_path)
-        from duma.quantizer import QuantizeError, quantize_model
+        from duma.models import EMBEDDED, model_cache_dir, resolve_model_path
+        from duma.quantizer import convert_once
 
         if model != EMBEDDED and not Path(model).expanduser().exists():
             resolve_model_path(model)  # the loader's one-line error for a missing model
@@ -249,25 +208,12 @@ class OnnxRuntimeBackend(TokenizedBackend):
         if self.bits == 4:
             quantizer_options["int4_algo"] = options.int4_algo
         target = model_cache_dir() / "onnx" / converted_folder_name(model, adapter, self.bits, quantizer_options)
-        if target.exists():
-            return target
         label = model if adapter is None else f"{model} with adapter {Path(adapter).name}"
         # k-quant searches each block's scales: about 3x the builder's 20 s on SmolLM2 here.
         takes = "about 1 min" if self.bits == 4 and options.int4_algo.startswith("k_quant") else "about 20 s"
-        with _convert_lock, _file_lock(target.parent / f".{target.name}.lock"):
-            if target.exists():  # another thread or process converted it meanwhile
-                return target
-            remove_stale_conversions(target.parent)
-            try:
-                with conversion_progress(Console(stderr=True),
-                                         title=f"duma: converting {label} once for onnxruntime ({takes})") as phase:
-                    quantize_model(model, "onnx", target, adapter=adapter, bits=self.bits, options=quantizer_options,
-                                   ppl_text=None, progress=phase)
-            except QuantizeError as exc:
-                if target.exists():  # finished by a process that took no lock
-                    return target
-                raise ModelLoadError(f"cannot convert {label} for onnxruntime: {exc.message}", exc.hint) from None
-        return target
+        return convert_once(model, "onnx", target, backend="onnxruntime", adapter=adapter, bits=self.bits,
+                            options=quantizer_options,
+                            title=f"duma: converting {label} once for onnxruntime ({takes})")
 
     def _load(self, options: OnnxRuntimeOptions) -> None:
         import onnxruntime_genai as og
@@ -380,7 +326,7 @@ class OnnxRuntimeBackend(TokenizedBackend):
         if not (Path(folder) / "adapter_config.json").is_file():
             raise ModelLoadError(f"adapter folder {folder} has no adapter_config.json",
                                  "give a folder saved by peft (save_pretrained of a PeftModel)")
-        digest = hashlib.sha256(f"{_identity(Path(folder))}\nmodel:{self.folder.resolve()}".encode()).hexdigest()[:10]
+        digest = hashlib.sha256(f"{version_stamp(Path(folder))}\nmodel:{self.folder.resolve()}".encode()).hexdigest()[:10]
         path = model_cache_dir() / "onnx" / "adapters" / f"{_slug(Path(folder).name)}-{digest}.onnx_adapter"
         try:
             if not path.is_file():
@@ -427,7 +373,7 @@ class OnnxRuntimeBackend(TokenizedBackend):
         for slot in self._slots:
             if slot.adapter != adapter:
                 continue
-            common = min(_common_prefix(slot.ids, prompt), len(prompt) - 1)
+            common = min(common_prefix_length(slot.ids, prompt), len(prompt) - 1)
             if common > best_len or (common == best_len and best is not None and common == len(slot.ids)):
                 best, best_len = slot, common
         if best is None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from duma.backend import BackendCapabilities, Sampler, TokenizedBackend, TokenStreamer, eos_token_ids
+from duma.backend import BackendCapabilities, Sampler, TokenizedBackend, TokenStreamer, common_prefix_length, eos_token_ids
 from duma.errors import DumaError
 from duma.types import GenerationChunk, GenerationOptions, Message, ModelSpec
 
@@ -35,14 +35,6 @@ class _CacheSlot:
     cache: Any
     ids: list[int] = field(default_factory=list)
     adapter: str | None = None
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def _is_plain_dynamic(cache: Any) -> bool:
@@ -226,7 +218,7 @@ class TransformersBackend(TokenizedBackend):
         for slot in self._slots:
             if slot.adapter != self._active_adapter:
                 continue
-            common = min(_common_prefix(slot.ids, prompt), len(prompt) - 1)
+            common = min(common_prefix_length(slot.ids, prompt), len(prompt) - 1)
             if common > best_len:
                 best, best_len = slot, common
         if best is None or not _is_plain_dynamic(best.cache):
