@@ -9,11 +9,10 @@ Every turn yields the events of :mod:`duma.events`; ``chat`` collects them into 
 
 from __future__ import annotations
 
-import asyncio
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from duma.backend import Backend, stream_guarded
 from duma.config import DumaConfig, MindConfig, config_from
 from duma.errors import DumaError, first_line, format_validation_error
 from duma.events import (ErrorEvent, Event, FastDone, FastToken, FinalDone, FinalToken, Notice,
-                         SlowDone, SlowStep)
+                         SlowDone, SlowStep, iterate_in_thread)
 from duma.logstore import LoggedMessage, LogStore
 from duma.models import load_backend
 from duma.routing import RouteInput, Router
@@ -177,8 +176,19 @@ class Agent:
         return self._slow_backend
 
     # ------------------------------------------------------------------ conversations
-    def new_conversation(self, name: str | None = None) -> str:
-        return self.log_store.new_conversation(model=self.fast_label, name=name, setup=self.setup())
+    def new_conversation(self, name: str | None = None, *, history: Sequence[Message] = ()) -> str:
+        """A new conversation. ``history``, user and assistant messages as an OpenAI client
+        sends them, is logged into it first (marked ``imported``), so the next turn follows it."""
+        unsupported = sorted({m.role for m in history} - {"user", "assistant"})
+        if unsupported:
+            raise DumaError(f"a conversation's history holds user and assistant messages, not {unsupported[0]}",
+                            "pass system prompts as system=")
+        cid = self.log_store.new_conversation(model=self.fast_label, name=name, setup=self.setup())
+        for message in history:
+            kind = fast_mind.KIND_USER if message.role == "user" else fast_mind.KIND_REPLY
+            self.log_store.add_message(cid, message, model=self.fast_label if message.role == "assistant" else None,
+                                       meta={"kind": kind, "imported": True})
+        return cid
 
     def setup(self) -> dict[str, Any]:
         """How this agent runs a conversation: the mode and both minds' specs (kept with each
@@ -217,10 +227,11 @@ class Agent:
 
     # ------------------------------------------------------------------ turns
     def stream(self, text: str, conversation_id: str | None = None, *, system: str | None = None,
-               options: OptionsLike = None) -> Iterator[Event]:
+               options: OptionsLike = None, cancel: threading.Event | None = None) -> Iterator[Event]:
         """Run one turn, yielding its events as they happen (every event carries the
         conversation id). An unknown conversation or bad options raise :class:`DumaError`
-        here; a failure during the turn (e.g. an empty message) is an ``error`` event."""
+        here; a failure during the turn (e.g. an empty message) is an ``error`` event.
+        Setting ``cancel`` (from any thread) stops the turn as closing the stream does."""
         fast_options = self._fast_options(options)
         # Lone surrogates (undecodable input bytes) cannot be stored as UTF-8: replace them.
         text = text.encode("utf-8", errors="replace").decode("utf-8") if text else text
@@ -231,7 +242,7 @@ class Agent:
         self.load()
         if conversation_id is None:
             conversation_id = self.new_conversation()
-        return TurnStream(self, text, conversation_id, system, fast_options)
+        return TurnStream(self, text, conversation_id, system, fast_options, cancel)
 
     def chat(self, text: str, conversation_id: str | None = None, *, system: str | None = None,
              options: OptionsLike = None) -> Reply:
@@ -240,48 +251,17 @@ class Agent:
         cid = events[0].conversation_id if events else conversation_id
         return Reply.from_events(events, cid or "")
 
-    async def astream(self, text: str, conversation_id: str | None = None, *,
-                      system: str | None = None, options: OptionsLike = None) -> AsyncIterator[Event]:
-        """:meth:`stream` for asyncio: the turn runs in a worker thread, events arrive through
-        a queue, so the event loop is never blocked."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        cancelled = threading.Event()
-        end = object()
+    def astream(self, text: str, conversation_id: str | None = None, *, system: str | None = None,
+                options: OptionsLike = None, on_end: Callable[[], None] | None = None) -> AsyncIterator[Event]:
+        """:meth:`stream` for asyncio (``async for event in agent.astream(...)``): the turn runs
+        in a worker thread and its events arrive through a queue, so the event loop is never
+        blocked. Leaving the loop early (or the task being cancelled, e.g. by a client that went
+        away) cancels the turn at once. ``on_end`` is called in the worker once the turn has
+        ended, generation stopped and the log written (a server frees the turn's slot there)."""
+        def turn(cancel: threading.Event) -> Iterator[Event]:
+            return self.stream(text, conversation_id, system=system, options=options, cancel=cancel)
 
-        def put(item: Any) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the event loop is closed: nobody is listening
-                cancelled.set()
-
-        def work() -> None:
-            events: Iterator[Event] | None = None
-            try:
-                events = self.stream(text, conversation_id, system=system, options=options)
-                for ev in events:
-                    if cancelled.is_set():
-                        break
-                    put(ev)
-            except BaseException as exc:  # handed to the awaiting task
-                put(_Raised(exc))
-            finally:
-                close = getattr(events, "close", None)
-                if close:
-                    close()
-                put(end)
-
-        threading.Thread(target=work, name="duma-turn", daemon=True).start()
-        try:
-            while True:
-                item = await queue.get()
-                if item is end:
-                    return
-                if isinstance(item, _Raised):
-                    raise item.exc
-                yield item
-        finally:
-            cancelled.set()
+        return iterate_in_thread(turn, on_end=on_end, name="duma-turn")
 
     async def achat(self, text: str, conversation_id: str | None = None, *,
                     system: str | None = None, options: OptionsLike = None) -> Reply:
@@ -315,10 +295,10 @@ class TurnStream(Iterator[Event]):
     _END = object()
 
     def __init__(self, agent: Agent, text: str, cid: str, system: str | None,
-                 options: GenerationOptions) -> None:
+                 options: GenerationOptions, cancel: threading.Event | None = None) -> None:
         self.conversation_id = cid
         self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._cancel = threading.Event()
+        self._cancel = cancel or threading.Event()
         self._finished = False
         # The worker holds the queue and the event, never this object: dropping the stream
         # must be able to collect it (and so cancel the turn).
@@ -357,11 +337,6 @@ class TurnStream(Iterator[Event]):
 
 class TurnCancelled(Exception):
     """The reader closed the turn's stream: stop generating."""
-
-
-class _Raised:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
 
 
 class TurnRun:

@@ -68,6 +68,24 @@ class ChatConfig(Strict):
     markdown: bool = True
 
 
+class ServeConfig(Strict):
+    """``duma serve``: the OpenAI-compatible server (its flags override these keys)."""
+
+    host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 exposes the server to the network.")
+    port: int = Field(8000, ge=0, le=65535, description="0: any free port (printed when ready).")
+    api_key_file: Path | None = Field(None, description="File with one accepted API key per line; keys are "
+                                      "also read from --api-key and DUMA_API_KEY. None at all: no auth.")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to call the API from "
+                                    "a browser (CORS); empty: CORS off.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies get 413.")
+    max_messages: int = Field(256, ge=1, description="Most messages one request may carry.")
+    max_tokens: int = Field(4096, ge=1, description="Most tokens a request may ask to generate.")
+    max_concurrent: int = Field(4, ge=1, description="Turns generating at once (the models serialise their own "
+                                "calls; more only interleaves them).")
+    max_queue: int = Field(256, ge=0, description="Requests waiting for a turn; beyond it: 429 with Retry-After.")
+    drain_timeout_s: float = Field(30.0, gt=0, description="On SIGTERM, how long in-flight requests may finish.")
+
+
 class DumaConfig(Strict):
     """Everything duma reads from its configuration file."""
 
@@ -75,6 +93,7 @@ class DumaConfig(Strict):
     chat: ChatConfig = Field(default_factory=ChatConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
 
     def runs_minds(self) -> bool:
@@ -365,6 +384,7 @@ __all__ = [
     "LoggingConfig",
     "MindConfig",
     "ModelSpec",
+    "ServeConfig",
     "config_from",
     "load_config",
     "validate_model",

@@ -56,18 +56,19 @@ def first_line(error: BaseException | str, *, with_type: bool = False, limit: in
     return text.splitlines()[0][:limit] if text else ""
 
 
-def validation_problems(exc: Any) -> list[tuple[str, str]]:
+def validation_problems(exc: Any, *, show_input: bool = True) -> list[tuple[str, str]]:
     """A pydantic ``ValidationError`` as ``(dotted key path, short message)`` pairs, first
     problem first. Messages are short and say what is allowed (``unknown key``, ``missing``,
-    ``must be one of ...``)."""
+    ``must be one of ...``) and, with ``show_input``, the bad value (a server answering
+    strangers does not echo what it was sent)."""
     problems = []
     for err in exc.errors(include_url=False):
         path = ".".join(str(p) for p in err.get("loc", ()))
-        problems.append((path, _problem_message(err)))
+        problems.append((path, _problem_message(err, show_input)))
     return problems
 
 
-def _problem_message(err: Any) -> str:
+def _problem_message(err: Any, show_input: bool = True) -> str:
     kind, ctx = err.get("type"), err.get("ctx") or {}
     if kind == "extra_forbidden":
         return "unknown key"
@@ -94,7 +95,7 @@ def _problem_message(err: Any) -> str:
         msg = str(err.get("msg", "invalid"))
         msg = msg.removeprefix("Value error, ")
     value = err.get("input")
-    if "input" in err and not isinstance(value, (dict, list)) and not hasattr(value, "model_fields"):
+    if show_input and "input" in err and not isinstance(value, (dict, list)) and not hasattr(value, "model_fields"):
         shown = repr(value)
         msg += f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
     return msg

@@ -9,8 +9,11 @@ A slow-path turn: ``fast_token``* (the interim reply) -> ``fast_done`` (invoke=T
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
-from typing import Annotated, Literal, Union
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 from pydantic import BaseModel, Field, TypeAdapter
 
@@ -45,6 +48,18 @@ class SlowStep(_Event):
     reason: str = ""
     action: str | None = None
     observation: str | None = None
+
+    def describe(self) -> list[str]:
+        """``Reason: ...``, ``Act: ...``, ``Obs: ...`` lines (how the terminal, the log viewer
+        and the server's reasoning stream show a step)."""
+        lines = []
+        if self.reason:
+            lines.append(f"Reason: {self.reason}")
+        if self.action:
+            lines.append(f"Act: {self.action}")
+        if self.observation is not None:
+            lines.append(f"Obs: {self.observation}")
+        return lines or [f"step {self.index}"]
 
 
 class SlowDone(_Event):
@@ -84,3 +99,62 @@ Event = Annotated[
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+T = TypeVar("T")
+
+
+class _Raised:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+async def iterate_in_thread(produce: Callable[[threading.Event], Iterator[T]], *,
+                            on_end: Callable[[], None] | None = None, name: str = "duma-stream") -> AsyncIterator[T]:
+    """Iterate a blocking stream from asyncio: ``produce(cancel)`` runs in a thread of its own
+    (never the loop's shared executor, so many streams never starve each other) and its items
+    arrive through a queue. When the reader stops early, or its task is cancelled, ``cancel``
+    is set at once; the producer must stop soon after. ``on_end`` runs in that thread once
+    the producer is finished."""
+    loop = asyncio.get_running_loop()
+    items: asyncio.Queue[Any] = asyncio.Queue()
+    cancel = threading.Event()
+    end = object()
+
+    def put(item: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(items.put_nowait, item)
+        except RuntimeError:  # the event loop is closed: nobody is listening
+            cancel.set()
+
+    def work() -> None:
+        stream: Iterator[T] | None = None
+        try:
+            stream = produce(cancel)
+            for item in stream:
+                if not cancel.is_set():  # once cancelled, drain without handing items on
+                    put(item)
+        except BaseException as exc:  # handed to the awaiting task
+            if not cancel.is_set():
+                put(_Raised(exc))
+        finally:
+            close = getattr(stream, "close", None)
+            if close:
+                close()
+            try:
+                if on_end is not None:
+                    on_end()
+            finally:
+                put(end)
+
+    threading.Thread(target=work, name=name, daemon=True).start()
+    try:
+        while True:
+            item = await items.get()
+            if item is end:
+                return
+            if isinstance(item, _Raised):
+                raise item.exc
+            yield item
+    finally:
+        cancel.set()

@@ -289,7 +289,11 @@ def split_adapter(model: str, adapter: str | None = None) -> tuple[str, str | No
     reference the run config gave, e.g. ``embedded``: portable across machines), else from
     peft's ``base_model_name_or_path``."""
     path = Path(model).expanduser()
-    if adapter is not None or not path.is_dir() or (path / "config.json").is_file():
+    try:
+        is_folder = path.is_dir()
+    except OSError:  # no path at all (too long for one): a remote model's name, say
+        is_folder = False
+    if adapter is not None or not is_folder or (path / "config.json").is_file():
         return model, adapter
     peft_config = path / "adapter_config.json"
     if not peft_config.is_file():

@@ -372,15 +372,8 @@ class PlainRenderer:
 
 
 def describe_slow_step(event: Any) -> list[str]:
-    """``Reason: ...``, ``Act: ...``, ``Obs: ...`` lines for one slow-mind step."""
-    lines = []
-    if event.reason:
-        lines.append(f"  Reason: {event.reason}")
-    if event.action:
-        lines.append(f"  Act: {event.action}")
-    if event.observation is not None:
-        lines.append(f"  Obs: {event.observation}")
-    return lines or [f"  step {event.index}"]
+    """A slow-mind step's ``Reason``/``Act``/``Obs`` lines, indented under the reply."""
+    return [f"  {line}" for line in event.describe()]
 
 
 class SlowProgress:
