@@ -16,7 +16,9 @@ from duma import hookimpl
 def register_backends(register: Any) -> None:
     from duma.plugins.backends.llamacpp import LlamaCppBackend
     from duma.plugins.backends.onnxruntime import OnnxRuntimeBackend
+    from duma.plugins.backends.openai import OpenAIBackend
     from duma.plugins.backends.transformers import TransformersBackend
+    from duma.plugins.backends.vllm import VLLMBackend
 
-    for backend in (TransformersBackend, OnnxRuntimeBackend, LlamaCppBackend):
+    for backend in (TransformersBackend, OnnxRuntimeBackend, LlamaCppBackend, OpenAIBackend, VLLMBackend):
         register(backend)
