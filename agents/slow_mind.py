@@ -155,7 +155,6 @@ class SlowMind:
         seen_actions: set[str] = set()
         found: list[str] = []  # successful observations: "what was found so far"
         garbled_in_a_row = 0
-        model_error = ""
 
         def done(result: str, finished: bool, reason: str | None) -> SlowDone:
             if not finished:
@@ -164,8 +163,7 @@ class SlowMind:
                 note = {"steps": f"stopped after {self.max_steps} steps",
                         "timeout": f"stopped after {self.timeout_s:g} s",
                         "loop": "stopped because it repeated the same action",
-                        "garbled": "stopped because its output did not follow the protocol",
-                        "error": f"stopped by a {model_error}"}.get(reason or "", "stopped")
+                        "garbled": "stopped because its output did not follow the protocol"}.get(reason or "", "stopped")
                 result = f"(unfinished: {note}) What was found so far: {so_far}"
             return SlowDone(conversation_id=conversation_id, result=result, finished=finished,
                             steps=len(steps), usage=usage)
@@ -177,19 +175,16 @@ class SlowMind:
             prompt = fit(messages) if fit else messages
             parts: list[str] = []
             timed_out = False
-            try:
-                for chunk in stream_guarded(self.backend, prompt, options, cancel=cancel):
-                    parts.append(chunk.text)
-                    if chunk.done and chunk.usage:
-                        usage.prompt_tokens += chunk.usage.prompt_tokens
-                        usage.completion_tokens += chunk.usage.completion_tokens
-                    if time.monotonic() >= deadline or (cancel is not None and cancel.is_set()):
-                        timed_out = True
-                        break
-            except Exception as exc:
-                model_error = f"model error: {first_line(exc, with_type=True)}"
-                yield done("", False, "error")
-                return
+            # A model that fails (an endpoint down, say) fails the turn: an error event, not a
+            # reply made up from nothing; a failing tool is an observation instead.
+            for chunk in stream_guarded(self.backend, prompt, options, cancel=cancel):
+                parts.append(chunk.text)
+                if chunk.done and chunk.usage:
+                    usage.prompt_tokens += chunk.usage.prompt_tokens
+                    usage.completion_tokens += chunk.usage.completion_tokens
+                if time.monotonic() >= deadline or (cancel is not None and cancel.is_set()):
+                    timed_out = True
+                    break
             raw = "".join(parts)
             if timed_out:
                 yield done("", False, "timeout")
