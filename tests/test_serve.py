@@ -374,3 +374,25 @@ def test_embedded_minds_end_to_end(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
+
+
+# --------------------------------------------------------------------------- the README's examples
+
+
+def readme_block(starts_with: str) -> str:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```(?:bash|python)\n(.*?)```", text, re.S)
+    return next(b for b in blocks if b.lstrip().startswith(starts_with))
+
+
+def test_readme_openai_and_curl_examples_run(server: Server, capsys) -> None:
+    import shutil
+    import subprocess
+
+    code = readme_block("from openai import OpenAI").replace("http://127.0.0.1:8000", server.base_url)
+    exec(compile(code, "README.md", "exec"), {})
+    assert "Hello there, how can I help?" in capsys.readouterr().out
+    curl = readme_block("curl").replace("http://127.0.0.1:8000", server.base_url).replace("\\\n", " ")
+    if shutil.which("curl"):
+        out = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=30).stdout
+        assert json.loads(out)["choices"][0]["message"]["content"] == "Hello there, how can I help?"
