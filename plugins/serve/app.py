@@ -84,15 +84,16 @@ class ServerState:
         from duma import host
 
         names = ["duma"]
-        if self.agent.runs_minds:
-            names += [f"duma/{router}" for router in sorted(host.components("router"))]
+        if self.agent.runs_minds:  # the configured router's own name is `duma` itself
+            names += [f"duma/{router}" for router in sorted(host.components("router"))
+                      if router != self.agent.router_name]
         return names + list(MINDS)
 
     def agent_for(self, model: str) -> Agent | None:
         """The agent that runs ``model`` (None for a bare mind); unknown names are a 404."""
         if model in MINDS:
             return None
-        if model not in self.model_names():
+        if model not in self.model_names() and model != f"duma/{self.agent.router_name}":
             raise ApiError(404, f"the model '{model}' does not exist; GET /v1/models lists them", param="model",
                            code="model_not_found")
         router = model.partition("/")[2] or self.agent.router_name
