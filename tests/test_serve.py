@@ -196,7 +196,8 @@ def test_disconnect_cancels_generation(tmp_path: Path) -> None:
         with httpx.stream("POST", server.v1 + "/chat/completions", timeout=10,
                           json={"model": "duma", "messages": USER, "stream": True}) as response:
             seen = 0
-            for line in response.iter_lines():
+            lines = response.iter_lines()  # kept: a dropped line iterator closes the connection
+            for line in lines:
                 seen += line.startswith("data: ") and '"content"' in line
                 if seen >= 3:  # the role chunk, then two chunks of text
                     break
