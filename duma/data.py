@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from duma.errors import DumaError, first_line, validation_problems
 from duma.paths import temporary_path
@@ -58,14 +58,62 @@ class TextRecord(BaseModel):
     text: str = Field(min_length=1)
 
 
+# BELLE's flattened multi-turn form: "Human:...\nAssistant:...\nHuman:...\nAssistant:".
+_FLAT_TURN = re.compile(r"(?:^|\n)[ \t]*(Human|Assistant)[ \t]*[:：]")
+
+
+def split_flattened_dialogue(text: str) -> list[dict[str, str]] | None:
+    """The turns of a flattened ``Human:/Assistant:`` context, or None if it is not one."""
+    if not re.match(r"\s*Human[ \t]*[:：]", text):
+        return None
+    parts = _FLAT_TURN.split(text.strip())
+    # parts = ["", "Human", text, "Assistant", text, ...]
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [{"role": roles[parts[i]], "content": parts[i + 1].strip()} for i in range(1, len(parts) - 1, 2)]
+
+
+def prompt_messages(prompt: str) -> list[dict[str, str]]:
+    """The context messages of a one-string prompt: BELLE's flattened ``Human: ...
+    Assistant:`` dialogue split into turns (its empty last ``Assistant:`` dropped), else one
+    user message."""
+    turns = split_flattened_dialogue(prompt)
+    if turns and turns[-1]["role"] == "assistant" and not turns[-1]["content"]:
+        turns.pop()
+    return turns or [{"role": "user", "content": prompt}]
+
+
 class PreferenceRecord(BaseModel):
-    """A prompt with a preferred and a rejected answer (reward model, DPO)."""
+    """A context (messages ending with a user turn) with a preferred and a rejected reply
+    (DPO, reward models). ``prompt="..."`` is accepted in place of ``messages`` (see
+    :func:`prompt_messages`)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
     chosen: str = Field(min_length=1)
     rejected: str = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prompt_to_messages(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "prompt" in data and "messages" not in data:
+            data = dict(data)
+            prompt = data.pop("prompt")
+            data["messages"] = prompt_messages(prompt) if isinstance(prompt, str) and prompt.strip() else []
+        return data
+
+    @field_validator("messages")
+    @classmethod
+    def _ends_with_user(cls, v: list[Message]) -> list[Message]:
+        if v[-1].role != "user":
+            raise ValueError("the context must end with a user message")
+        return v
+
+    @property
+    def prompt(self) -> str:
+        """The context's text, message contents joined by newlines (for statistics; training
+        renders ``messages`` with the chat template)."""
+        return "\n".join(m.content for m in self.messages)
 
 
 Record = Conversation | TextRecord | PreferenceRecord
@@ -437,7 +485,8 @@ def suggest_source(raw: Any, exclude: str) -> str | None:
 
 
 # Tried in this order when no source is named: the more specific shapes first.
-DETECT_ORDER = ("belle", "sharegpt", "alpaca", "preference", "seed-tasks", "text")
+# ``preference`` before ``sharegpt``: a context of {role, content} messages would pass as one.
+DETECT_ORDER = ("belle", "preference", "sharegpt", "alpaca", "seed-tasks", "text")
 
 
 def detect_source(path: Path) -> str:

@@ -9,7 +9,6 @@ for CLI start-up).
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +28,8 @@ from duma.data import (
     TextRecord,
     check_readable,
     problem_of,
+    prompt_messages,
+    split_flattened_dialogue,
 )
 from duma.errors import DumaError
 from duma.types import Message
@@ -149,10 +150,6 @@ class ShareGPTSource(JsonRecordSource):
 
 # ----------------------------------------------------------------------------- alpaca
 
-# BELLE's flattened multi-turn form: "Human:...\nAssistant:...\nHuman:...\nAssistant:".
-_FLAT_TURN = re.compile(r"(?:^|\n)[ \t]*(Human|Assistant)[ \t]*[:：]")
-
-
 class _AlpacaRaw(BaseModel):
     model_config = _Raw
     instruction: str
@@ -162,16 +159,6 @@ class _AlpacaRaw(BaseModel):
     history: list[tuple[str, str]] | None = None  # LLaMA-Factory's [[query, answer], ...]
     category: str | None = None
     id: str | int | None = None
-
-
-def _split_flattened(instruction: str) -> list[dict[str, str]] | None:
-    """The turns of a flattened ``Human:/Assistant:`` context, or None if it is not one."""
-    if not re.match(r"\s*Human[ \t]*[:：]", instruction):
-        return None
-    parts = _FLAT_TURN.split(instruction.strip())
-    # parts = ["", "Human", text, "Assistant", text, ...]
-    roles = {"Human": "user", "Assistant": "assistant"}
-    return [{"role": roles[parts[i]], "content": parts[i + 1].strip()} for i in range(1, len(parts) - 1, 2)]
 
 
 class AlpacaSource(JsonRecordSource):
@@ -186,7 +173,7 @@ class AlpacaSource(JsonRecordSource):
         msgs = [{"role": "system", "content": item.system}] if item.system else []
         for query, answer in item.history or []:
             msgs += [{"role": "user", "content": query}, {"role": "assistant", "content": answer}]
-        turns = _split_flattened(item.instruction)
+        turns = split_flattened_dialogue(item.instruction)
         if turns is None:
             prompt = item.instruction + (f"\n{item.input}" if item.input else "")
             if not prompt.strip():
@@ -257,7 +244,8 @@ class TextSource(JsonRecordSource):
 
 class _PreferenceRaw(BaseModel):
     model_config = _Raw
-    prompt: str = Field(min_length=1)
+    prompt: str | None = Field(None, min_length=1)  # BELLE's form: the context as one string
+    messages: list[_OpenAIMessage] | None = Field(None, min_length=1)
     chosen: str = Field(min_length=1)
     rejected: str = Field(min_length=1)
 
@@ -265,14 +253,31 @@ class _PreferenceRaw(BaseModel):
 class PreferenceSource(JsonRecordSource):
     name: ClassVar[str] = "preference"
     kind = "preference"
-    description = "preference pairs for reward models and DPO: {prompt, chosen, rejected}"
-    expected_fields = "prompt, chosen, rejected"
+    description = ("preference pairs for DPO and reward models: {messages: [{role, content}] (the context, "
+                   "ending with a user turn), chosen, rejected}, or BELLE's {prompt, chosen, rejected}")
+    expected_fields = "messages or prompt, chosen, rejected"
 
     def parse(self, raw: dict[str, Any]) -> list[Record]:
         if "rejected" not in raw and "reject" in raw:
             raise RecordProblem("rejected", "missing (found 'reject': the key is 'rejected')")
         item = _PreferenceRaw.model_validate(raw)
-        return [PreferenceRecord(prompt=item.prompt, chosen=item.chosen, rejected=item.rejected)]
+        if item.messages is not None and item.prompt is not None:
+            raise RecordProblem("prompt", "give the context as messages or as prompt, not both")
+        if item.messages is not None:
+            container = "messages"
+            msgs = [{"role": m.role, "content": m.content} for m in item.messages]
+        elif item.prompt is not None:
+            container = "prompt"
+            msgs = prompt_messages(item.prompt)
+        else:
+            raise RecordProblem("messages", f"missing (preference records have {self.expected_fields})")
+        if msgs[-1]["role"] != "user":
+            raise RecordProblem(container, "the context must end with a user turn (the replies answer it)")
+        try:
+            return [PreferenceRecord.model_validate({"messages": msgs, "chosen": item.chosen,
+                                                     "rejected": item.rejected})]
+        except ValidationError as exc:
+            raise problem_of(exc) from None
 
     def to_raw(self, record: Record) -> dict[str, Any]:
         _need_kind(self, record, PreferenceRecord)

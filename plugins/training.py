@@ -1,5 +1,6 @@
-"""Built-in plugin: the trainers (``pt``, ``sft``, ``lora``, ``vocab``) and the ``duma train``
-and ``duma export`` commands. Trainer modules import torch only when a run starts."""
+"""Built-in plugin: the trainers (``pt``, ``sft``, ``lora``, ``vocab``, ``dpo``) and the
+``duma train`` and ``duma export`` commands. Trainer modules import torch only when a run
+starts."""
 
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ if TYPE_CHECKING:
 
 @duma.hookimpl
 def register_trainers(register: Any) -> None:
+    from duma.trainers.dpo import DPOTrainer
     from duma.trainers.lora import LoraTrainer
     from duma.trainers.pt import PTTrainer
     from duma.trainers.sft import SFTTrainer
     from duma.trainers.vocab import VocabTrainer
 
-    for cls in (PTTrainer, SFTTrainer, LoraTrainer, VocabTrainer):
+    for cls in (PTTrainer, SFTTrainer, LoraTrainer, VocabTrainer, DPOTrainer):
         register(cls)
 
 
@@ -51,7 +53,7 @@ def train_command(state: CliState, config_file: str, overrides: tuple[str, ...],
                   nproc: int, hostfile: str | None, as_json: bool, worker: bool) -> None:
     """Train a model from a run config: duma train CONFIG.yaml [key=value ...].
 
-    The YAML holds model, method (pt|sft|lora|vocab), data, training and output_dir keys;
+    The YAML holds model, method (pt|sft|lora|vocab|dpo), data, training and output_dir keys;
     key=value arguments override dotted keys (training.lr=1e-4). Shows a progress bar per
     phase (training.progress=false: none) and ends with a short summary; DeepSpeed's and
     transformers' own output shows with duma --debug.
@@ -103,7 +105,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
                      f"{vocab['tokens_per_line_after']} tokens per held-out line")
     lines.append(f"  {summary.get('result', 'model'):<11} {out}")
     lines.append(f"  log         {out / 'train_log.jsonl'} (loss curve: {out / 'loss.png'})")
-    if summary.get("method") in ("sft", "lora"):
+    if summary.get("method") in ("sft", "lora", "dpo"):
         lines.append(f"  try it      duma chat -m {out}")
     return lines
 

@@ -235,8 +235,8 @@ def test_bad_inputs_fail_before_training(tiny_model, tmp_path):
     assert "lr" in err.value.hint
     with pytest.raises(ConfigError, match="lora: unknown key"):
         _prepare(run_config(tiny_model, out, lora={"r": 4}))  # sft has no lora section
-    with pytest.raises(DumaError, match="unknown trainer 'dpo'"):
-        _prepare(run_config(tiny_model, out, "dpo"))
+    with pytest.raises(DumaError, match="unknown trainer 'no-such-method'"):
+        _prepare(run_config(tiny_model, out, "no-such-method"))
     with pytest.raises(DumaError, match="does not exist"):
         _prepare(run_config(tiny_model, out, data={"files": [str(tmp_path / "missing.jsonl")]}))
     with pytest.raises(DumaError, match=r"text_tiny.jsonl:1"):

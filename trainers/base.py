@@ -4,9 +4,12 @@ atomic checkpoints with exact resume, the JSONL log, the loss curve, one progres
 phase (data, model, train, eval, save) and, unless asked, silence from DeepSpeed and
 transformers (their own logs, prints and progress bars).
 
-A trainer subclasses :class:`Trainer` and overrides a few steps (``build_samples``,
-``prepare_model``, ``save_final``). Heavy libraries are imported inside functions so that
-importing this module (``duma --help``, config validation) stays torch-free.
+A trainer subclasses :class:`Trainer` and overrides what its method decides: the rows
+(``build_samples``), how a micro-batch of rows becomes model inputs (``collate``), the loss and
+extra per-step metrics (``compute_loss``), the model wrapping (``prepare_model``) and the result
+(``save_final``); the run loop, checkpoints, logging and resume stay here. Heavy libraries are
+imported inside functions so that importing this module (``duma --help``, config validation)
+stays torch-free.
 
 Data order: every epoch shuffles the rows with ``Random(seed + epoch)``; optimizer step ``k``
 of an epoch consumes micro-batches ``k*A*W .. (k+1)*A*W`` of that order (``A`` = grad_accum,
@@ -30,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from duma import models
 from duma.errors import DumaError
@@ -65,6 +68,15 @@ class Sample:
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+
+class Row(Protocol):
+    """What the run loop needs of a training row: a :class:`Sample`, or a trainer's own
+    kind (a DPO pair); the trainer's ``collate`` turns rows into model inputs."""
+
+    ids: list[int]
+
+    def __len__(self) -> int: ...
 
 
 @dataclass
@@ -330,8 +342,9 @@ class Trainer:
         self.world = 1
         self.tokenizer: Any = None
         self.model_folder: Path | None = None
-        self.train_rows: list[Sample] = []
-        self.eval_rows: list[Sample] = []
+        self.train_rows: list[Row] = []
+        self.eval_rows: list[Row] = []
+        self.eval_metrics: dict[str, float] = {}  # the extra metrics of the last evaluate()
 
     # --- checks that run before any training (and before DeepSpeed starts)
 
@@ -414,25 +427,35 @@ class Trainer:
                                 f"method '{self.config.method}' trains on conversations",
                                 "use a conversation source (belle, alpaca, sharegpt, duma-logs) or method pt")
             r = render_training(tokenizer, record.messages, max_length=None, last_turn_only=d.last_turn_only)
-            ids, labels = r.input_ids, r.labels
-            if len(ids) > d.max_length:
-                if d.overlong == "skip":
-                    self.data_counts.skipped_overlong += 1
-                    continue
-                ids, labels = ids[: d.max_length], labels[: d.max_length]
-                self.data_counts.truncated += 1
-            # The label of position t is predicted from position t-1: a row whose only
-            # trained token is its first one trains nothing.
-            if not any(x != IGNORE_INDEX for x in labels[1:]):
-                self.data_counts.skipped_all_masked += 1
-                continue
-            out.append(Sample(ids, labels, [len(out)]))
+            fitted = self.fit_to_length((r.input_ids, r.labels))
+            if fitted is not None:
+                ((ids, labels),) = fitted
+                out.append(Sample(ids, labels, [len(out)]))
         return out
 
-    def build_samples(self, tokenizer: Any) -> list[Sample]:
+    def fit_to_length(self, *sequences: tuple[list[int], list[int]]) -> list[tuple[list[int], list[int]]] | None:
+        """Apply ``data.overlong`` to sequences that train together (one sample, or the two
+        sides of a pair): ``None`` (counted once) when one is too long and the rule skips, or
+        when one has no trained token left; else the (ids, labels), truncated if needed."""
+        d = self.config.data
+        if any(len(ids) > d.max_length for ids, _ in sequences):
+            if d.overlong == "skip":
+                self.data_counts.skipped_overlong += 1
+                return None
+            self.data_counts.truncated += 1
+        fitted = [(ids[: d.max_length], labels[: d.max_length]) for ids, labels in sequences]
+        # The label of position t is predicted from position t-1: a row whose only
+        # trained token is its first one trains nothing.
+        if any(not any(x != IGNORE_INDEX for x in labels[1:]) for _, labels in fitted):
+            self.data_counts.skipped_all_masked += 1
+            return None
+        return fitted
+
+    def build_samples(self, tokenizer: Any) -> list[Row]:
+        """The training rows before the eval split (and packing): samples of conversations."""
         return self.conversation_samples(tokenizer)
 
-    def split_and_batch(self, samples: list[Sample]) -> tuple[list[Sample], list[Sample]]:
+    def split_and_batch(self, samples: list[Row]) -> tuple[list[Row], list[Row]]:
         """Hold out ``eval_ratio`` of the samples (seeded), then pack the training rows if
         asked."""
         t, d = self.config.training, self.config.data
@@ -445,7 +468,7 @@ class Trainer:
             eval_rows = [s for i, s in enumerate(samples) if i in held]
             samples = [s for i, s in enumerate(samples) if i not in held]
         if t.packing and self.repack:
-            samples = pack_rows(samples, d.max_length)
+            samples = pack_rows(samples, d.max_length)  # type: ignore[arg-type]  # packing trainers build Samples
         self.data_counts.train_rows, self.data_counts.eval_rows = len(samples), len(eval_rows)
         return samples, eval_rows
 
@@ -463,6 +486,26 @@ class Trainer:
         """Write the result (rank 0 only, parameters gathered)."""
         model.save_pretrained(str(folder), safe_serialization=True)
         self.tokenizer.save_pretrained(str(folder))
+
+    def on_engine_ready(self, engine: Any, bar: PhaseBar) -> None:
+        """Called once the engine holds the starting weights, before a resumed run loads its
+        checkpoint (every process calls it)."""
+
+    # --- method hooks: batches and the loss
+
+    def collate(self, rows: Sequence[Row], pad_id: int) -> dict[str, Any]:
+        """Model inputs (and whatever ``compute_loss`` needs) for a micro-batch of rows."""
+        return collate(rows, pad_id, self.config.training.isolate_packed)  # type: ignore[arg-type]
+
+    def compute_loss(self, engine: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, float]]:
+        """The loss tensor of a micro-batch (to back-propagate) and extra metrics, which the
+        step log record and eval records carry (averaged over micro-batches and processes)."""
+        return engine(**batch).loss, {}
+
+    def loss_weight(self, batch: dict[str, Any]) -> int:
+        """What a batch's loss counts for in the eval mean (0: skip the batch): its trained
+        tokens, so eval loss is the token-weighted mean."""
+        return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
     # --- the run
 
@@ -546,6 +589,7 @@ class Trainer:
                 # One process, no ZeRO: nothing to all-reduce; skip DeepSpeed's flatten/copy of
                 # every gradient per step (a few % of a small model's step on CPU).
                 engine.enable_backward_allreduce = False
+            self.on_engine_ready(engine, bar)
             start = self._maybe_resume(engine) if self.resume else 0
             bar.finish(f"{_millions(n_all)} params ({_millions(n_trained)} trained), ZeRO {t.zero_stage}")
         log = _Log(self.out / LOG_FILE, self.rank == 0)
@@ -574,19 +618,22 @@ class Trainer:
                 lr = scheduler.get_last_lr()[0]
                 began = time.perf_counter()
                 loss_sum = torch.zeros(1)
+                metric_sums: dict[str, float] = {}
                 for a in range(t.grad_accum):
                     rows = [self.train_rows[i] for i in step_batches[a * self.world + self.rank]]
-                    batch = collate(rows, pad_id, t.isolate_packed)
-                    loss = engine(**batch).loss
+                    loss, metrics = self.compute_loss(engine, self.collate(rows, pad_id))
                     engine.backward(loss)
                     engine.step()
                     loss_sum += loss.detach().float()
+                    for key, value in metrics.items():
+                        metric_sums[key] = metric_sums.get(key, 0.0) + float(value)
                 rank_losses = [loss_sum.item() / t.grad_accum]
                 if self.world > 1:  # every process's loss, so the log shows that all of them ran
                     gathered = [torch.zeros(1) for _ in range(self.world)]
                     dist.all_gather(gathered, loss_sum)
                     rank_losses = [g.item() / t.grad_accum for g in gathered]
                 step_loss = sum(rank_losses) / self.world
+                step_metrics = self._mean_over_processes(metric_sums, t.grad_accum)
                 elapsed = time.perf_counter() - began
                 all_rows = [self.train_rows[i] for b in step_batches for i in b]
                 tokens = sum(len(r) for r in all_rows)
@@ -596,12 +643,12 @@ class Trainer:
                     time.sleep(sleep_s)
                 if t.eval_every and done % t.eval_every == 0 and done != total:
                     eval_loss = self.evaluate(engine, pad_id)
-                    log.write({"event": "eval", "step": done, "eval_loss": eval_loss})
+                    log.write({"event": "eval", "step": done, "eval_loss": eval_loss, **self._eval_fields()})
                 if done % t.log_every == 0 or done == total:
                     log.write({"event": "step", "step": done, "epoch": epoch, "loss": step_loss, "lr": lr,
                                "tokens": tokens, "tokens_per_s": tokens / max(elapsed, 1e-9),
                                "samples": sorted(i for r in all_rows for i in r.ids),
-                               **({"rank_losses": rank_losses} if self.world > 1 else {})})
+                               **({"rank_losses": rank_losses} if self.world > 1 else {}), **step_metrics})
                 bar.update(done, f"loss {step_loss:.4f}  {tokens / max(elapsed, 1e-9):.0f} tok/s")
                 if t.save_every and done % t.save_every == 0 and done != total:
                     self._save_checkpoint(engine, done, epoch)
@@ -612,7 +659,7 @@ class Trainer:
             with bars.phase("eval", n_batches) as bar:
                 eval_loss = self.evaluate(engine, pad_id, bar)
                 bar.finish(f"loss {eval_loss:.4f}")
-            log.write({"event": "eval", "step": total, "eval_loss": eval_loss})
+            log.write({"event": "eval", "step": total, "eval_loss": eval_loss, **self._eval_fields()})
         with bars.phase("save", 2 if start < total else 1) as bar:
             if start < total:
                 bar.update(info="checkpoint")
@@ -636,27 +683,49 @@ class Trainer:
         dist.barrier()
         return summary
 
+    def _mean_over_processes(self, sums: dict[str, float], count: int) -> dict[str, float]:
+        """Per-step metrics: each process's sums over its ``count`` micro-batches, averaged
+        over micro-batches and processes (every process reports the same keys)."""
+        if not sums:
+            return {}
+        keys = sorted(sums)
+        if self.world > 1:
+            import torch
+            import torch.distributed as dist
+
+            values = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
+            dist.all_reduce(values)
+            return {k: float(v) / (count * self.world) for k, v in zip(keys, values.tolist())}
+        return {k: sums[k] / count for k in keys}
+
+    def _eval_fields(self) -> dict[str, float]:
+        return {f"eval_{key}": value for key, value in self.eval_metrics.items()}
+
     def evaluate(self, engine: Any, pad_id: int, bar: PhaseBar | None = None) -> float:
-        """Token-weighted mean loss on the eval rows. Every process runs every batch (ZeRO-3
-        needs the same forward calls on all ranks)."""
+        """Mean loss on the eval rows, each batch weighted by :meth:`loss_weight` (trained
+        tokens by default); the extra metrics, weighted alike, go to ``eval_metrics``. Every
+        process runs every batch (ZeRO-3 needs the same forward calls on all ranks)."""
         import torch
 
         engine.eval()
-        total_loss, total_tokens = 0.0, 0
+        total_loss, total_weight = 0.0, 0
+        metric_sums: dict[str, float] = {}
         bs = self.config.training.batch_size
-        isolate = self.config.training.isolate_packed
         with torch.no_grad():
             for i in range(0, len(self.eval_rows), bs):
-                rows = self.eval_rows[i:i + bs]
-                batch = collate(rows, pad_id, isolate)
-                n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-                if n:
-                    total_loss += float(engine(**batch).loss) * n
-                    total_tokens += n
+                batch = self.collate(self.eval_rows[i:i + bs], pad_id)
+                weight = self.loss_weight(batch)
+                if weight:
+                    loss, metrics = self.compute_loss(engine, batch)
+                    total_loss += float(loss) * weight
+                    total_weight += weight
+                    for key, value in metrics.items():
+                        metric_sums[key] = metric_sums.get(key, 0.0) + float(value) * weight
                 if bar is not None:
                     bar.advance()
         engine.train()
-        return total_loss / max(total_tokens, 1)
+        self.eval_metrics = {key: value / max(total_weight, 1) for key, value in metric_sums.items()}
+        return total_loss / max(total_weight, 1)
 
     def start_output_dir(self) -> None:
         if self.overwrite and not self.resume and os.environ.get(LAUNCHED_ENV) != "1" and self.out.exists():

@@ -40,6 +40,29 @@ class LoraRunConfig(RunConfig):
     lora: LoraSettings = Field(default_factory=LoraSettings)
 
 
+def apply_lora(model: Any, settings: LoraSettings, base_folder: Path) -> Any:
+    """``model`` wrapped with fresh LoRA adapters (the base frozen); the adapter config
+    names ``base_folder`` as its base."""
+    from peft import LoraConfig, get_peft_model
+
+    peft_cfg = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                          target_modules=settings.target_modules, task_type="CAUSAL_LM")
+    with models.quiet_peft():
+        peft_model = get_peft_model(model, peft_cfg)
+    # Where to find the base again: a folder path everyone can load.
+    peft_model.peft_config["default"].base_model_name_or_path = str(Path(base_folder).resolve())
+    return peft_model
+
+
+def save_adapter(model: Any, tokenizer: Any, folder: Path, base_model: str, base_folder: Path) -> None:
+    """Write the adapter, the tokenizer and the base model reference (``base_model`` as the
+    run config gave it) into ``folder``."""
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    (folder / ADAPTER_BASE_FILE).write_text(json.dumps(
+        {"base_model": base_model, "base_folder": str(Path(base_folder).resolve())}))
+
+
 class LoraTrainer(Trainer):
     """LoRA adapters on the attention and MLP projections; the base stays frozen."""
 
@@ -49,22 +72,12 @@ class LoraTrainer(Trainer):
     result_kind = "adapter"
 
     def prepare_model(self, model: Any) -> Any:
-        from peft import LoraConfig, get_peft_model
-
-        cfg: LoraSettings = self.config.lora  # type: ignore[attr-defined]
-        peft_cfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                              target_modules=cfg.target_modules, task_type="CAUSAL_LM")
-        with models.quiet_peft():
-            peft_model = get_peft_model(model, peft_cfg)
-        # Where to find the base again: a folder path everyone can load.
-        peft_model.peft_config["default"].base_model_name_or_path = str(Path(self.model_folder).resolve())
-        return peft_model
+        assert self.model_folder is not None
+        return apply_lora(model, self.config.lora, self.model_folder)  # type: ignore[attr-defined]
 
     def save_final(self, model: Any, folder: Path) -> None:
-        model.save_pretrained(str(folder))
-        self.tokenizer.save_pretrained(str(folder))
-        (folder / ADAPTER_BASE_FILE).write_text(json.dumps(
-            {"base_model": self.config.model, "base_folder": str(Path(self.model_folder).resolve())}))
+        assert self.model_folder is not None
+        save_adapter(model, self.tokenizer, folder, self.config.model, self.model_folder)
 
 
 def merge_adapter(adapter: Path, out: Path) -> Path:
