@@ -23,7 +23,7 @@ from duma.config import DumaConfig, MindConfig, config_from
 from duma.errors import DumaError, first_line, format_validation_error
 from duma.events import (ErrorEvent, Event, FastDone, FastToken, FinalDone, FinalToken, Notice,
                          SlowDone, SlowStep, iterate_in_thread)
-from duma.logstore import LoggedMessage, LogStore
+from duma.logstore import LoggedMessage, LogStore, Rating
 from duma.models import load_backend
 from duma.routing import RouteInput, Router
 from duma.types import GenerationOptions, Message, ModelSpec, Usage
@@ -209,6 +209,32 @@ class Agent:
         if internal:
             return [m.as_message() for m in logged]
         return fast_mind.visible_history(logged)
+
+    def feedback(self, conversation_id: str, score: int | str, note: str | None = None,
+                 message_id: int | None = None) -> Rating:
+        """Rate a reply: ``score`` is +1 or -1, or ``"good"``/``"bad"``; ``note`` says why.
+        Rates the conversation's last assistant message (the last thing the user saw: the final
+        reply, or the interim one of a turn cut before its final reply), or the assistant
+        message ``message_id``. A message rated again keeps its newest rating (the returned
+        :class:`Rating`); ``duma logs export`` turns ratings into training records."""
+        key = score.strip().lower() if isinstance(score, str) else score
+        value = None if isinstance(score, bool) else _SCORES.get(key)  # True is not +1 here
+        if value is None:
+            raise DumaError(f"score must be +1/-1 or 'good'/'bad', not {score!r}")
+        self._check_conversation(conversation_id)
+        replies = [m for m in self.log_store.messages(conversation_id) if m.role == "assistant"]
+        if message_id is None:
+            if not replies:
+                raise DumaError(f"conversation {conversation_id} has no reply to rate yet")
+            target = replies[-1]
+        else:
+            found = next((m for m in replies if m.id == message_id), None)
+            if found is None:
+                raise DumaError(f"message {message_id} is not an assistant message of conversation "
+                                f"{conversation_id}", "see the message ids with `duma logs show ID --json`")
+            target = found
+        note = note.strip() if note and note.strip() else None
+        return self.log_store.add_rating(conversation_id, target.id, value, note)
 
     def _fast_options(self, options: OptionsLike) -> GenerationOptions:
         base = self.fast_spec.options
@@ -599,6 +625,9 @@ class TurnRun:
                                             lambda m: False, keep="end").messages
 
         yield from slow.run(query, conversation_id=self.cid, fit=fit, cancel=self.cancel)
+
+
+_SCORES: dict[int | str, int] = {1: 1, -1: -1, "+1": 1, "-1": -1, "good": 1, "bad": -1}
 
 
 def _portable_spec(spec: MindConfig, which: str) -> dict[str, Any]:

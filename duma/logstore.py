@@ -1,7 +1,9 @@
 """The conversation log: every turn in a SQLite database under DUMA_HOME (WAL mode).
 
 Each message is committed as soon as it exists (the user message before generation starts),
-so a crash or kill in the middle of a turn loses nothing already written.
+so a crash or kill in the middle of a turn loses nothing already written. The user's ratings
+of replies (``!good``/``!bad`` in ``duma chat``, :meth:`LogStore.add_rating`) are kept beside
+the message they rate; ``duma logs export`` turns them into training records.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -49,7 +51,18 @@ CREATE TABLE IF NOT EXISTS messages (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, id);
+CREATE TABLE IF NOT EXISTS ratings (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation_id TEXT NOT NULL REFERENCES conversations(id),
+    message_id INTEGER NOT NULL REFERENCES messages(id),
+    score INTEGER NOT NULL CHECK (score IN (-1, 1)),
+    note TEXT,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ratings_by_message ON ratings(message_id, id);
 """
+# Every statement is IF NOT EXISTS: opening a log written by an older duma adds what it lacks
+# (the ratings table), and the old one keeps working with the new file.
 
 
 class LoggedMessage(BaseModel):
@@ -68,6 +81,18 @@ class LoggedMessage(BaseModel):
 
     def as_message(self) -> Message:
         return Message(role=self.role, content=self.content)  # type: ignore[arg-type]
+
+
+class Rating(BaseModel):
+    """A user's rating of one logged reply: +1 (good) or -1 (bad), with an optional note.
+    A message rated again keeps every rating; the newest one counts."""
+
+    id: int
+    conversation_id: str
+    message_id: int
+    score: Literal[-1, 1]
+    note: str | None = None
+    created: float
 
 
 class ConversationSummary(BaseModel):
@@ -100,7 +125,7 @@ class LogStore:
         self.in_memory = str(path) == ":memory:"
         self.timeout_s = timeout_s
         self._lock = threading.RLock()
-        self._pending: list[tuple[str, tuple[Any, ...], LoggedMessage | None]] = []
+        self._pending: list[tuple[str, tuple[Any, ...], LoggedMessage | Rating | None]] = []
         self._pending_conversations: dict[str, dict[str, Any] | None] = {}
         self._write_problem: str | None = None
         self._write_problem_told = False
@@ -147,7 +172,7 @@ class LogStore:
             except sqlite3.DatabaseError as exc:
                 raise self._error(exc) from None
 
-    def _write(self, sql: str, params: tuple[Any, ...], kept: LoggedMessage | None = None) -> int | None:
+    def _write(self, sql: str, params: tuple[Any, ...], kept: LoggedMessage | Rating | None = None) -> int | None:
         """Run one write after any kept ones; a locked database keeps it in memory instead.
         Returns the new row id, or None when the write was kept."""
         with self._lock:
@@ -248,7 +273,8 @@ class LogStore:
     def last_conversation(self) -> str | None:
         """The conversation with the most recent message (or the newest one)."""
         with self._lock:
-            kept = next((m.conversation_id for _, _, m in reversed(self._pending) if m is not None), None)
+            kept = next((m.conversation_id for _, _, m in reversed(self._pending) if isinstance(m, LoggedMessage)),
+                        None)
         if kept is not None:
             return kept
         _, rows = self._query("SELECT conversation_id FROM messages ORDER BY created DESC, id DESC LIMIT 1")
@@ -285,8 +311,59 @@ class LogStore:
             " ORDER BY created, id", (conversation_id,))
         out = [_logged(description, row) for row in rows]
         with self._lock:
-            out += [m for _, _, m in self._pending if m is not None and m.conversation_id == conversation_id]
+            out += [m for _, _, m in self._pending
+                    if isinstance(m, LoggedMessage) and m.conversation_id == conversation_id]
         return out
+
+    def add_rating(self, conversation_id: str, message_id: int, score: int, note: str | None = None) -> Rating:
+        """Rate one logged message (+1 or -1); returns the rating (a negative id while it is
+        kept in memory). The caller checks that the message belongs to the conversation."""
+        if score not in (-1, 1):
+            raise DumaError(f"a rating is +1 or -1, not {score!r}")
+        now = time.time()
+        with self._lock:
+            self._flush_pending(wait_s=self.RETRY_WAIT_S)
+            kept_message = next((m for _, _, m in self._pending
+                                 if isinstance(m, LoggedMessage) and m.id == message_id), None)
+            if kept_message is not None:
+                # The message has no row id yet: find its row when the kept writes go in, in order.
+                target = ("(SELECT id FROM messages WHERE conversation_id = ? AND created = ?"
+                          " ORDER BY id DESC LIMIT 1)")
+                target_params: tuple[Any, ...] = (conversation_id, kept_message.created)
+            else:
+                target, target_params = "?", (message_id,)
+            rating = Rating(id=-(len(self._pending) + 1), conversation_id=conversation_id, message_id=message_id,
+                            score=score, note=note, created=now)  # type: ignore[arg-type]
+            # conversation_id first, as in every write: delete() drops kept writes by it.
+            written = self._write(
+                "INSERT INTO ratings (conversation_id, message_id, score, note, created)"
+                f" VALUES (?, {target}, ?, ?, ?)",
+                (conversation_id, *target_params, score, note, now), rating)
+            return rating if written is None else rating.model_copy(update={"id": written})
+
+    def ratings(self, conversation_id: str | None = None, since: float | None = None) -> list[Rating]:
+        """The newest rating of each rated message (of one conversation, or all), oldest first;
+        ``since`` (a timestamp) keeps the ratings made at or after it."""
+        where: list[str] = []
+        params: list[Any] = []
+        if conversation_id is not None:
+            where.append("r.conversation_id = ?")
+            params.append(conversation_id)
+        if since is not None:
+            where.append("r.created >= ?")
+            params.append(since)
+        clause = " AND ".join(["r.id = (SELECT MAX(id) FROM ratings n WHERE n.message_id = r.message_id)", *where])
+        description, rows = self._query(
+            "SELECT id, conversation_id, message_id, score, note, created FROM ratings r"
+            f" WHERE {clause} ORDER BY r.created, r.id", tuple(params))
+        found = {r.message_id: r for r in (Rating(**dict(zip([c[0] for c in description], row))) for row in rows)}
+        with self._lock:
+            for _, _, kept in self._pending:
+                if (isinstance(kept, Rating) and conversation_id in (None, kept.conversation_id)
+                        and (since is None or kept.created >= since)):
+                    found.pop(kept.message_id, None)  # the newer rating goes last
+                    found[kept.message_id] = kept
+        return list(found.values())
 
     def conversations(self, limit: int = 20, *, include_empty: bool = False,
                       conversation_id: str | None = None) -> list[ConversationSummary]:
@@ -329,6 +406,7 @@ class LogStore:
             self._pending_conversations.pop(conversation_id, None)
             try:
                 self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("DELETE FROM ratings WHERE conversation_id = ?", (conversation_id,))
                 count = self._db.execute("DELETE FROM messages WHERE conversation_id = ?",
                                          (conversation_id,)).rowcount
                 self._db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
@@ -341,7 +419,7 @@ class LogStore:
 
     def close(self) -> None:
         """Write what is kept (waiting the full timeout); if the database is still locked,
-        the kept messages go to ``<database>.unwritten-<pid>.jsonl`` and a one-line warning
+        the kept messages (and ratings) go to ``<database>.unwritten-<pid>.jsonl`` and a one-line warning
         says where, so nothing the user saw is lost."""
         with self._lock:
             try:

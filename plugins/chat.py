@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 EXIT_WORDS = ("exit", "quit")
 MULTI_START = "!multi"
 MULTI_END = "!end"
+FEEDBACK_WORDS = {"!good": 1, "!bad": -1}
 PROMPT = "> "
 CONTINUATION_PROMPT = "... "
 
@@ -219,10 +221,19 @@ def build_agent(config: DumaConfig, store: LogStore | None) -> Any:
 # --------------------------------------------------------------------------- input
 
 
-def iter_user_messages(read_line: Callable[[str], str | None]) -> Iterator[str]:
+@dataclass(frozen=True)
+class Feedback:
+    """A ``!good [note]`` or ``!bad [note]`` line: a rating of the last reply, not a message."""
+
+    score: int
+    note: str | None = None
+
+
+def iter_user_messages(read_line: Callable[[str], str | None]) -> Iterator[str | Feedback]:
     """User messages from a line reader: one per line, blank lines skipped, ``!multi`` ...
-    ``!end`` joined into one message (``!multi X`` ends at ``!end X``), ``exit``/``quit`` or
-    end of input (``None``) stop."""
+    ``!end`` joined into one message (``!multi X`` ends at ``!end X``), ``!good``/``!bad [note]``
+    as :class:`Feedback` (inside a ``!multi`` block they are text), ``exit``/``quit`` or end of
+    input (``None``) stop."""
     while True:
         line = read_line(PROMPT)
         if line is None:
@@ -232,7 +243,11 @@ def iter_user_messages(read_line: Callable[[str], str | None]) -> Iterator[str]:
             continue
         if text.lower() in EXIT_WORDS:
             return
-        if text.split()[0] == MULTI_START:
+        first = text.split()[0]
+        if first in FEEDBACK_WORDS:
+            yield Feedback(FEEDBACK_WORDS[first], text[len(first):].strip() or None)
+            continue
+        if first == MULTI_START:
             marker = text[len(MULTI_START):].strip()
             end = f"{MULTI_END} {marker}" if marker else MULTI_END
             lines: list[str] = []
@@ -355,18 +370,19 @@ class PlainRenderer:
                 return event
             if event.type == "error":
                 self.error = event.message
-                self._note(f"Error: {event.message}")
+                self.note(f"Error: {event.message}")
                 return None
             if event.type == "notice":
-                self._note(f"note: {event.message}")
+                self.note(f"note: {event.message}")
             elif event.type == "slow_step" and self.show_slow:
                 for line in describe_slow_step(event):
-                    self._note(line)
+                    self.note(line)
         self.error = "the turn ended without a reply"
-        self._note(f"Error: {self.error}")
+        self.note(f"Error: {self.error}")
         return None
 
-    def _note(self, text: str) -> None:
+    def note(self, text: str) -> None:
+        """A line on standard error (standard output holds only replies)."""
         self.err.write(text + "\n")
         self.err.flush()
 
@@ -513,6 +529,19 @@ def make_console() -> Console:
 # --------------------------------------------------------------------------- commands
 
 
+def rate_last_reply(agent: Any, conversation_id: str | None, feedback: Feedback, *, kept: bool) -> tuple[bool, str]:
+    """Apply a ``!good``/``!bad``: ``(whether it was rated, a one-line message)``. A rating
+    that cannot be made (no reply yet) is a message, not an error: the chat goes on."""
+    if conversation_id is None:
+        return False, "nothing to rate yet: !good and !bad rate the last reply"
+    try:
+        agent.feedback(conversation_id, feedback.score, feedback.note)
+    except DumaError as exc:
+        return False, str(exc)
+    word = "good" if feedback.score > 0 else "bad"
+    return True, f"rated the last reply {word}" + ("" if kept else " (not kept: this chat is not logged)")
+
+
 def run_turn(agent: Any, renderer: PlainRenderer | RichRenderer, text: str, conversation_id: str | None,
              *, system: str | None, options: dict[str, Any]) -> tuple[FinalDone | None, str | None]:
     """One turn through the renderer; returns the final event and the conversation ID
@@ -544,8 +573,10 @@ def chat_command(state: CliState, system: str | None, model_ref: str | None, bac
     """Chat with the DUMA agent.
 
     In a terminal: replies stream and render as Markdown; '!multi' ... '!end' sends several
-    lines as one message; 'exit', 'quit' or Ctrl-D leaves; Ctrl-C stops a reply. With piped
-    input, every line is one message and only the replies are printed.
+    lines as one message; '!good' or '!bad [note]' rates the last reply (training data: see
+    'duma logs export'); 'exit', 'quit' or Ctrl-D leaves; Ctrl-C stops a reply. With piped
+    input, every line is one message and only the replies are printed (a rating prints
+    nothing; a rating that cannot be made says so on standard error).
     """
     options = parse_generation_options(option_pairs)
     config, store, cid = command_config(
@@ -576,6 +607,11 @@ def _chat_piped(config: DumaConfig, store: LogStore | None, cid: str | None, opt
     renderer = PlainRenderer(sys.stdout, sys.stderr, show_slow)
     failed = False
     for text in iter_user_messages(stream_line_reader(text_stdin())):
+        if isinstance(text, Feedback):  # standard output carries replies only
+            rated, message = rate_last_reply(agent, cid, text, kept=config.logging.enabled)
+            if not rated:
+                renderer.note(f"note: {message}")
+            continue
         final, cid = run_turn(agent, renderer, text, cid, system=config.chat.system, options=options)
         failed = failed or final is None
     return failed
@@ -597,12 +633,16 @@ def _chat_interactive(config: DumaConfig, store: LogStore | None, cid: str | Non
     if cid is not None:
         count = len(store.messages(cid)) if store is not None else 0
         console.print(f"Continuing conversation {cid} ({count} messages)", style="dim", markup=False)
-    console.print("Type 'exit' or Ctrl-D to leave, '!multi' for multi-line input, Ctrl-C to stop a reply.",
-                  style="dim", markup=False)
+    console.print("Type 'exit' or Ctrl-D to leave, '!multi' for multi-line input, '!good'/'!bad [note]' to "
+                  "rate a reply, Ctrl-C to stop a reply.", style="dim", markup=False)
     renderer = RichRenderer(console, markdown=config.chat.markdown, stream=config.chat.stream,
                             show_slow=show_slow)
     read_line = read_line or terminal_line_reader()
     for text in iter_user_messages(read_line):
+        if isinstance(text, Feedback):
+            rated, message = rate_last_reply(agent, cid, text, kept=config.logging.enabled)
+            console.print(message, style="dim" if rated else "yellow", markup=False)
+            continue
         try:
             _final, cid = run_turn(agent, renderer, text, cid, system=config.chat.system, options=options)
         except Terminated:
