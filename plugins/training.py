@@ -18,16 +18,22 @@ if TYPE_CHECKING:
     from duma.cli import CliState
 
 
+# One line a trainer: its module under duma.trainers and its class (imported when looked up).
+TRAINERS: list[tuple[str, str]] = [
+    ("pt", "PTTrainer"),
+    ("sft", "SFTTrainer"),
+    ("lora", "LoraTrainer"),
+    ("vocab", "VocabTrainer"),
+    ("dpo", "DPOTrainer"),
+]
+
+
 @duma.hookimpl
 def register_trainers(register: Any) -> None:
-    from duma.trainers.dpo import DPOTrainer
-    from duma.trainers.lora import LoraTrainer
-    from duma.trainers.pt import PTTrainer
-    from duma.trainers.sft import SFTTrainer
-    from duma.trainers.vocab import VocabTrainer
+    import importlib
 
-    for cls in (PTTrainer, SFTTrainer, LoraTrainer, VocabTrainer, DPOTrainer):
-        register(cls)
+    for module, name in TRAINERS:
+        register(getattr(importlib.import_module(f"duma.trainers.{module}"), name))
 
 
 @duma.hookimpl
