@@ -116,14 +116,66 @@ class PreferenceRecord(BaseModel):
         return "\n".join(m.content for m in self.messages)
 
 
-Record = Conversation | TextRecord | PreferenceRecord
-RecordKind = Literal["conversation", "text", "preference"]
+class UnpairedRecord(BaseModel):
+    """A context (messages ending with a user turn) with one reply labelled desirable
+    (``label`` true) or undesirable (false), for KTO: the shape ``duma logs export --format
+    kto`` writes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[Message] = Field(min_length=1)
+    completion: str = Field(min_length=1)
+    label: bool
+
+    @field_validator("messages")
+    @classmethod
+    def _ends_with_user(cls, v: list[Message]) -> list[Message]:
+        if v[-1].role != "user":
+            raise ValueError("the context must end with a user message")
+        return v
+
+    @property
+    def prompt(self) -> str:
+        """The context's text, message contents joined by newlines (for statistics)."""
+        return "\n".join(m.content for m in self.messages)
+
+
+class PromptRecord(BaseModel):
+    """A prompt (messages ending with a user turn) with its reference answer, for methods
+    that sample replies and score them (``grpo``'s verifiable rewards). ``prompt="..."`` is
+    accepted in place of ``messages`` (see :func:`prompt_messages`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[Message] = Field(min_length=1)
+    answer: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prompt_to_messages(cls, data: Any) -> Any:
+        return PreferenceRecord._prompt_to_messages(data)
+
+    @field_validator("messages")
+    @classmethod
+    def _ends_with_user(cls, v: list[Message]) -> list[Message]:
+        if v[-1].role != "user":
+            raise ValueError("the prompt must end with a user message")
+        return v
+
+    @property
+    def prompt(self) -> str:
+        """The prompt's text, message contents joined by newlines (for statistics)."""
+        return "\n".join(m.content for m in self.messages)
+
+
+Record = Conversation | TextRecord | PreferenceRecord | PromptRecord | UnpairedRecord
+RecordKind = Literal["conversation", "text", "preference", "prompt", "unpaired"]
 
 
 class Located(BaseModel):
     """A record with where it came from (for ``file:line`` errors and rejects files)."""
 
-    record: Conversation | TextRecord | PreferenceRecord
+    record: Conversation | TextRecord | PreferenceRecord | PromptRecord | UnpairedRecord
     file: str
     line: int
 
@@ -486,7 +538,7 @@ def suggest_source(raw: Any, exclude: str) -> str | None:
 
 # Tried in this order when no source is named: the more specific shapes first.
 # ``preference`` before ``sharegpt``: a context of {role, content} messages would pass as one.
-DETECT_ORDER = ("belle", "preference", "sharegpt", "alpaca", "seed-tasks", "text")
+DETECT_ORDER = ("belle", "preference", "unpaired", "sharegpt", "alpaca", "seed-tasks", "text")
 
 
 def detect_source(path: Path) -> str:
@@ -655,4 +707,8 @@ def flat_text(record: Record) -> str:
         return "\n".join(f"{m.role}: {m.content}" for m in record.messages)
     if isinstance(record, TextRecord):
         return record.text
+    if isinstance(record, UnpairedRecord):
+        return f"{record.prompt}\n{record.completion}"
+    if isinstance(record, PromptRecord):
+        return f"{record.prompt}\n{record.answer or ''}"
     return f"{record.prompt}\n{record.chosen}\n{record.rejected}"

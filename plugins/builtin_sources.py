@@ -1,5 +1,6 @@
 """The built-in data sources: ``belle``, ``alpaca``, ``sharegpt``, ``text``, ``preference``,
-``seed-tasks`` and ``duma-logs`` (duma's own chat log, so a user's chats become training data).
+``unpaired``, ``seed-tasks`` and ``duma-logs`` (duma's own chat log, so a user's chats become
+training data).
 
 Each JSON source validates the raw item with a pydantic model of its own shape first, so a
 bad record names the field as it is spelled in the file (``conversations.1.from``).
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from duma import DataSource
 from duma.data import (
@@ -23,9 +24,11 @@ from duma.data import (
     JsonRecordSource,
     Located,
     PreferenceRecord,
+    PromptRecord,
     Record,
     RecordProblem,
     TextRecord,
+    UnpairedRecord,
     check_readable,
     problem_of,
     prompt_messages,
@@ -285,6 +288,82 @@ class PreferenceSource(JsonRecordSource):
         return record.model_dump()
 
 
+class _UnpairedRaw(BaseModel):
+    model_config = _Raw
+    messages: list[_OpenAIMessage] = Field(min_length=1)
+    completion: str = Field(min_length=1)
+    label: StrictBool  # JSON true/false, as the export writes: "no" or 0 are mistakes, not labels
+
+
+class UnpairedSource(JsonRecordSource):
+    name: ClassVar[str] = "unpaired"
+    kind = "unpaired"
+    description = ("unpaired examples for KTO, as 'duma logs export --format kto' writes them: {messages: "
+                   "[{role, content}] (the context, ending with a user turn), completion, label: true|false}")
+    expected_fields = "messages, completion, label"
+
+    def parse(self, raw: dict[str, Any]) -> list[Record]:
+        item = _UnpairedRaw.model_validate(raw)
+        if not item.completion.strip():
+            raise RecordProblem("completion", "empty reply")
+        msgs = [{"role": m.role, "content": m.content} for m in item.messages]
+        if msgs[-1]["role"] != "user":
+            raise RecordProblem("messages", "the context must end with a user turn (the completion answers it)")
+        try:
+            return [UnpairedRecord.model_validate({"messages": msgs, "completion": item.completion,
+                                                   "label": item.label})]
+        except ValidationError as exc:
+            raise problem_of(exc) from None
+
+    def to_raw(self, record: Record) -> dict[str, Any]:
+        _need_kind(self, record, UnpairedRecord)
+        assert isinstance(record, UnpairedRecord)
+        return record.model_dump()
+
+
+class _PromptRaw(BaseModel):
+    model_config = _Raw
+    prompt: str | None = Field(None, min_length=1)  # BELLE's form: the context as one string
+    messages: list[_OpenAIMessage] | None = Field(None, min_length=1)
+    answer: str | bool | int | float | None = None
+
+
+class PromptsSource(JsonRecordSource):
+    name: ClassVar[str] = "prompts"
+    kind = "prompt"
+    description = ("prompts with reference answers for RL with verifiable rewards (grpo): {messages: "
+                   "[{role, content}] (ending with a user turn), answer}, or {prompt, answer}")
+    expected_fields = "messages or prompt, answer"
+
+    def parse(self, raw: dict[str, Any]) -> list[Record]:
+        item = _PromptRaw.model_validate(raw)
+        if item.messages is not None and item.prompt is not None:
+            raise RecordProblem("prompt", "give the prompt as messages or as prompt, not both")
+        if item.messages is not None:
+            container = "messages"
+            msgs = [{"role": m.role, "content": m.content} for m in item.messages]
+        elif item.prompt is not None:
+            container = "prompt"
+            msgs = prompt_messages(item.prompt)
+        else:
+            raise RecordProblem("messages", f"missing (prompts records have {self.expected_fields})")
+        if msgs[-1]["role"] != "user":
+            raise RecordProblem(container, "the prompt must end with a user turn (the sampled reply answers it)")
+        # A bare number (or true/false, a handoff label) is a common answer; rewards compare text.
+        answer = item.answer if item.answer is None or isinstance(item.answer, str) else str(item.answer)
+        if answer is not None and not answer.strip():
+            raise RecordProblem("answer", "empty (leave it out when there is none)")
+        try:
+            return [PromptRecord.model_validate({"messages": msgs, "answer": answer})]
+        except ValidationError as exc:
+            raise problem_of(exc) from None
+
+    def to_raw(self, record: Record) -> dict[str, Any]:
+        _need_kind(self, record, PromptRecord)
+        assert isinstance(record, PromptRecord)
+        return record.model_dump()
+
+
 # ----------------------------------------------------------------------------- seed tasks
 
 class _Instance(BaseModel):
@@ -365,5 +444,7 @@ class DumaLogsSource(DataSource):
 BUILTIN_SOURCES: list[type[DataSource]] = [
     BelleSource, AlpacaSource, ShareGPTSource, TextSource, PreferenceSource, SeedTasksSource,
     DumaLogsSource,
+    PromptsSource,
+    UnpairedSource,
 ]
 

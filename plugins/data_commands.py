@@ -123,7 +123,7 @@ class DataStatsReport:
 
     def add(self, record: Record, tokenizer: Any = None, max_length: int | None = None,
             keep_char_lengths: bool = False) -> None:
-        from duma.data import Conversation, TextRecord, flat_text
+        from duma.data import Conversation, PreferenceRecord, TextRecord, flat_text
 
         self.records += 1
         self.kinds[type(record).__name__] += 1
@@ -135,8 +135,10 @@ class DataStatsReport:
             self.categories[record.category or "(none)"] += 1
         elif isinstance(record, TextRecord):
             self.characters += len(record.text)
-        else:
+        elif isinstance(record, PreferenceRecord):
             self.characters += len(record.prompt) + len(record.chosen) + len(record.rejected)
+        else:
+            self.characters += len(flat_text(record))
         if tokenizer is not None:
             self.token_lengths.append(token_length(tokenizer, record))
             if max_length and self.token_lengths[-1] > max_length:
@@ -165,12 +167,15 @@ class DataStatsReport:
 
 def token_length(tokenizer: Any, record: Record) -> int:
     """Tokens of a record as training sees it (conversations through ``render_training``)."""
-    from duma.data import Conversation, TextRecord
+    from duma.data import Conversation, PreferenceRecord, TextRecord, flat_text
     from duma.rendering import render_training
 
     if isinstance(record, Conversation):
         return len(render_training(tokenizer, record.messages).input_ids)
-    text = record.text if isinstance(record, TextRecord) else record.prompt + record.chosen
+    if isinstance(record, PreferenceRecord):
+        text = record.prompt + record.chosen  # one side of the pair: what one training row holds
+    else:
+        text = record.text if isinstance(record, TextRecord) else flat_text(record)
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
