@@ -92,6 +92,19 @@ def register_judges(register: Register) -> None:
 
 
 @hookspec
+def register_rewards(register: Register) -> None:
+    """Register verifiable rewards for reinforcement learning (the ``grpo`` trainer).
+
+    ``register(reward_cls)``: a class with a ``name`` (e.g. ``"exact"``), constructed without
+    arguments, whose ``score(prompt_messages, completion, answer) -> float`` scores one sampled
+    completion: ``prompt_messages`` the prompt as ``{"role", "content"}`` dicts, ``completion``
+    the decoded text, ``answer`` the record's reference answer (or None). Keep it pure and fast:
+    it runs for every completion of every step. Called when a ``grpo`` run resolves
+    ``grpo.rewards``.
+    """
+
+
+@hookspec
 def register_commands(cli: Any) -> None:
     """Add CLI commands.
 
@@ -109,4 +122,5 @@ COMPONENT_HOOKS: dict[str, str] = {
     "router": "register_routers",
     "tool": "register_tools",
     "judge": "register_judges",
+    "reward": "register_rewards",
 }

@@ -202,7 +202,7 @@ def test_duma_plugins_table_and_json_describe_every_plugin(fixture_path):
         assert row["source"] in ("built-in", "entry point")
         assert all(h.startswith("register_") for h in row["hooks"])
         for kind, names in row["components"].items():
-            assert kind in ("data_source", "trainer", "backend", "quantizer", "router", "tool", "judge")
+            assert kind in ("data_source", "trainer", "backend", "quantizer", "router", "tool", "judge", "reward")
             assert names == sorted(names)
     good = plugin_rows(result.stdout)["fixture_good"]
     assert good == {"name": "fixture_good", "version": "0.1.0", "source": "entry point",
