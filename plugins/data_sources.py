@@ -1,5 +1,5 @@
 """Built-in plugin: the data sources ``belle``, ``alpaca``, ``sharegpt``, ``text``,
-``preference``, ``seed-tasks`` and ``duma-logs``.
+``preference``, ``unpaired``, ``prompts``, ``seed-tasks`` and ``duma-logs``.
 
 Imported when the CLI starts: the source classes live in :mod:`duma.plugins.builtin_sources`
 and are imported inside the hook.
