@@ -70,6 +70,31 @@ class PreferencePair:
         return len(self.chosen) + len(self.rejected)
 
 
+def preference_pairs(trainer: Trainer, tokenizer: Any) -> list[PreferencePair]:
+    """A trainer's preference records as pairs of rows (dpo and rm train on the same ones):
+    [context + chosen] and [context + rejected], rendered with the one renderer, the loss on
+    the reply only, both sides fitted to ``data.max_length`` together."""
+    from duma.data import PreferenceRecord
+    from duma.rendering import render_training
+
+    pairs: list[PreferencePair] = []
+    for record in trainer.records():
+        if not isinstance(record, PreferenceRecord):
+            raise DumaError(f"data source '{trainer.config.data.source}' gives {type(record).__name__} records; "
+                            f"method '{trainer.config.method}' trains on preference pairs",
+                            "use data.source: preference")
+        sides = [render_training(tokenizer, [*record.messages, {"role": "assistant", "content": reply}],
+                                 last_turn_only=True) for reply in (record.chosen, record.rejected)]
+        fitted = trainer.fit_to_length(*((r.input_ids, r.labels) for r in sides))
+        if fitted is None:
+            continue
+        (chosen_ids, chosen_labels), (rejected_ids, rejected_labels) = fitted
+        pair_id = len(pairs)
+        pairs.append(PreferencePair(Sample(chosen_ids, chosen_labels, [pair_id]),
+                                    Sample(rejected_ids, rejected_labels, [pair_id]), [pair_id]))
+    return pairs
+
+
 def preference_losses(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
                       reference_rejected: torch.Tensor, settings: DPOSettings) -> torch.Tensor:
     """The loss of each pair from the log-probs of its replies under policy and reference."""
@@ -103,24 +128,7 @@ class DPOTrainer(Trainer):
     # --- data
 
     def build_samples(self, tokenizer: Any) -> list[PreferencePair]:  # type: ignore[override]
-        from duma.data import PreferenceRecord
-        from duma.rendering import render_training
-
-        pairs: list[PreferencePair] = []
-        for record in self.records():
-            if not isinstance(record, PreferenceRecord):
-                raise DumaError(f"data source '{self.config.data.source}' gives {type(record).__name__} records; "
-                                "method 'dpo' trains on preference pairs", "use data.source: preference")
-            sides = [render_training(tokenizer, [*record.messages, {"role": "assistant", "content": reply}],
-                                     last_turn_only=True) for reply in (record.chosen, record.rejected)]
-            fitted = self.fit_to_length(*((r.input_ids, r.labels) for r in sides))
-            if fitted is None:
-                continue
-            (chosen_ids, chosen_labels), (rejected_ids, rejected_labels) = fitted
-            pair_id = len(pairs)
-            pairs.append(PreferencePair(Sample(chosen_ids, chosen_labels, [pair_id]),
-                                        Sample(rejected_ids, rejected_labels, [pair_id]), [pair_id]))
-        return pairs
+        return preference_pairs(self, tokenizer)
 
     def collate(self, rows: Sequence[PreferencePair], pad_id: int) -> dict[str, Any]:  # type: ignore[override]
         """The chosen rows, then the rejected rows, and (once known) their reference log-probs."""

@@ -95,7 +95,7 @@ def _progress(index: int, total: int, item_id: str, klass: str, detail: str) -> 
 def register_commands(cli: click.Group) -> None:
     @cli.group(name="eval")
     def eval_group() -> None:
-        """Evaluate models and the agent: judged sets, perplexity, routing."""
+        """Evaluate models and the agent: judged sets, perplexity, routing, reward models."""
 
     @eval_group.command(name="run")
     @click.option("--set", "set_path", required=True, type=click.Path(dir_okay=False),
@@ -177,6 +177,29 @@ def register_commands(cli: click.Group) -> None:
         report = perplexity(model, textfile, max_length=max_length, stride=stride, device=device,
                             dtype=dtype, adapter=adapter)
         click.echo(json.dumps(report.model_dump(mode="json"), indent=2))
+
+    @eval_group.command(name="rm")
+    @click.argument("model_folder", type=click.Path(file_okay=False))
+    @click.argument("pairs_file", type=click.Path(dir_okay=False))
+    @click.option("--source", default="preference", show_default=True,
+                  help="Data source of PAIRS_FILE (one giving preference records).")
+    @click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N pairs.")
+    @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+    @click.option("--device", default="cpu", show_default=True, help="cpu, auto or cuda[:N].")
+    @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+    def eval_rm(model_folder: str, pairs_file: str, source: str, limit: int | None, batch_size: int, device: str,
+                as_json: bool) -> None:
+        """Pair accuracy of a reward model (the output_dir of a method: rm run) on PAIRS_FILE:
+        the share of pairs whose chosen reply gets the higher reward, and the mean margin
+        r_chosen - r_rejected."""
+        from duma.trainers.rm import pair_accuracy
+
+        report = pair_accuracy(model_folder, pairs_file, source, limit=limit, device=device, batch_size=batch_size)
+        if as_json:
+            click.echo(json.dumps(report.model_dump(mode="json"), indent=2))
+        else:
+            click.echo(f"pair accuracy {report.accuracy:.3f} over {report.pairs} pairs, mean margin "
+                       f"{report.mean_margin:.3f} (chosen {report.mean_chosen:.3f}, rejected {report.mean_rejected:.3f})")
 
     @eval_group.command(name="routing")
     @click.argument("file", type=click.Path(dir_okay=False))
