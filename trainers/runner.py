@@ -103,7 +103,39 @@ def launch(config_path: str, overrides: Sequence[str], *, nproc: int, hostfile: 
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     if quiet:  # gloo's "connected to N peer ranks" lines
         env.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-    return subprocess.call(cmd, env=env)
+    if not hostfile:
+        return subprocess.call(cmd, env=env)
+    env_file = node_env_file(env)
+    try:
+        return subprocess.call(cmd, env={**env, "DS_ENV_FILE": env_file})
+    finally:
+        os.unlink(env_file)
+
+
+# DeepSpeed's launcher passes only PYTHON*/MLFLOW*/UCX*/MV2* variables to the other nodes (over
+# ssh, which starts from a clean environment); these too reach the workers there.
+NODE_ENV_PREFIXES = ("DUMA_", "TORCH_", "OMP_", "HF_", "TRANSFORMERS_")
+
+
+def node_env_file(env: dict[str, str]) -> str:
+    """A temporary DeepSpeed environment file (``DS_ENV_FILE``: KEY=VALUE lines, exported on
+    every node before the workers start): the user's own ``.deepspeed_env`` lines, then the
+    variables of ``NODE_ENV_PREFIXES`` that can be written there safely."""
+    import tempfile
+
+    lines: list[str] = []
+    name = os.environ.get("DS_ENV_FILE", ".deepspeed_env")
+    for folder in (os.path.expanduser("~"), "."):
+        own = Path(folder, name)
+        if own.is_file():
+            lines += [ln for ln in own.read_text().splitlines() if "=" in ln]
+    unsafe = set('"$`\\\n')
+    lines += [f"{key}={value}" for key, value in sorted(env.items())
+              if key.startswith(NODE_ENV_PREFIXES) and value and not unsafe & set(value)]
+    fd, path = tempfile.mkstemp(prefix="duma-deepspeed-env-")
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(f"{line}\n" for line in lines))
+    return path
 
 
 def launch_command(config_path: str, overrides: Sequence[str], *, nproc: int, hostfile: str | None,
