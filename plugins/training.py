@@ -1,5 +1,5 @@
 """Built-in plugin: the trainers (``pt``, ``sft``, ``lora``, ``vocab``, ``dpo``, ``kto``, ``rm``,
-``grpo``) and the ``duma train`` and ``duma export`` commands. Trainer modules import torch only
+``grpo``, ``ppo``) and the ``duma train`` and ``duma export`` commands. Trainer modules import torch only
 when a run starts."""
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ TRAINERS: list[tuple[str, str]] = [
     ("kto", "KTOTrainer"),
     ("grpo", "GRPOTrainer"),
     ("rm", "RMTrainer"),
+    ("ppo", "PPOTrainer"),
 ]
 
 
@@ -62,7 +63,7 @@ def train_command(state: CliState, config_file: str, overrides: tuple[str, ...],
                   nproc: int, hostfile: str | None, as_json: bool, worker: bool) -> None:
     """Train a model from a run config: duma train CONFIG.yaml [key=value ...].
 
-    The YAML holds model, method (pt|sft|lora|vocab|dpo|kto|rm|grpo), data, training and
+    The YAML holds model, method (pt|sft|lora|vocab|dpo|kto|rm|grpo|ppo), data, training and
     output_dir keys; key=value arguments override dotted keys (training.lr=1e-4). Shows a progress bar per
     phase (training.progress=false: none) and ends with a short summary; DeepSpeed's and
     transformers' own output shows with duma --debug.
