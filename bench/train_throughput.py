@@ -6,7 +6,11 @@ a realistic spread of lengths) read from ``../shared/data/belle``, else the tiny
 
     .venv/bin/python bench/train_throughput.py [--model tiny|embedded|FOLDER] [--steps 30] [--data FILE]
 
-Prints one JSON object. Goals: duma >= 0.95 of the plain loop; packing >= 1.5x padding.
+Then DPO: duma's dpo trainer against TRL's DPOTrainer (TRL is a bench-only install, never a
+duma dependency) on the same tiny model, pairs and batch.
+
+Prints one JSON object. Goals: duma >= 0.95 of the plain loop; packing >= 1.5x padding; DPO
+duma >= TRL.
 Times exclude start-up: the sum of the per-step times after ``--warmup-steps`` steps.
 """
 
@@ -151,6 +155,73 @@ def bench_trl(trainer, folder: Path, args: argparse.Namespace, work: Path) -> tu
     return per_step * (len(times) - args.warmup_steps) / sum(times[args.warmup_steps:]), None
 
 
+PREFERENCE_DATA = REPO / "configs" / "examples" / "data" / "preference_tiny.jsonl"
+
+
+def bench_dpo(folder: Path, args: argparse.Namespace, work: Path) -> dict:
+    """duma's dpo trainer against TRL's DPOTrainer: same model, preference pairs, batch, beta and
+    sigmoid loss, reference log-probs computed before training in both (not timed); the figure
+    is pairs per second over the steps after the warm-up, median step time, alternating rounds."""
+    from duma.data import iter_records
+
+    records = [r for r in iter_records("preference", [PREFERENCE_DATA])]
+    steps = args.dpo_steps
+    duma_times: list[float] = []
+    trl_times: list[float] = []
+    note = None
+    for r in range(args.repeats):
+        cfg = {"method": "dpo", "model": str(folder), "output_dir": str(work / f"dpo{r}"),
+               "data": {"source": "preference", "files": [str(PREFERENCE_DATA)], "max_length": args.max_length},
+               "dpo": {"beta": 0.1, "loss_type": "sigmoid"},
+               "training": {"max_steps": steps, "batch_size": args.batch_size, "lr": 1e-5, "warmup_ratio": 0.0,
+                            "schedule": "constant", "progress": False, "seed": 0}}
+        _, _, seconds = bench_duma(cfg, 0)
+        duma_times += seconds[args.warmup_steps:]
+        try:
+            trl_times += trl_dpo_step_times(folder, records, args, work / f"trl-dpo{r}", steps)
+        except ImportError as exc:
+            note = f"trl not installed ({exc})"
+            break
+    duma_step = median(duma_times)
+    out = {"steps": steps, "pairs_per_step": args.batch_size, "duma_pairs_per_s": round(args.batch_size / duma_step, 2)}
+    if trl_times:
+        trl_step = median(trl_times)
+        out |= {"trl_pairs_per_s": round(args.batch_size / trl_step, 2), "duma_vs_trl": round(trl_step / duma_step, 3)}
+    else:
+        out["trl_note"] = note
+    return out
+
+
+def trl_dpo_step_times(folder: Path, records: list, args: argparse.Namespace, out: Path, steps: int) -> list[float]:
+    import trl
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+
+    from duma.trainers.base import load_causal_lm
+
+    times: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            self.began = time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kw):
+            times.append(time.perf_counter() - self.began)
+
+    ds = Dataset.from_list([{"prompt": [m.model_dump() for m in rec.messages],
+                             "chosen": [{"role": "assistant", "content": rec.chosen}],
+                             "rejected": [{"role": "assistant", "content": rec.rejected}]} for rec in records])
+    cfg = trl.DPOConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=args.batch_size,
+                        learning_rate=1e-5, lr_scheduler_type="constant", beta=0.1, loss_type="sigmoid",
+                        max_length=args.max_length, precompute_ref_log_probs=True, report_to=[],
+                        save_strategy="no", logging_steps=10**6, use_cpu=True, dataloader_num_workers=0, seed=0,
+                        disable_tqdm=True, bf16=False, fp16=False, gradient_checkpointing=False)
+    trainer = trl.DPOTrainer(model=load_causal_lm(folder), args=cfg, train_dataset=ds,
+                             processing_class=AutoTokenizer.from_pretrained(folder), callbacks=[StepTimer()])
+    trainer.train()
+    return times[args.warmup_steps:]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="tiny", help="tiny (random, --hidden/--layers), embedded or a folder")
@@ -164,6 +235,7 @@ def main() -> None:
     p.add_argument("--zero-stage", type=int, default=0)
     p.add_argument("--repeats", type=int, default=2, help="rounds per contender; the best counts")
     p.add_argument("--skip-trl", action="store_true")
+    p.add_argument("--dpo-steps", type=int, default=12, help="steps of each DPO run (0: no DPO comparison)")
     p.add_argument("--shared-attention", action="store_true",
                    help="packed samples attend to each other (training.isolate_packed false)")
     args = p.parse_args()
@@ -190,6 +262,7 @@ def main() -> None:
             padded, plain, packed = max(padded, rate_pad), max(plain, rate_plain), max(packed, rate_pack)
             ratios += [p / d for p, d in zip(plain_s[args.warmup_steps:], duma_s[args.warmup_steps:])]
         trl_rate, trl_note = (None, "skipped (--skip-trl)") if args.skip_trl else bench_trl(trainer, folder, args, work)
+        dpo = bench_dpo(folder, args, work) if args.dpo_steps and not args.skip_trl else None
         result = {
             "model": args.model if args.model != "tiny" else f"tiny random llama (hidden {args.hidden}, {args.layers} layers)",
             "parameters": sum(p.numel() for p in trainer.engine.module.parameters()),
@@ -209,7 +282,8 @@ def main() -> None:
             "effective_tokens_per_s_padding": round(padded, 1),
             "effective_tokens_per_s_packing": round(packed, 1),
             "packing_vs_padding": round(packed / padded, 3),
-            "goals": {"duma_vs_plain": ">= 0.95", "packing_vs_padding": ">= 1.5"},
+            "dpo": dpo,
+            "goals": {"duma_vs_plain": ">= 0.95", "packing_vs_padding": ">= 1.5", "dpo duma_vs_trl": ">= 1.0"},
         }
     print(json.dumps(result, indent=2))
 
