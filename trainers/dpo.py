@@ -22,7 +22,7 @@ from duma.config import Strict
 from duma.errors import DumaError
 from duma.trainers.base import PhaseBar, Sample, Trainer, collate
 from duma.trainers.config import RunConfig
-from duma.trainers.lora import LoraSettings, apply_lora, save_adapter
+from duma.trainers.lora import LoraPolicyTrainer, LoraSettings
 
 if TYPE_CHECKING:
     import torch
@@ -111,7 +111,7 @@ def preference_losses(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor
     return (logits - 1 / (2 * beta)) ** 2  # ipo
 
 
-class DPOTrainer(Trainer):
+class DPOTrainer(LoraPolicyTrainer):
     """Preference tuning against the frozen starting model."""
 
     name = "dpo"
@@ -122,8 +122,6 @@ class DPOTrainer(Trainer):
     def __init__(self, config: RunConfig, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self.settings: DPOSettings = config.dpo  # type: ignore[attr-defined]
-        self.lora: LoraSettings | None = config.lora  # type: ignore[attr-defined]
-        self.result_kind = "adapter" if self.lora else "model"
 
     # --- data
 
@@ -141,12 +139,6 @@ class DPOTrainer(Trainer):
         return batch
 
     # --- model and reference
-
-    def prepare_model(self, model: Any) -> Any:
-        if self.lora is None:
-            return model
-        assert self.model_folder is not None
-        return apply_lora(model, self.lora, self.model_folder)
 
     def on_engine_ready(self, engine: Any, bar: PhaseBar) -> None:
         """Attach the reference log-probs to every pair: from the cache when resuming, else
@@ -245,9 +237,3 @@ class DPOTrainer(Trainer):
 
     # --- result
 
-    def save_final(self, model: Any, folder: Path) -> None:
-        if self.lora is None:
-            super().save_final(model, folder)
-            return
-        assert self.model_folder is not None
-        save_adapter(model, self.tokenizer, folder, self.config.model, self.model_folder)

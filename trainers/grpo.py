@@ -28,7 +28,6 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
@@ -37,7 +36,7 @@ from duma.config import Strict
 from duma.errors import ConfigError, DumaError, first_line
 from duma.trainers.base import PhaseBar, Trainer
 from duma.trainers.config import DataConfig, RunConfig
-from duma.trainers.lora import LoraSettings, apply_lora, save_adapter
+from duma.trainers.lora import LoraPolicyTrainer, LoraSettings
 
 if TYPE_CHECKING:
     import torch
@@ -162,7 +161,32 @@ def sampling_seed(seed: int, kind: str, step: int, ids: Sequence[int]) -> int:
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1)
 
 
-class GRPOTrainer(Trainer):
+def prompt_rows(trainer: Trainer, tokenizer: Any, max_new_tokens: int) -> list[PromptRow]:
+    """A trainer's prompt records as rows to sample from (grpo and ppo): the prompt ids from the
+    one renderer, cut from the start to leave ``max_new_tokens`` of room in ``data.max_length``."""
+    from duma.data import PromptRecord
+    from duma.rendering import render_prompt_ids
+
+    d = trainer.config.data
+    room = d.max_length - max_new_tokens
+    rows: list[PromptRow] = []
+    for record in trainer.records():
+        if not isinstance(record, PromptRecord):
+            raise DumaError(f"data source '{d.source}' gives {type(record).__name__} records; "
+                            f"method '{trainer.config.method}' trains on prompts", "use data.source: prompts")
+        messages = [m.model_dump() for m in record.messages]
+        ids = render_prompt_ids(tokenizer, messages)
+        if len(ids) > room:
+            if d.overlong == "skip":
+                trainer.data_counts.skipped_overlong += 1
+                continue
+            trainer.data_counts.truncated += 1
+            ids = ids[-room:]  # keep the end: the question and the generation prompt
+        rows.append(PromptRow(ids, messages, record.answer, [len(rows)]))
+    return rows
+
+
+class GRPOTrainer(LoraPolicyTrainer):
     """Reinforcement learning with verifiable rewards, group-relative advantages."""
 
     name = "grpo"
@@ -173,8 +197,6 @@ class GRPOTrainer(Trainer):
     def __init__(self, config: RunConfig, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self.settings: GRPOSettings = config.grpo  # type: ignore[attr-defined]
-        self.lora: LoraSettings | None = config.lora  # type: ignore[attr-defined]
-        self.result_kind = "adapter" if self.lora else "model"
         self.rewards = self.load_rewards()
         self.reference: Any = None
 
@@ -197,26 +219,7 @@ class GRPOTrainer(Trainer):
     # --- data
 
     def build_samples(self, tokenizer: Any) -> list[PromptRow]:  # type: ignore[override]
-        from duma.data import PromptRecord
-        from duma.rendering import render_prompt_ids
-
-        d = self.config.data
-        room = d.max_length - self.settings.max_new_tokens
-        rows: list[PromptRow] = []
-        for record in self.records():
-            if not isinstance(record, PromptRecord):
-                raise DumaError(f"data source '{d.source}' gives {type(record).__name__} records; "
-                                "method 'grpo' trains on prompts with answers", "use data.source: prompts")
-            messages = [m.model_dump() for m in record.messages]
-            ids = render_prompt_ids(tokenizer, messages)
-            if len(ids) > room:
-                if d.overlong == "skip":
-                    self.data_counts.skipped_overlong += 1
-                    continue
-                self.data_counts.truncated += 1
-                ids = ids[-room:]  # keep the end: the question and the generation prompt
-            rows.append(PromptRow(ids, messages, record.answer, [len(rows)]))
-        return rows
+        return prompt_rows(self, tokenizer, self.settings.max_new_tokens)
 
     def collate(self, rows: Sequence[PromptRow], pad_id: int) -> dict[str, Any]:  # type: ignore[override]
         return {ROWS_KEY: list(rows)}
@@ -225,12 +228,6 @@ class GRPOTrainer(Trainer):
         return len(batch[ROWS_KEY])  # the eval loss and metrics are means over prompts
 
     # --- model and reference
-
-    def prepare_model(self, model: Any) -> Any:
-        if self.lora is None:
-            return model
-        assert self.model_folder is not None
-        return apply_lora(model, self.lora, self.model_folder)
 
     def on_engine_ready(self, engine: Any, bar: PhaseBar) -> None:
         """Keep the starting model as the KL reference (only with ``kl_beta``): a LoRA policy's
@@ -393,9 +390,3 @@ class GRPOTrainer(Trainer):
 
     # --- result
 
-    def save_final(self, model: Any, folder: Path) -> None:
-        if self.lora is None:
-            super().save_final(model, folder)
-            return
-        assert self.model_folder is not None
-        save_adapter(model, self.tokenizer, folder, self.config.model, self.model_folder)

@@ -29,10 +29,10 @@ from pydantic import Field, model_validator
 from duma.config import Strict
 from duma.errors import DumaError
 from duma.rendering import IGNORE_INDEX
-from duma.trainers.base import PhaseBar, Sample, Trainer, collate, epoch_order
+from duma.trainers.base import PhaseBar, Sample, collate, epoch_order
 from duma.trainers.config import RunConfig
 from duma.trainers.dpo import REFERENCE_FILE, REFERENCE_KEY
-from duma.trainers.lora import LoraSettings, apply_lora, save_adapter
+from duma.trainers.lora import LoraPolicyTrainer, LoraSettings
 
 if TYPE_CHECKING:
     import torch
@@ -101,7 +101,7 @@ def kto_losses(logratios: torch.Tensor, desirable: torch.Tensor, z0: torch.Tenso
     return torch.where(desirable, settings.desirable_weight * gain, settings.undesirable_weight * loss)
 
 
-class KTOTrainer(Trainer):
+class KTOTrainer(LoraPolicyTrainer):
     """Unpaired preference tuning against the frozen starting model."""
 
     name = "kto"
@@ -112,8 +112,6 @@ class KTOTrainer(Trainer):
     def __init__(self, config: RunConfig, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self.settings: KTOSettings = config.kto  # type: ignore[attr-defined]
-        self.lora: LoraSettings | None = config.lora  # type: ignore[attr-defined]
-        self.result_kind = "adapter" if self.lora else "model"
         self.examples: dict[int, UnpairedExample] = {}
         self.reference: dict[Pair, float] = {}
 
@@ -172,12 +170,6 @@ class KTOTrainer(Trainer):
         return batch
 
     # --- model and reference
-
-    def prepare_model(self, model: Any) -> Any:
-        if self.lora is None:
-            return model
-        assert self.model_folder is not None
-        return apply_lora(model, self.lora, self.model_folder)
 
     def on_engine_ready(self, engine: Any, bar: PhaseBar) -> None:
         """The reference log-probs of every example and mismatched pair the run will score:
@@ -301,9 +293,3 @@ class KTOTrainer(Trainer):
 
     # --- result
 
-    def save_final(self, model: Any, folder: Path) -> None:
-        if self.lora is None:
-            super().save_final(model, folder)
-            return
-        assert self.model_folder is not None
-        save_adapter(model, self.tokenizer, folder, self.config.model, self.model_folder)

@@ -63,6 +63,29 @@ def save_adapter(model: Any, tokenizer: Any, folder: Path, base_model: str, base
         {"base_model": base_model, "base_folder": str(Path(base_folder).resolve())}))
 
 
+class LoraPolicyTrainer(Trainer):
+    """A method whose policy is the whole model or, with the run config's optional ``lora:``
+    section, a LoRA adapter on it (dpo, kto, grpo, ppo): the set-up and the saved result."""
+
+    def __init__(self, config: RunConfig, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        self.lora: LoraSettings | None = getattr(config, "lora", None)
+        self.result_kind = "adapter" if self.lora else "model"
+
+    def prepare_model(self, model: Any) -> Any:
+        if self.lora is None:
+            return model
+        assert self.model_folder is not None
+        return apply_lora(model, self.lora, self.model_folder)
+
+    def save_final(self, model: Any, folder: Path) -> None:
+        if self.lora is None:
+            super().save_final(model, folder)
+            return
+        assert self.model_folder is not None
+        save_adapter(model, self.tokenizer, folder, self.config.model, self.model_folder)
+
+
 class LoraTrainer(Trainer):
     """LoRA adapters on the attention and MLP projections; the base stays frozen."""
 

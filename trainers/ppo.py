@@ -31,10 +31,10 @@ from pydantic import Field, model_validator
 
 from duma.config import Strict
 from duma.errors import ConfigError, DumaError
-from duma.trainers.base import PhaseBar, Trainer
+from duma.trainers.base import PhaseBar
 from duma.trainers.config import RunConfig
-from duma.trainers.grpo import GRPODataConfig, GRPOTrainer, PromptRow, sampling_seed
-from duma.trainers.lora import LoraSettings, apply_lora, save_adapter
+from duma.trainers.grpo import GRPODataConfig, GRPOTrainer, PromptRow, prompt_rows, sampling_seed
+from duma.trainers.lora import LoraPolicyTrainer, LoraSettings
 
 if TYPE_CHECKING:
     import torch
@@ -195,7 +195,7 @@ def load_value_head(folder: Path | str) -> Any:
 
 # ----------------------------------------------------------------------------- the trainer
 
-class PPOTrainer(Trainer):
+class PPOTrainer(LoraPolicyTrainer):
     """RLHF with PPO against a reward model (experimental)."""
 
     name = "ppo"
@@ -210,8 +210,6 @@ class PPOTrainer(Trainer):
     def __init__(self, config: RunConfig, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self.settings: PPOSettings = config.ppo  # type: ignore[attr-defined]
-        self.lora: LoraSettings | None = config.lora  # type: ignore[attr-defined]
-        self.result_kind = "adapter" if self.lora else "model"
         self.kl = AdaptiveKLController(self.settings.kl_coef, self.settings.kl_target, self.settings.kl_horizon)
         self.reference: Any = None
         self.reward_model: Any = None
@@ -232,26 +230,7 @@ class PPOTrainer(Trainer):
         self.reward_model = load_reward_model(folder)
 
     def build_samples(self, tokenizer: Any) -> list[PromptRow]:  # type: ignore[override]
-        from duma.data import PromptRecord
-        from duma.rendering import render_prompt_ids
-
-        d = self.config.data
-        room = d.max_length - self.settings.max_new_tokens
-        rows: list[PromptRow] = []
-        for record in self.records():
-            if not isinstance(record, PromptRecord):
-                raise DumaError(f"data source '{d.source}' gives {type(record).__name__} records; "
-                                "method 'ppo' trains on prompts", "use data.source: prompts")
-            messages = [m.model_dump() for m in record.messages]
-            ids = render_prompt_ids(tokenizer, messages)
-            if len(ids) > room:
-                if d.overlong == "skip":
-                    self.data_counts.skipped_overlong += 1
-                    continue
-                self.data_counts.truncated += 1
-                ids = ids[-room:]  # keep the end: the question and the generation prompt
-            rows.append(PromptRow(ids, messages, record.answer, [len(rows)]))
-        return rows
+        return prompt_rows(self, tokenizer, self.settings.max_new_tokens)
 
     def collate(self, rows: Sequence[PromptRow], pad_id: int) -> dict[str, Any]:  # type: ignore[override]
         return {ROWS_KEY: list(rows)}
@@ -262,10 +241,7 @@ class PPOTrainer(Trainer):
     # --- model, reference, checkpointed KL coefficient
 
     def prepare_model(self, model: Any) -> Any:
-        if self.lora is not None:
-            assert self.model_folder is not None
-            model = apply_lora(model, self.lora, self.model_folder)
-        return wrap_policy(model)
+        return wrap_policy(super().prepare_model(model))
 
     def on_engine_ready(self, engine: Any, bar: PhaseBar) -> None:
         """Freeze the starting policy as the reference (LoRA: the base, adapter off), put the
@@ -402,11 +378,7 @@ class PPOTrainer(Trainer):
     def save_final(self, model: Any, folder: Path) -> None:
         from safetensors.torch import save_file
 
-        if self.lora is None:
-            super().save_final(model.policy, folder)
-        else:
-            assert self.model_folder is not None
-            save_adapter(model.policy, self.tokenizer, folder, self.config.model, self.model_folder)
+        super().save_final(model.policy, folder)
         head = {k: v.detach().float().cpu().contiguous() for k, v in model.value_head.state_dict().items()}
         save_file(head, str(folder / VALUE_HEAD_FILE))
         (folder / "duma_ppo.json").write_text(json.dumps(
