@@ -82,16 +82,13 @@ def prompt_messages(prompt: str) -> list[dict[str, str]]:
     return turns or [{"role": "user", "content": prompt}]
 
 
-class PreferenceRecord(BaseModel):
-    """A context (messages ending with a user turn) with a preferred and a rejected reply
-    (DPO, reward models). ``prompt="..."`` is accepted in place of ``messages`` (see
-    :func:`prompt_messages`)."""
+class ContextRecord(BaseModel):
+    """A record built on a context: messages ending with the user turn that a reply answers.
+    ``prompt="..."`` is accepted in place of ``messages`` (see :func:`prompt_messages`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     messages: list[Message] = Field(min_length=1)
-    chosen: str = Field(min_length=1)
-    rejected: str = Field(min_length=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -116,56 +113,26 @@ class PreferenceRecord(BaseModel):
         return "\n".join(m.content for m in self.messages)
 
 
-class UnpairedRecord(BaseModel):
-    """A context (messages ending with a user turn) with one reply labelled desirable
-    (``label`` true) or undesirable (false), for KTO: the shape ``duma logs export --format
-    kto`` writes."""
+class PreferenceRecord(ContextRecord):
+    """A context with a preferred and a rejected reply (DPO, reward models)."""
 
-    model_config = ConfigDict(extra="forbid")
+    chosen: str = Field(min_length=1)
+    rejected: str = Field(min_length=1)
 
-    messages: list[Message] = Field(min_length=1)
+
+class UnpairedRecord(ContextRecord):
+    """A context with one reply labelled desirable (``label`` true) or undesirable (false), for
+    KTO: the shape ``duma logs export --format kto`` writes."""
+
     completion: str = Field(min_length=1)
     label: bool
 
-    @field_validator("messages")
-    @classmethod
-    def _ends_with_user(cls, v: list[Message]) -> list[Message]:
-        if v[-1].role != "user":
-            raise ValueError("the context must end with a user message")
-        return v
 
-    @property
-    def prompt(self) -> str:
-        """The context's text, message contents joined by newlines (for statistics)."""
-        return "\n".join(m.content for m in self.messages)
+class PromptRecord(ContextRecord):
+    """A prompt with its reference answer, for methods that sample replies and score them
+    (``grpo``'s verifiable rewards, ``ppo``)."""
 
-
-class PromptRecord(BaseModel):
-    """A prompt (messages ending with a user turn) with its reference answer, for methods
-    that sample replies and score them (``grpo``'s verifiable rewards). ``prompt="..."`` is
-    accepted in place of ``messages`` (see :func:`prompt_messages`)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    messages: list[Message] = Field(min_length=1)
     answer: str | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _prompt_to_messages(cls, data: Any) -> Any:
-        return PreferenceRecord._prompt_to_messages(data)
-
-    @field_validator("messages")
-    @classmethod
-    def _ends_with_user(cls, v: list[Message]) -> list[Message]:
-        if v[-1].role != "user":
-            raise ValueError("the prompt must end with a user message")
-        return v
-
-    @property
-    def prompt(self) -> str:
-        """The prompt's text, message contents joined by newlines (for statistics)."""
-        return "\n".join(m.content for m in self.messages)
 
 
 Record = Conversation | TextRecord | PreferenceRecord | PromptRecord | UnpairedRecord

@@ -253,6 +253,30 @@ class _PreferenceRaw(BaseModel):
     rejected: str = Field(min_length=1)
 
 
+def _context(messages: list[_OpenAIMessage] | None, prompt: str | None, expected: str, kind: str
+             ) -> list[dict[str, str]]:
+    """The context of a preference, unpaired or prompts record: its messages, or BELLE's one-string
+    prompt split into turns; it must end with the user turn that the reply answers."""
+    if messages is not None and prompt is not None:
+        raise RecordProblem("prompt", "give the context as messages or as prompt, not both")
+    if messages is not None:
+        container, msgs = "messages", [{"role": m.role, "content": m.content} for m in messages]
+    elif prompt is not None:
+        container, msgs = "prompt", prompt_messages(prompt)
+    else:
+        raise RecordProblem("messages", f"missing ({kind} records have {expected})")
+    if msgs[-1]["role"] != "user":
+        raise RecordProblem(container, "the context must end with a user turn (the reply answers it)")
+    return msgs
+
+
+def _validated(record_cls: type[BaseModel], data: dict[str, Any]) -> list[Record]:
+    try:
+        return [record_cls.model_validate(data)]  # type: ignore[list-item]
+    except ValidationError as exc:
+        raise problem_of(exc) from None
+
+
 class PreferenceSource(JsonRecordSource):
     name: ClassVar[str] = "preference"
     kind = "preference"
@@ -264,23 +288,8 @@ class PreferenceSource(JsonRecordSource):
         if "rejected" not in raw and "reject" in raw:
             raise RecordProblem("rejected", "missing (found 'reject': the key is 'rejected')")
         item = _PreferenceRaw.model_validate(raw)
-        if item.messages is not None and item.prompt is not None:
-            raise RecordProblem("prompt", "give the context as messages or as prompt, not both")
-        if item.messages is not None:
-            container = "messages"
-            msgs = [{"role": m.role, "content": m.content} for m in item.messages]
-        elif item.prompt is not None:
-            container = "prompt"
-            msgs = prompt_messages(item.prompt)
-        else:
-            raise RecordProblem("messages", f"missing (preference records have {self.expected_fields})")
-        if msgs[-1]["role"] != "user":
-            raise RecordProblem(container, "the context must end with a user turn (the replies answer it)")
-        try:
-            return [PreferenceRecord.model_validate({"messages": msgs, "chosen": item.chosen,
-                                                     "rejected": item.rejected})]
-        except ValidationError as exc:
-            raise problem_of(exc) from None
+        msgs = _context(item.messages, item.prompt, self.expected_fields, "preference")
+        return _validated(PreferenceRecord, {"messages": msgs, "chosen": item.chosen, "rejected": item.rejected})
 
     def to_raw(self, record: Record) -> dict[str, Any]:
         _need_kind(self, record, PreferenceRecord)
@@ -306,14 +315,8 @@ class UnpairedSource(JsonRecordSource):
         item = _UnpairedRaw.model_validate(raw)
         if not item.completion.strip():
             raise RecordProblem("completion", "empty reply")
-        msgs = [{"role": m.role, "content": m.content} for m in item.messages]
-        if msgs[-1]["role"] != "user":
-            raise RecordProblem("messages", "the context must end with a user turn (the completion answers it)")
-        try:
-            return [UnpairedRecord.model_validate({"messages": msgs, "completion": item.completion,
-                                                   "label": item.label})]
-        except ValidationError as exc:
-            raise problem_of(exc) from None
+        msgs = _context(item.messages, None, self.expected_fields, "unpaired")
+        return _validated(UnpairedRecord, {"messages": msgs, "completion": item.completion, "label": item.label})
 
     def to_raw(self, record: Record) -> dict[str, Any]:
         _need_kind(self, record, UnpairedRecord)
@@ -337,26 +340,12 @@ class PromptsSource(JsonRecordSource):
 
     def parse(self, raw: dict[str, Any]) -> list[Record]:
         item = _PromptRaw.model_validate(raw)
-        if item.messages is not None and item.prompt is not None:
-            raise RecordProblem("prompt", "give the prompt as messages or as prompt, not both")
-        if item.messages is not None:
-            container = "messages"
-            msgs = [{"role": m.role, "content": m.content} for m in item.messages]
-        elif item.prompt is not None:
-            container = "prompt"
-            msgs = prompt_messages(item.prompt)
-        else:
-            raise RecordProblem("messages", f"missing (prompts records have {self.expected_fields})")
-        if msgs[-1]["role"] != "user":
-            raise RecordProblem(container, "the prompt must end with a user turn (the sampled reply answers it)")
+        msgs = _context(item.messages, item.prompt, self.expected_fields, "prompts")
         # A bare number (or true/false, a handoff label) is a common answer; rewards compare text.
         answer = item.answer if item.answer is None or isinstance(item.answer, str) else str(item.answer)
         if answer is not None and not answer.strip():
             raise RecordProblem("answer", "empty (leave it out when there is none)")
-        try:
-            return [PromptRecord.model_validate({"messages": msgs, "answer": answer})]
-        except ValidationError as exc:
-            raise problem_of(exc) from None
+        return _validated(PromptRecord, {"messages": msgs, "answer": answer})
 
     def to_raw(self, record: Record) -> dict[str, Any]:
         _need_kind(self, record, PromptRecord)

@@ -335,7 +335,7 @@ def test_bad_prompt_records_and_configs_fail_before_training(tiny_model, tmp_pat
         _prepare(grpo_config(tiny_model, out, bad))
     bad.write_text("\n".join([*lines[:2], json.dumps({"messages": [{"role": "assistant", "content": "Hi"}],
                                                       "answer": "a"})]) + "\n", encoding="utf-8")
-    with pytest.raises(DumaError, match=r"bad\.jsonl:3: messages: the prompt must end with a user turn"):
+    with pytest.raises(DumaError, match=r"bad\.jsonl:3: messages: the context must end with a user turn"):
         _prepare(grpo_config(tiny_model, out, bad))
     bad.write_text(json.dumps({"prompt": "Hi", "answer": ""}) + "\n", encoding="utf-8")
     with pytest.raises(DumaError, match=r"bad\.jsonl:1: answer: empty"):
