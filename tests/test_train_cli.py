@@ -46,6 +46,28 @@ def log_records(out: Path) -> list[dict]:
     return read_log(out / "train_log.jsonl")
 
 
+def train_until_killed(cfg: Path, out: Path, *, at_least: int, sleep_s: float, cwd: Path,
+                       timeout_s: float = 240, **env: str) -> int:
+    """Start ``duma train cfg`` slowed by ``sleep_s`` a step, SIGKILL it once ``out``'s log holds
+    ``at_least`` steps, and return the last step it logged (its stderr goes to a file)."""
+    stderr_path = cwd / f"{out.name}-killed.stderr"
+    with open(stderr_path, "wb") as stderr:
+        proc = subprocess.Popen([*DUMA, "train", str(cfg)], env=child_env(DUMA_TRAIN_STEP_SLEEP=str(sleep_s), **env),
+                                stdout=subprocess.DEVNULL, stderr=stderr, cwd=cwd)
+    deadline = time.time() + timeout_s
+    try:
+        while time.time() < deadline:
+            log = out / "train_log.jsonl"
+            if log.exists() and sum(r["event"] == "step" for r in log_records(out)) >= at_least:
+                break
+            assert proc.poll() is None, f"the run ended before it could be killed: {stderr_path.read_text()[-2000:]}"
+            time.sleep(0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return max(r["step"] for r in log_records(out) if r["event"] == "step")
+
+
 def test_cli_errors_are_one_line(tiny_model, tmp_path):
     cfg = write_config(tmp_path / "run.yaml", tiny_model, tmp_path / "out")
     started = time.time()
@@ -94,20 +116,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model, tmp_path):
     out = tmp_path / "killed"
     cfg = write_config(tmp_path / "run.yaml", tiny_model, out, save_every=3, keep_last=2)
     # 38 training rows, batch 4: 10 steps an epoch, 20 in all; sleep so we can kill mid-run.
-    proc = subprocess.Popen([*DUMA, "train", str(cfg)], env=child_env(DUMA_TRAIN_STEP_SLEEP="0.3"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline:
-            done = [r for r in log_records(out) if r["event"] == "step"] if (out / "train_log.jsonl").exists() else []
-            if len(done) >= 11:
-                break
-            assert proc.poll() is None, "the run ended before it could be killed"
-            time.sleep(0.05)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    killed_at = max(r["step"] for r in log_records(out) if r["event"] == "step")
+    killed_at = train_until_killed(cfg, out, at_least=11, sleep_s=0.3, cwd=tmp_path)
     assert 11 <= killed_at < 20
     assert not (out / "model.safetensors").exists()
 

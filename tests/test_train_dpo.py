@@ -8,15 +8,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from test_train_cli import DUMA, child_env, log_records
+from test_train_cli import DUMA, child_env, log_records, train_until_killed
 from test_train_engine import _prepare, steps, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -276,20 +274,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model, tmp_path):
     out = tmp_path / "killed"
     cfg = write("run.yaml", out)
     # 42 training pairs, batch 4: 11 steps an epoch, 22 in all; sleep so we can kill mid-run.
-    proc = subprocess.Popen([*DUMA, "train", str(cfg)], env=child_env(DUMA_TRAIN_STEP_SLEEP="0.3"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline:
-            done = [r for r in log_records(out) if r["event"] == "step"] if (out / "train_log.jsonl").exists() else []
-            if len(done) >= 8:
-                break
-            assert proc.poll() is None, "the run ended before it could be killed"
-            time.sleep(0.05)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    killed_at = max(r["step"] for r in log_records(out) if r["event"] == "step")
+    killed_at = train_until_killed(cfg, out, at_least=8, sleep_s=0.3, cwd=tmp_path)
     assert 8 <= killed_at < 22
     cache = out / "reference_logps.pt"
     cache_state = (cache.stat().st_mtime_ns, cache.read_bytes())

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from plugins_fixtures.installer import write_distribution
-from test_train_cli import DUMA, child_env, log_records
+from test_train_cli import DUMA, child_env, log_records, train_until_killed
 from test_train_engine import _prepare, steps, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -279,21 +277,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model, tmp_path, to
     out = tmp_path / "killed"
     cfg = write("run.yaml", out)
     # 16 training prompts, batch 4: 4 steps an epoch, 16 in all; sleep so we can kill mid-run.
-    proc = subprocess.Popen([*DUMA, "train", str(cfg)], env=child_env(DUMA_TRAIN_STEP_SLEEP="0.4", **env),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline:
-            done = [r for r in log_records(out) if r["event"] == "step"] if (out / "train_log.jsonl").exists() else []
-            if len(done) >= 7:
-                break
-            assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
-            time.sleep(0.05)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        proc.stderr.close()
-    killed_at = max(r["step"] for r in log_records(out) if r["event"] == "step")
+    killed_at = train_until_killed(cfg, out, at_least=7, sleep_s=0.4, cwd=tmp_path, **env)
     assert 7 <= killed_at < 16
 
     res = subprocess.run([*DUMA, "train", str(cfg), "--resume"], capture_output=True, text=True,

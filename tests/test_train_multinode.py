@@ -19,20 +19,15 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
+from test_train_cli import DUMA, child_env, write_config
 
-REPO = Path(__file__).resolve().parents[1]
-BELLE = REPO / "configs" / "examples" / "data" / "belle_tiny.jsonl"
-DUMA = [sys.executable, "-m", "duma"]
 NODES = ("duma-node1", "duma-node2")
 SSHD = "/usr/sbin/sshd"
 PACKAGES = ("openssh-server", "pdsh")
-_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def _missing() -> list[str]:
@@ -144,24 +139,6 @@ def ssh_nodes(tmp_path_factory):
             shutil.rmtree(privsep, ignore_errors=True)
 
 
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".test-cache" / "torch_extensions"))
-    env.update(extra)
-    return env
-
-
-def write_config(path: Path, tiny_model: Path, out: Path, **training) -> Path:
-    cfg = {
-        "method": "sft", "model": str(tiny_model), "output_dir": str(out),
-        "data": {"source": "belle", "files": [str(BELLE)], "max_length": 96, "limit": 42, "eval_ratio": 0.1},
-        "training": {"max_steps": 3, "lr": 3e-3, "warmup_ratio": 0.0, "zero_stage": 2, "seed": 3,
-                     "threads": 1, "progress": False, **training},
-    }
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
 def run(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float, watch: int | None = None):
     """Run a command in its own session; on a timeout kill it, its group and (``watch``) what
     the sshd started, then fail."""
@@ -190,8 +167,10 @@ def test_two_nodes_over_ssh_match_one_process(ssh_nodes, tiny_model, tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
     # Same effective batch: 2 nodes x 1 process x batch 2 = 1 process x batch 2 x grad_accum 2
     # (step k takes micro-batches 2k and 2k+1 of the epoch's order either way).
-    write_config(tmp_path / "two.yaml", tiny_model, two, batch_size=2)
-    write_config(tmp_path / "one.yaml", tiny_model, one, batch_size=2, grad_accum=2)
+    # Three steps, one thread a process (test_train_cli's config otherwise).
+    short = {"max_steps": 3, "warmup_ratio": 0.0, "threads": 1}
+    write_config(tmp_path / "two.yaml", tiny_model, two, batch_size=2, **short)
+    write_config(tmp_path / "one.yaml", tiny_model, one, batch_size=2, grad_accum=2, **short)
 
     rc, out, err = run([*DUMA, "train", str(tmp_path / "two.yaml"), "--hostfile", str(hostfile), "--json"],
                        child_env(PATH=path), tmp_path, timeout=300, watch=sshd_pid)

@@ -192,11 +192,7 @@ def test_example_config_validates():
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model, tmp_path):
     """Killed mid-run and resumed: every step once, with the losses and accuracies of a clean run."""
-    import signal
-    import subprocess
-    import time
-
-    from test_train_cli import DUMA, child_env, log_records
+    from test_train_cli import train_until_killed
 
     data = write_jsonl(tmp_path / "pairs.jsonl", arithmetic_pairs()[:48])
 
@@ -207,20 +203,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model, tmp_path):
     killed = tmp_path / "killed"
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump(config(killed)))
-    proc = subprocess.Popen([*DUMA, "train", str(cfg)], env=child_env(DUMA_TRAIN_STEP_SLEEP="0.5"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
-    deadline = time.time() + 120
-    try:
-        while time.time() < deadline:
-            log = killed / "train_log.jsonl"
-            if log.exists() and sum(r["event"] == "step" for r in log_records(killed)) >= 5:
-                break
-            assert proc.poll() is None, "the run ended before it could be killed"
-            time.sleep(0.05)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    killed_at = max(r["step"] for r in log_records(killed) if r["event"] == "step")
+    killed_at = train_until_killed(cfg, killed, at_least=5, sleep_s=0.5, cwd=tmp_path, timeout_s=120)
     assert 5 <= killed_at < 12
     train(config(killed), resume=True)
     resumed = steps(killed)
