@@ -458,9 +458,11 @@ def _apply_adapter(model: Any, adapter: str, merge: bool) -> Any:
     return peft_model.merge_and_unload() if merge else peft_model
 
 
-def attach_adapter(model: Any, adapter: str, *, name: str = "default", peft_model: Any = None) -> Any:
+def attach_adapter(model: Any, adapter: str, *, name: str = "default", peft_model: Any = None,
+                   trainable: bool = False) -> Any:
     """Load the peft adapter folder ``adapter`` onto ``model``, or, given ``peft_model`` (a
-    PeftModel around ``model``), as one more named adapter of it. Returns the PeftModel."""
+    PeftModel around ``model``), as one more named adapter of it. Returns the PeftModel;
+    ``trainable`` leaves the adapter's weights trainable (training continues from them)."""
     folder = Path(adapter).expanduser()
     if not (folder / "adapter_config.json").is_file():
         raise ModelLoadError(f"adapter folder {folder} has no adapter_config.json",
@@ -470,9 +472,10 @@ def attach_adapter(model: Any, adapter: str, *, name: str = "default", peft_mode
             if peft_model is None:
                 from peft import PeftModel
 
-                peft_model = PeftModel.from_pretrained(model, str(folder), adapter_name=name)
+                peft_model = PeftModel.from_pretrained(model, str(folder), adapter_name=name,
+                                                       is_trainable=trainable)
             else:
-                peft_model.load_adapter(str(folder), adapter_name=name)
+                peft_model.load_adapter(str(folder), adapter_name=name, is_trainable=trainable)
     except Exception as exc:
         raise ModelLoadError(f"cannot load the adapter from {folder}: {first_line(exc, with_type=True)}",
                              "check that the adapter was trained on this base model") from None

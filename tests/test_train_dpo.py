@@ -235,6 +235,33 @@ def test_lora_policy_and_loss_variants(tiny_model, tmp_path):
         assert steps(run)[0]["loss"] == pytest.approx(at_start, rel=1e-4)
 
 
+def test_a_policy_started_from_an_adapter_keeps_it_as_the_reference(tiny_model, tmp_path):
+    """``model:`` naming an adapter folder (a shipped mind, a lora run) trains that adapter on:
+    the reference is base + that adapter (not the bare base), and the result is an adapter of
+    the same base and shape."""
+    import torch
+
+    from duma.models import load_model
+    from duma.trainers.base import load_causal_lm
+
+    data = synthetic_pairs(tmp_path / "pairs.jsonl")
+    first = tmp_path / "first"
+    train(dpo_config(tiny_model, first, data, training={"max_steps": 3, "lr": 5e-2}, lora={"r": 4, "dropout": 0.0}))
+    out = tmp_path / "second"
+    trainer, summary = train(dpo_config(first, out, data, training={"max_steps": 2}, lora={"dropout": 0.0}))
+    assert steps(out)[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    rows = trainer.train_rows[:4]
+    start_chosen, _ = model_logps(load_causal_lm(tiny_model, adapter=first).eval(), trainer, rows)
+    bare_chosen, _ = model_logps(load_causal_lm(tiny_model).eval(), trainer, rows)
+    references = torch.tensor([p.reference[0] for p in rows])
+    assert torch.allclose(references, start_chosen, atol=1e-4)
+    assert not torch.allclose(references, bare_chosen, atol=1e-3)  # the adapter did change the model
+    assert summary["result"] == "adapter"
+    assert json.loads((out / "duma_adapter.json").read_text())["base_model"] == str(tiny_model)
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 4  # the starting adapter's shape
+    load_model(str(out))  # loads as base + adapter, like any lora run's output
+
+
 def test_bad_preference_records_and_configs_fail_before_training(tiny_model, tmp_path):
     from duma.errors import ConfigError, DumaError
 

@@ -66,6 +66,7 @@ def test_sft_loss_goes_down_and_outputs_load(tiny_model, tmp_path):
     assert (out / "loss.png").stat().st_size > 1000
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    assert "duma_packed" not in (out / "config.json").read_text()  # training's attention is not saved
     model = AutoModelForCausalLM.from_pretrained(str(out))
     assert AutoTokenizer.from_pretrained(str(out)).chat_template
     assert model.config.vocab_size > 0
@@ -109,14 +110,19 @@ def test_packing_and_blocks():
     assert blocks[1].ids == [1, 2]
 
 
-def test_packed_samples_do_not_attend_to_each_other(tiny_model):
+@pytest.mark.parametrize("attention", ["sdpa", "duma_packed"])
+def test_packed_samples_do_not_attend_to_each_other(tiny_model, attention):
     """A packed row computes, for each sample in it, the logits and loss that sample gets
-    alone; batches of packed and unpacked rows (with padding) too."""
+    alone; batches of packed and unpacked rows (with padding) too: with transformers' block
+    mask and with the sample-by-sample attention that packed training runs use."""
     import torch
 
     from duma.trainers.base import Sample, collate, load_causal_lm, pack_rows
+    from duma.trainers.packed_attention import use_packed_attention
 
     model = load_causal_lm(tiny_model).eval()
+    if attention == "duma_packed":
+        assert use_packed_attention(model) == "sdpa"
     first = Sample(list(range(5, 12)), list(range(5, 12)), [0])
     second = Sample(list(range(20, 25)), [-100] * 2 + list(range(22, 25)), [1])
     (row,) = pack_rows([first, second], 16)

@@ -170,11 +170,13 @@ def load_padded_tokenizer(folder: Path) -> Any:
     return tok
 
 
-def load_causal_lm(folder: Path) -> Any:
-    """duma's model loader, in float32 on the CPU (the DeepSpeed engine places it)."""
+def load_causal_lm(folder: Path, adapter: Path | None = None) -> Any:
+    """duma's model loader, in float32 on the CPU (the DeepSpeed engine places it), with an
+    optional adapter merged into the weights."""
     from duma.models import load_model
 
-    return load_model(str(folder), device="cpu", dtype="float32")
+    return load_model(str(folder), device="cpu", dtype="float32",
+                      adapter=str(adapter) if adapter else None, merge_adapter=adapter is not None)
 
 
 # ----------------------------------------------------------------------------- batching
@@ -304,7 +306,10 @@ def _rng_state() -> dict[str, Any]:
     import numpy as np
     import torch
 
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():  # dropout and sampling on the GPU draw from these
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
@@ -314,6 +319,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -342,6 +349,10 @@ class Trainer:
         self.world = 1
         self.tokenizer: Any = None
         self.model_folder: Path | None = None
+        # ``model:`` may name a LoRA adapter folder (a shipped mind, a lora run): training then
+        # starts from base + adapter, and ``base_model`` is that adapter's base reference.
+        self.base_model = config.model
+        self.start_adapter: Path | None = None
         self.train_rows: list[Row] = []
         self.eval_rows: list[Row] = []
         self.eval_metrics: dict[str, float] = {}  # the extra metrics of the last evaluate()
@@ -383,7 +394,7 @@ class Trainer:
         # A launched worker reads the data again; the launching process showed its bar.
         bars = RunProgress(self.config.training.progress and not launched and _is_first_process())
         with quiet_libraries(self.quiet), bars.phase("data", unit="records") as bar:
-            self.model_folder = resolve_model_folder(self.config.model)
+            self.resolve_start()
             self._data_bar = bar
             try:
                 self.tokenizer = self.load_tokenizer()
@@ -397,6 +408,14 @@ class Trainer:
                                 "check that the files hold records of data.source and that they fit data.max_length")
             self.train_rows, self.eval_rows = self.split_and_batch(samples)
             bar.finish(f"{len(self.train_rows)} train rows, {len(self.eval_rows)} eval rows")
+
+    def resolve_start(self) -> None:
+        """The base model folder, and the adapter to start from when ``model:`` names one."""
+        from duma.models import split_adapter
+
+        self.base_model, adapter = split_adapter(self.config.model)
+        self.start_adapter = Path(adapter) if adapter else None
+        self.model_folder = resolve_model_folder(self.base_model)
 
     def records(self) -> Iterator[Record]:
         """The run's records, counted (and shown on the data bar). With ``data.skip_invalid``
@@ -475,8 +494,9 @@ class Trainer:
     # --- model hooks
 
     def load_model(self) -> Any:
+        """The starting weights; a starting adapter is merged in (the whole model trains)."""
         assert self.model_folder is not None
-        return load_causal_lm(self.model_folder)
+        return load_causal_lm(self.model_folder, adapter=self.start_adapter)
 
     def prepare_model(self, model: Any) -> Any:
         """Wrap or freeze the model before the engine is built (LoRA, embeddings only)."""
@@ -574,6 +594,10 @@ class Trainer:
         with bars.phase("model") as bar:
             bar.update(info="loading")
             model = self.prepare_model(self.load_model())
+            if t.packing and t.isolate_packed and hasattr(model, "set_attn_implementation"):
+                from duma.trainers.packed_attention import use_packed_attention
+
+                use_packed_attention(model)  # packed samples computed apart, not under an L x L mask
             params = [p for p in model.parameters() if p.requires_grad]
             n_all = sum(p.numel() for p in model.parameters())
             n_trained = sum(p.numel() for p in params)

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from duma import models
 from duma.config import Strict
-from duma.trainers.base import Trainer, resolve_model_folder
+from duma.trainers.base import Trainer, load_causal_lm, resolve_model_folder
 from duma.trainers.config import RunConfig, TrainingConfig
 
 ADAPTER_BASE_FILE = "duma_adapter.json"  # the base model reference as the run config gave it
@@ -40,11 +40,16 @@ class LoraRunConfig(RunConfig):
     lora: LoraSettings = Field(default_factory=LoraSettings)
 
 
-def apply_lora(model: Any, settings: LoraSettings, base_folder: Path) -> Any:
-    """``model`` wrapped with fresh LoRA adapters (the base frozen); the adapter config
-    names ``base_folder`` as its base."""
+def apply_lora(model: Any, settings: LoraSettings, base_folder: Path, start: Path | None = None) -> Any:
+    """``model`` wrapped with fresh LoRA adapters (the base frozen), or with the adapter
+    folder ``start``, trainable (its own rank and modules then apply, not ``settings``); the
+    adapter config names ``base_folder`` as its base."""
     from peft import LoraConfig, get_peft_model
 
+    if start is not None:
+        peft_model = models.attach_adapter(model, str(start), trainable=True)
+        peft_model.peft_config["default"].base_model_name_or_path = str(Path(base_folder).resolve())
+        return peft_model
     peft_cfg = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                           target_modules=settings.target_modules, task_type="CAUSAL_LM")
     with models.quiet_peft():
@@ -72,18 +77,24 @@ class LoraPolicyTrainer(Trainer):
         self.lora: LoraSettings | None = getattr(config, "lora", None)
         self.result_kind = "adapter" if self.lora else "model"
 
+    def load_model(self) -> Any:
+        if self.lora is None:
+            return super().load_model()
+        assert self.model_folder is not None
+        return load_causal_lm(self.model_folder)  # a starting adapter goes on in prepare_model
+
     def prepare_model(self, model: Any) -> Any:
         if self.lora is None:
             return model
         assert self.model_folder is not None
-        return apply_lora(model, self.lora, self.model_folder)
+        return apply_lora(model, self.lora, self.model_folder, self.start_adapter)
 
     def save_final(self, model: Any, folder: Path) -> None:
         if self.lora is None:
             super().save_final(model, folder)
             return
         assert self.model_folder is not None
-        save_adapter(model, self.tokenizer, folder, self.config.model, self.model_folder)
+        save_adapter(model, self.tokenizer, folder, self.base_model, self.model_folder)
 
 
 class LoraTrainer(Trainer):
@@ -94,13 +105,18 @@ class LoraTrainer(Trainer):
     description = "peft LoRA adapter on conversations"
     result_kind = "adapter"
 
+    def load_model(self) -> Any:
+        assert self.model_folder is not None
+        return load_causal_lm(self.model_folder)  # a starting adapter goes on in prepare_model
+
     def prepare_model(self, model: Any) -> Any:
         assert self.model_folder is not None
-        return apply_lora(model, self.config.lora, self.model_folder)  # type: ignore[attr-defined]
+        return apply_lora(model, self.config.lora, self.model_folder,  # type: ignore[attr-defined]
+                          self.start_adapter)
 
     def save_final(self, model: Any, folder: Path) -> None:
         assert self.model_folder is not None
-        save_adapter(model, self.tokenizer, folder, self.config.model, self.model_folder)
+        save_adapter(model, self.tokenizer, folder, self.base_model, self.model_folder)
 
 
 def merge_adapter(adapter: Path, out: Path) -> Path:

@@ -123,6 +123,12 @@ class RMTrainer(Trainer):
 
     # --- model
 
+    def resolve_start(self) -> None:
+        super().resolve_start()
+        if self.start_adapter is not None:
+            raise DumaError(f"model {self.config.model} is an adapter folder: a reward model starts from a "
+                            "base model", "set model: to the adapter's base (e.g. embedded)")
+
     def load_model(self) -> Any:
         assert self.model_folder is not None
         return load_reward_backbone(self.model_folder, self.tokenizer.pad_token_id)
@@ -155,9 +161,9 @@ class RMTrainer(Trainer):
         if self.lora is None:
             super().save_final(model, folder)
         else:
-            save_adapter(model, self.tokenizer, folder, self.config.model, self.model_folder)
+            save_adapter(model, self.tokenizer, folder, self.base_model, self.model_folder)
         marker = {"kind": "reward_model", "adapter": self.lora is not None, "pad_token_id": self.tokenizer.pad_token_id,
-                  "base_model": self.config.model, "base_folder": str(self.model_folder.resolve())}
+                  "base_model": self.base_model, "base_folder": str(self.model_folder.resolve())}
         (folder / REWARD_FILE).write_text(json.dumps(marker, indent=2), encoding="utf-8")
 
 
