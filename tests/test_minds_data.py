@@ -39,12 +39,12 @@ def data(tmp_path_factory) -> Path:
 
 def test_generation_is_reproducible_from_the_seed(data, tmp_path, capsys):
     code, out, _ = run("minds", "generate", "--out", str(tmp_path), "--seed", "0", "--fast", "20",
-                       "--slow", "20")
+                       "--slow", "20", "--general", "0")
     assert code == 0 and "tokens" in out
     for name in FILES:
         assert (tmp_path / name).read_bytes() == (data / name).read_bytes(), name
     code, _, _ = run("minds", "generate", "--out", str(tmp_path / "other"), "--seed", "1",
-                     "--fast", "20", "--slow", "20")
+                     "--fast", "20", "--slow", "20", "--general", "0")
     assert (tmp_path / "other" / "slow_train.jsonl").read_bytes() != (data / "slow_train.jsonl").read_bytes()
 
 
@@ -199,3 +199,240 @@ def test_config_defaults_to_the_shipped_minds_on_the_embedded_model():
     assert DumaConfig.model_validate({"agent": {"trained_minds": False}}).mind("fast").adapter is None
     other = DumaConfig.model_validate({"model": {"model": "/some/model"}})
     assert other.mind("fast").adapter is None  # shipped adapters fit the embedded model only
+
+
+# --------------------------------------------------------------------------- v2: the failure kinds
+
+FOLLOWUP_NAMES = ("more_percent", "more_people", "more_convert", "reverse_convert", "more_items", "more_years")
+DIRECT_FAMILIES = ("greet", "thanks", "bye", "smalltalk", "ack", "joke", "writing", "general", "simple_qa",
+                   "followup", "recall_number", "recall_lang")
+NUMBER = r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?"
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory) -> Path:
+    """Enough data for every failure kind to show up (still a few seconds)."""
+    from duma.plugins.minds.generate import generate
+
+    out = tmp_path_factory.mktemp("minds-mixed")
+    generate(out, seed=3, n_fast=160, n_slow=160)
+    return out
+
+
+def fast_turns(path: Path) -> list[tuple[str, str, object, list[dict]]]:
+    """(template, user text, parsed first output, the turn's messages) per user turn."""
+    from duma.agents import protocol
+    from duma.plugins.minds.generate import template_ids
+
+    turns = []
+    for r in read(path):
+        messages = r["messages"][1:]
+        starts = [i for i, m in enumerate(messages) if m["role"] == "user" and m["content"].startswith("User[")]
+        templates = template_ids(r["id"])
+        assert len(starts) == len(templates), r["id"]
+        for template, start, end in zip(templates, starts, starts[1:] + [len(messages)]):
+            turn = messages[start:end]
+            turns.append((template, turn[0]["content"], protocol.parse_fast(turn[1]["content"]), turn))
+    return turns
+
+
+def slow_episodes(path: Path) -> list[tuple[list[str], list[str], list[str]]]:
+    """(template ids, retrospect lines, actions) per trace."""
+    from duma.agents import protocol
+    from duma.plugins.minds.generate import template_ids
+
+    episodes = []
+    for r in read(path):
+        actions = [protocol.parse_slow(m["content"]).action for m in r["messages"][2:] if m["role"] == "assistant"]
+        episodes.append((template_ids(r["id"]), r["messages"][1]["content"].splitlines(), [a for a in actions if a]))
+    return episodes
+
+
+def family(template: str) -> str:
+    return template.split("/")[0]
+
+
+def test_interims_and_promises_only_come_with_invoke_true():
+    from duma.plugins.minds.templates import CHAT_FAMILIES, INTERIMS, SIMPLE_QA, WRITING, promises_lookup
+
+    assert all(promises_lookup(i) for lang in INTERIMS for i in INTERIMS[lang])
+    direct = [r for f in CHAT_FAMILIES for lang in f.responses for r in f.responses[lang]]
+    direct += [reply for lang in WRITING for _, reply in WRITING[lang]]
+    direct += [answer for lang in SIMPLE_QA for _, answer, _ in SIMPLE_QA[lang]]
+    assert not [r for r in direct if promises_lookup(r)]
+    try:  # the agent's own test for a broken promise, where it has one, agrees
+        from duma.agents.fast_mind import promises_lookup as agents_promise
+    except ImportError:
+        return
+    assert all(agents_promise(i) for lang in INTERIMS for i in INTERIMS[lang])
+    assert not [r for r in direct if agents_promise(r)]
+
+
+def test_fast_turns_have_the_right_label(mixed):
+    from duma.plugins.minds.templates import promises_lookup
+
+    seen: dict[str, int] = {}
+    for name in ("fast_train.jsonl", "fast_eval.jsonl"):
+        for template, text, first, turn in fast_turns(mixed / name):
+            kind = family(template)
+            seen[kind] = seen.get(kind, 0) + 1
+            assert first.parse_ok, turn
+            if first.invoke:  # an interim that promises, then the slow mind's result, then the reply
+                assert promises_lookup(first.response), turn
+                assert turn[2]["content"].startswith("SlowMind[") and "Invoke[False]" in turn[3]["content"]
+            else:  # a promise never comes without the slow mind
+                assert not promises_lookup(first.response), turn
+            if kind in DIRECT_FAMILIES:
+                assert not first.invoke, turn
+            else:  # knowledge questions, calculations, new-computation follow-ups
+                assert first.invoke, turn
+    for kind in ("knowledge", "ack", "joke", "writing", "followup", "recall_number", "recall_lang", "simple_qa"):
+        assert seen.get(kind), kind
+    assert sum(seen.get(k, 0) for k in FOLLOWUP_NAMES) >= 5
+
+
+def test_small_talk_includes_the_regressed_messages():
+    from duma.plugins.minds.templates import CHAT_FAMILIES, WRITING
+
+    texts = {p for f in CHAT_FAMILIES for lang in f.phrasings for p in f.phrasings[lang]}
+    texts |= {prompt for lang in WRITING for prompt, _ in WRITING[lang]}
+    for message in ("Tell me a short joke.", "Okay.", "Cool", "I see", "谢谢", "讲个笑话"):
+        assert message in texts
+    assert any("haiku" in t for t in texts) and any("slogan" in t for t in texts)
+
+
+def numbers(text: str) -> set[str]:
+    import re
+
+    return set(re.findall(NUMBER, text))
+
+
+def test_new_computation_followups_use_the_new_number_not_the_old_one(mixed):
+    import re
+
+    followups = 0
+    for name in ("slow_train.jsonl", "slow_eval.jsonl"):
+        for templates, lines, actions in slow_episodes(mixed / name):
+            if family(templates[-1]) not in FOLLOWUP_NAMES:
+                continue
+            followups += 1
+            assert len(templates) == 2 and lines[0].startswith("Query 0: ") and lines[-1].startswith("Query 1: ")
+            earlier, query = lines[0].removeprefix("Query 0: "), lines[-1].removeprefix("Query 1: ")
+            act = actions[0]
+            core = re.sub(r",\s*\d\)\)$", "))", act)  # round(..., 2): its digits are no number of the dialogue
+            assert numbers(query) and numbers(query) <= numbers(core), (query, act)
+            assert numbers(earlier) - numbers(core), (earlier, act)  # an earlier number was replaced
+    assert followups >= 5
+
+
+def test_numbers_of_an_earlier_question_do_not_leak(mixed):
+    import re
+
+    single_step = ("percent", "tip", "arith", "multiply", "sum", "difference", "split_bill", "percent_change",
+                   "compound", "sqrt", "power", "convert", "convert_temp")
+    with_history = 0
+    for name in ("slow_train.jsonl", "slow_eval.jsonl"):
+        for templates, lines, actions in slow_episodes(mixed / name):
+            if family(templates[-1]) not in single_step:
+                continue
+            query = lines[-1].split(": ", 1)[1]
+            core = re.sub(r",\s*\d\)\)$", "))", actions[0])
+            # Every number of the action is the current question's (or 1 and 100 of a formula).
+            assert numbers(core) - numbers(query) <= {"1", "100"}, (lines, actions)
+            with_history += len(lines) > 1 and bool(numbers(lines[0]) - numbers(query))
+    assert with_history >= 5
+
+
+def test_separators_and_decimals_are_copied_exactly(mixed):
+    import re
+
+    grouped = 0
+    for name in ("slow_train.jsonl", "slow_eval.jsonl"):
+        for templates, lines, actions in slow_episodes(mixed / name):
+            query = lines[-1].split(": ", 1)[1]
+            for number in re.findall(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d+", query):
+                assert any(re.search(rf"(?<![\d,.]){re.escape(number)}(?!\d|,\d)", a) for a in actions), (query, actions)
+                grouped += "," in number
+    assert grouped >= 10
+
+
+def test_conversions_go_both_ways_in_the_direction_asked(mixed):
+    import re
+
+    directions = set()
+    names = {"C": r"°C|degrees Celsius|Celsius|摄氏度", "F": r"°F|degrees Fahrenheit|Fahrenheit|华氏度"}
+    for templates, lines, actions in slow_episodes(mixed / "slow_train.jsonl"):
+        query = lines[-1].split(": ", 1)[1]
+        for act in actions:
+            m = re.fullmatch(r"convert_units\((-?[\d.]+), ([^,]+), ([^,]+)\)", act)
+            if not m:
+                continue
+            value, source, target = m.groups()
+            directions.add((source, target))
+            if source in names:  # the unit written after the value is the one converted from
+                assert re.search(rf"(?<![\d.]){re.escape(value)}\s*(?:{names[source]})", query), (query, act)
+    assert {("C", "F"), ("F", "C"), ("km", "mi"), ("mi", "km")} <= directions or \
+        {("C", "F"), ("F", "C")} <= directions
+
+
+def test_chinese_share_of_the_data(mixed):
+    from duma.plugins.minds.generate import ZH_SHARE
+
+    assert ZH_SHARE >= 0.2
+    summary = json.loads((mixed / "summary.json").read_text())
+    for name in ("fast_train.jsonl", "slow_train.jsonl", "router_train.jsonl"):
+        assert summary["zh_share"][name] >= 0.18, (name, summary["zh_share"])
+    assert summary["zh_share"]["routing_eval.jsonl"] > 0.05  # a few dozen held-out turns
+    # Chinese arithmetic goes to the slow mind.
+    texts = {r["text"]: r["slow"] for r in read(mixed / "router_train.jsonl")}
+    assert any(slow and "乘以" in text for text, slow in texts.items())
+
+
+def test_routing_eval_and_router_train_hold_the_new_kinds(mixed):
+    summary = json.loads((mixed / "summary.json").read_text())
+    routing = read(mixed / "routing_eval.jsonl")
+    assert {r["template"] for r in routing} <= set(summary["eval_templates"])
+    assert {r["kind"] for r in routing} >= {"slow", "chat"}
+    assert 0.3 <= summary["invoke_share"]["fast_train.jsonl"] <= 0.6
+
+
+def test_larger_generation_is_reproducible(mixed, tmp_path):
+    from duma.plugins.minds.generate import generate
+
+    generate(tmp_path, seed=3, n_fast=160, n_slow=160)
+    for name in FILES:
+        assert (tmp_path / name).read_bytes() == (mixed / name).read_bytes(), name
+
+
+def test_clean_general_reply():
+    from duma.plugins.minds.generate import clean_general_reply
+
+    assert clean_general_reply("Paris is the capital. It is big", "stop") == "Paris is the capital. It is big"
+    assert clean_general_reply("Paris is the capital. It is big", "length") == "Paris is the capital."
+    assert clean_general_reply("One two three four. One two three four. Five", "stop") == "One two three four."
+    assert clean_general_reply("1. Sleep well\n2. Eat well\n3. Dri", "length") == "1. Sleep well\n2. Eat well"
+    assert clean_general_reply("Let me check that for you.", "stop") is None
+    assert clean_general_reply("Sure. Invoke[True]", "stop") is None
+    assert clean_general_reply("Cut without an end", "length") is None
+    looping = "You need a kettle, which you find in most homes. Then you need a pot, which you find in most homes."
+    assert clean_general_reply(looping, "stop") is None
+
+
+def test_general_replies_are_distilled_once_and_reused(tiny_model, tmp_path, monkeypatch):
+    from duma import models
+    from duma.plugins.minds import generate as gen
+
+    first = gen.generate(tmp_path / "a", seed=0, n_fast=12, n_slow=4, general=3, general_model=str(tiny_model),
+                         general_backend="transformers")
+    rows = read(tmp_path / "a" / "general.jsonl")
+    train, evals = gen.general_prompts(3)
+    assert [r["prompt"] for r in rows] == [gen.GENERAL_PROMPTS[i] for i in train + evals]
+    assert first.general == sum(1 for r in rows if gen.clean_general_reply(r["raw"], r["finish_reason"]))
+    # A second run reads the cache: no model is loaded, the files are the same.
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "general.jsonl").write_bytes((tmp_path / "a" / "general.jsonl").read_bytes())
+    monkeypatch.setattr(models, "load_backend", lambda spec: pytest.fail("the cache was not used"))
+    gen.generate(tmp_path / "b", seed=0, n_fast=12, n_slow=4, general=3, general_model=str(tiny_model),
+                         general_backend="transformers")
+    for name in FILES + ("general.jsonl",):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name

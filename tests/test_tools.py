@@ -91,6 +91,19 @@ def test_importing_the_plugin_module_does_not_import_heavy_libraries():
         ("17 percent of 2,340", "397.8"),
         ("3 x 4", "12"),
         ("2.5e3", "2500"),
+        # thousands separators inside a call: read as separators when the arguments would not fit
+        ("round(2,500 * (1 + 4/100) ** 5, 2)", "3041.63"),
+        ("round((1,500 - 1,200) / 1,200 * 100, 1)", "25"),
+        ("sqrt(2,025)", "45"),
+        ("round(1,234.5678, 2)", "1234.57"),
+        ("4,821 * 37", "178377"),
+        ("1,250.75 + 3,499.90", "4750.65"),
+        ("3 * 4.50 + 2 * 12.99", "39.48"),
+        # Chinese operator words and punctuation
+        ("100乘以23等于多少？", "2300"),
+        ("12除以4", "3"),
+        ("3加5减2", "6"),
+        ("（2+3）×4", "20"),
     ],
 )
 def test_calculator_evaluates_arithmetic(expression, expected):
@@ -234,6 +247,11 @@ def test_bad_fixed_clock_is_reported(monkeypatch):
         (2, "wk", "days", "2 wk = 14 days"),
         (3, "hrs", "min", "3 hrs = 180 min"),
         (1, "KM", "m", "1 KM = 1000 m"),
+        (25, "摄氏度", "华氏度", "25 摄氏度 = 77 华氏度"),
+        (77, "华氏度", "摄氏度", "77 华氏度 = 25 摄氏度"),
+        (10, "公里", "英里", "10 公里 = 6.213712 英里"),
+        (10, "千克", "磅", "10 千克 = 22.04623 磅"),
+        (3, "英尺", "米", "3 英尺 = 0.9144 米"),
     ],
 )
 def test_convert_units(value, source, target, expected):

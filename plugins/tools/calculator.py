@@ -3,7 +3,9 @@ the tree. Nothing is ever passed to ``eval``: names, attributes, strings, calls 
 few math functions, comprehensions and lambdas are refused.
 
 Besides Python arithmetic it reads what people write: ``17% of 2,340``, ``17%*2340``,
-``2^10``, ``3 × 4``, ``12 ÷ 4``, thousands separators ``2,340`` and a trailing ``=`` or ``?``.
+``2^10``, ``3 × 4``, ``12 ÷ 4``, thousands separators ``2,340`` (inside a function call too,
+``round(2,500 * 1.05, 2)``, where reading the comma as an argument separator would make the call
+fail), Chinese operator words (``100乘以23等于多少？``) and a trailing ``=`` or ``?``.
 """
 
 from __future__ import annotations
@@ -106,16 +108,27 @@ def _strip_thousands_separators(text: str) -> str:
     return _THOUSANDS.sub(replace, text)
 
 
-def normalize_expression(expression: str) -> str:
-    """Rewrite human arithmetic into Python arithmetic, which is parsed and never run."""
+# Chinese operator words: "100乘以23", "12除以4", "3加5", "9减2" (除 alone reverses the operands, so
+# only 除以 is read); the punctuation of a Chinese keyboard.
+_CHINESE_OPERATORS = (("乘以", "*"), ("乘", "*"), ("除以", "/"), ("加上", "+"), ("加", "+"), ("减去", "-"),
+                      ("减", "-"), ("（", "("), ("）", ")"), ("，", ","), ("。", "."))
+
+
+def normalize_expression(expression: str, separators_in_calls: bool = False) -> str:
+    """Rewrite human arithmetic into Python arithmetic, which is parsed and never run.
+
+    ``separators_in_calls``: also read ``2,500`` inside a function call as one number
+    (``round(2,500 * 1.05, 2)``); by default a comma there separates arguments (``max(1,234)``)."""
     text = expression.strip()
     text = re.sub(r"^(?:what\s+is|what's|calculate|compute)\s+", "", text, flags=re.IGNORECASE)
-    text = text.rstrip("?=! \t").strip()
-    for human, python in (("×", "*"), ("÷", "/"), ("−", "-"), ("–", "-"), ("^", "**"), ("，", ",")):
+    text = re.sub(r"(?:是|等于)?(?:多少|几)?[?=!？！。 \t]*$", "", text).strip()  # "100乘以23等于多少？"
+    for human, python in (("×", "*"), ("÷", "/"), ("−", "-"), ("–", "-"), ("^", "**"), *_CHINESE_OPERATORS):
         text = text.replace(human, python)
+    text = text.rstrip("?=!？！ \t").strip()
     text = re.sub(r"(\d)\s*(?:percent|per\s+cent|pct)\b", r"\1%", text, flags=re.IGNORECASE)
     text = re.sub(r"(?<=\d)\s*[xX]\s*(?=[\d(])", "*", text)  # 3 x 4
-    text = _strip_thousands_separators(text)
+    text = (_THOUSANDS.sub(lambda m: m.group(0).replace(",", ""), text) if separators_in_calls
+            else _strip_thousands_separators(text))
     text = _PERCENT_OF.sub(r"(\1/100)*", text)
     text = _PERCENT.sub(r"(\1/100)", text)
     return text
@@ -182,6 +195,23 @@ def calculate(expression: str) -> str:
     if len(expression) > MAX_EXPRESSION_CHARS:
         raise ToolException(f"the expression is longer than {MAX_EXPRESSION_CHARS} characters")
     text = normalize_expression(expression)
+    try:
+        return _calculate(expression, text)
+    except ToolException:
+        # "round(2,500 * 1.05, 2)": read as arguments, the commas make a call that fails; read
+        # as thousands separators they make one that works. The first reading wins when both do
+        # ("max(1,234)" is 234).
+        other = normalize_expression(expression, separators_in_calls=True)
+        if other == text:
+            raise
+        try:
+            return _calculate(expression, other)
+        except ToolException:
+            pass
+        raise
+
+
+def _calculate(expression: str, text: str) -> str:
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError:

@@ -38,6 +38,12 @@ SPELLINGS = {
     "fl oz": "fluid_ounce", "us ton": "short_ton", "us gallon": "gallon", "uk gallon": "imperial_gallon",
     "kmh": "km/h", "kph": "km/h", "kmph": "km/h",
     '"': "inch", "'": "foot",
+    # Chinese names (a slow mind asked in Chinese may copy them from the question)
+    "摄氏度": "degC", "摄氏": "degC", "华氏度": "degF", "华氏": "degF", "开尔文": "kelvin",
+    "公里": "km", "千米": "km", "米": "m", "厘米": "cm", "毫米": "mm", "英里": "mi", "英尺": "ft", "英寸": "inch",
+    "码": "yard", "海里": "nautical_mile", "公斤": "kg", "千克": "kg", "克": "g", "毫克": "mg", "吨": "t",
+    "磅": "lb", "盎司": "oz", "升": "l", "毫升": "ml", "加仑": "gal", "小时": "h", "分钟": "min", "秒": "s",
+    "天": "day", "周": "week", "星期": "week", "年": "year",
 }
 
 # Data sizes: ``B``/``byte`` is a byte, ``bit`` a bit; a bare ``b`` is a bit after an upper-case
