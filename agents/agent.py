@@ -28,7 +28,7 @@ from duma.models import load_backend
 from duma.routing import RouteInput, Router
 from duma.types import GenerationOptions, Message, ModelSpec, Usage
 
-from . import fast_mind, protocol
+from . import fast_mind, grammar, protocol
 from .slow_mind import SlowMind
 
 OptionsLike = GenerationOptions | dict[str, Any] | None
@@ -158,10 +158,25 @@ class Agent:
         """Load both minds' backends now (otherwise the first turn does it). Minds on the same
         model share one loaded copy (``duma.models.load_backend`` caches per spec)."""
         with self._load_lock:
+            if self._fast_backend is not None and self._slow_backend is not None:
+                return
             if self._fast_backend is None:
                 self._fast_backend = load_backend(self.fast_spec)
             if self._slow_backend is None:
                 self._slow_backend = load_backend(self.slow_spec)
+            if self.runs_minds:
+                # The minds' protocol constraints compile in the background (token masks: about
+                # 1 s the first time), not in the first turn's time to first token.
+                threading.Thread(target=self._prepare_constraints, name="duma-constraints", daemon=True).start()
+
+    def _prepare_constraints(self) -> None:
+        fast, slow = self._fast_backend, self._slow_backend
+        assert fast is not None and slow is not None
+        try:
+            fast.prepare_constraint(grammar.fast_output_pattern(prefilled=fast.capabilities.prefill))
+            slow.prepare_constraint(grammar.slow_step_pattern(self.tools))
+        except Exception:  # the turn that uses the constraint reports what is wrong with it
+            pass
 
     @property
     def fast_backend(self) -> Backend:

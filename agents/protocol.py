@@ -7,7 +7,9 @@ duma), ``Finish[...]``. Training data and inference both format through this mod
 two never drift apart.
 
 Parsing is lenient: a model that does not follow the protocol (e.g. the untrained embedded
-model) still yields a usable reply: its raw text, and no handoff.
+model) still yields a usable reply: its raw text, and no handoff. Where the backend can, the
+minds' generations are held to the protocol while decoding instead (the patterns of
+:mod:`duma.agents.grammar`): the lenient parser then reads only protocol output.
 
 The chat layout each mind sees (train on exactly this):
 

@@ -15,12 +15,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from duma.backend import Backend, stream_guarded
+from duma.backend import Backend, generate_checked
 from duma.errors import first_line
 from duma.events import SlowDone, SlowStep
 from duma.types import GenerationOptions, Message, Usage
 
-from . import protocol
+from . import grammar, protocol
 
 # Short on purpose: it is sent on every step, and it is most of each training trace.
 DEFAULT_SLOW_PROMPT = """You are the slow mind: you use tools and report facts, never talk to the user.
@@ -36,10 +36,7 @@ OBSERVATION_LIMIT_CHARS = 2000
 
 def tool_arg_names(tool: Any) -> list[str]:
     """A langchain tool's argument names, in order."""
-    try:
-        return list(getattr(tool, "args", {}) or {})
-    except Exception:  # a tool with a broken schema still gets listed
-        return []
+    return list(grammar.tool_args(tool))
 
 
 def describe_tools(tools: dict[str, Any]) -> str:
@@ -112,6 +109,9 @@ class SlowMind:
         listing = describe_tools(tools)
         self.system_prompt = template.replace("{tools}", listing) if "{tools}" in template \
             else f"{template}\nTools:\n{listing}"
+        # Each step is held to the protocol: an Act names one of these tools, with arguments
+        # that parse for it (enforced while decoding, or checked: see generate_checked).
+        self.step_pattern = grammar.slow_step_pattern(tools)
 
     # ------------------------------------------------------------------ tools
     def run_tool(self, action: str) -> str:
@@ -149,7 +149,8 @@ class SlowMind:
         messages = [Message(role="system", content=self.system_prompt),
                     Message(role="user", content=retrospect)]
         options = self.options.model_copy(
-            update={"stop": list(dict.fromkeys([*self.options.stop, *protocol.SLOW_STOP]))})
+            update={"stop": list(dict.fromkeys([*self.options.stop, *protocol.SLOW_STOP])),
+                    "constraint": self.step_pattern})
         usage = Usage()
         steps: list[SlowStep] = []
         seen_actions: set[str] = set()
@@ -173,20 +174,13 @@ class SlowMind:
                 yield done("", False, "timeout")
                 return
             prompt = fit(messages) if fit else messages
-            parts: list[str] = []
-            timed_out = False
             # A model that fails (an endpoint down, say) fails the turn: an error event, not a
             # reply made up from nothing; a failing tool is an observation instead.
-            for chunk in stream_guarded(self.backend, prompt, options, cancel=cancel):
-                parts.append(chunk.text)
-                if chunk.done and chunk.usage:
-                    usage.prompt_tokens += chunk.usage.prompt_tokens
-                    usage.completion_tokens += chunk.usage.completion_tokens
-                if time.monotonic() >= deadline or (cancel is not None and cancel.is_set()):
-                    timed_out = True
-                    break
-            raw = "".join(parts)
-            if timed_out:
+            completion = generate_checked(self.backend, prompt, options, cancel=cancel, until=deadline)
+            usage.prompt_tokens += completion.usage.prompt_tokens
+            usage.completion_tokens += completion.usage.completion_tokens
+            raw = completion.text
+            if completion.finish_reason == "cancelled" or time.monotonic() >= deadline:
                 yield done("", False, "timeout")
                 return
             out = protocol.parse_slow(raw)

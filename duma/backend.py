@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
+import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Container, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Collection, Container, Iterator, Sequence
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -25,6 +28,9 @@ class BackendCapabilities(BaseModel):
                                     "per call (stream(adapter=FOLDER)); minds on one base share its weights.")
     kv_reuse: bool = Field(False, description="The KV cache of a conversation is reused by its next turn.")
     exact_token_count: bool = Field(False, description="count_tokens uses the model's tokenizer.")
+    constrained_decoding: bool = Field(False, description="options.constraint is enforced while decoding "
+                                       "(tokens that would leave it are never picked); without it, callers "
+                                       "check the text (generate_checked samples a mismatch once more).")
 
 
 class NoBackendOptions(BaseModel):
@@ -100,6 +106,10 @@ class Backend(ABC):
         """Prompt length in tokens (used to trim long histories). Default: a rough estimate."""
         return sum(len(m.content) // 4 + 4 for m in messages)
 
+    def prepare_constraint(self, pattern: str) -> None:
+        """Get ready to hold generations to ``pattern`` (``options.constraint``), so the first
+        call that uses it does not wait for its compilation. Default: nothing to prepare."""
+
     @property
     def context_length(self) -> int:
         """Maximum prompt + completion tokens the model accepts."""
@@ -124,6 +134,13 @@ class TokenizedBackend(Backend):
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         return len(self.prompt_ids(messages))
+
+    def prepare_constraint(self, pattern: str) -> None:
+        # Backends that mask tokens with TokenConstraint (their end ids in ``_eos_ids``): build
+        # llguidance's view of the vocabulary (about 1 s the first time) and compile the pattern.
+        eos_ids = getattr(self, "_eos_ids", None)
+        if self.capabilities.constrained_decoding and eos_ids is not None:
+            _compiled_constraint(self.tokenizer, tuple(sorted(eos_ids)), pattern)
 
     def prompt_and_budget(self, messages: Sequence[Message], options: GenerationOptions,
                           context_hint: str = "") -> tuple[list[int], int]:
@@ -164,9 +181,10 @@ def eos_token_ids(configured: int | Sequence[int] | None, tokenizer: Any) -> set
 
 class TokenStreamer:
     """Turns the token ids a backend decodes into its stream: text through the incremental
-    detokenizer and the stop filter, the end at EOS, a stop string, ``max_new`` tokens or
-    ``cancel``, and the last chunk with usage and timings. Every token-by-token backend
-    feeds its tokens through one, so they end replies alike::
+    detokenizer and the stop filter, the end at EOS, a stop string, ``max_new`` tokens,
+    ``cancel`` or a complete ``options.constraint``, and the last chunk with usage and timings.
+    Every token-by-token backend feeds its tokens through one, so they end replies alike (and
+    masks its logits with ``streamer.constraint``, which each pushed token advances)::
 
         streamer = TokenStreamer(tokenizer, prompt, options, max_new, eos_ids, cancel)
         for token in tokens:
@@ -192,6 +210,7 @@ class TokenStreamer:
         self.generated: list[int] = []
         self.finish = "length"
         self.finished = False
+        self.constraint = TokenConstraint(tokenizer, options.constraint, eos_ids) if options.constraint else None
 
     def push(self, token: int) -> str:
         """Take the next decoded token; returns the text that may be shown now. Afterwards
@@ -202,8 +221,11 @@ class TokenStreamer:
         if token in self.eos_ids:
             self.finish, self.finished = "stop", True
             return ""
+        if self.constraint is not None:
+            self.constraint.advance(token)
         text = self.stops.push(self.decoder.push(token))
-        if self.stops.stopped:
+        if self.stops.stopped or (self.constraint is not None and self.constraint.complete):
+            # Complete: only an end-of-reply token could follow, so none is decoded.
             self.finish, self.finished = "stop", True
         elif len(self.generated) >= self.max_new:
             self.finished = True
@@ -243,6 +265,9 @@ class AdapterView(Backend):
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         return self.base.count_tokens(messages)
+
+    def prepare_constraint(self, pattern: str) -> None:
+        self.base.prepare_constraint(pattern)
 
     @property
     def context_length(self) -> int:
@@ -401,15 +426,86 @@ def stream_guarded(backend: Backend, messages: Sequence[Message], options: Gener
             close()
 
 
+def match_constraint(pattern: str, text: str) -> str | None:
+    """The part of ``text`` (surrounding whitespace aside) that a decoder held to ``pattern``
+    could have written: the text up to where a match of the pattern at its start ends (such a
+    decoder stops there). None when the text does not begin with a match."""
+    body = text.strip()
+    found = re.compile(pattern).match(body)
+    return None if found is None else body[:found.end()]
+
+
+# Temperature of the second try of a greedy generation that missed its constraint (greedy
+# decoding would write the same text again).
+RESAMPLE_TEMPERATURE = 0.7
+
+
+def generate_checked(backend: Backend, messages: Sequence[Message], options: GenerationOptions, *,
+                     cancel: threading.Event | None = None, until: float | None = None) -> Completion:
+    """A whole generation through :func:`stream_guarded`, held to ``options.constraint``, for
+    callers that show nothing before it is complete (the slow mind's steps).
+
+    A backend with ``capabilities.constrained_decoding`` is called once. Otherwise a text that
+    does not match the constraint (:func:`match_constraint`) is generated once more, sampled
+    differently (the next seed; a greedy call at ``RESAMPLE_TEMPERATURE``), and the second text
+    is kept, matching or not (the protocol's lenient parser reads it). A matching text is cut
+    where the match ends, as a constrained decoder would have stopped there. ``until``: a
+    ``time.monotonic()`` deadline; past it, as once ``cancel`` is set, the generation ends with
+    ``finish_reason="cancelled"`` and is not tried again.
+    """
+    first = _drain(backend, messages, options, cancel, until)
+    pattern = options.constraint
+    if pattern is None or backend.capabilities.constrained_decoding or first.finish_reason == "cancelled":
+        return first
+    matched = match_constraint(pattern, first.text)
+    if matched is not None:
+        return first.model_copy(update={"text": matched, "finish_reason": "stop"})
+    retry = options.model_copy(update={
+        "seed": None if options.seed is None else options.seed + 1,
+        "temperature": options.temperature or RESAMPLE_TEMPERATURE})
+    second = _drain(backend, messages, retry, cancel, until)
+    matched = match_constraint(pattern, second.text) if second.finish_reason != "cancelled" else None
+    usage = Usage(prompt_tokens=first.usage.prompt_tokens + second.usage.prompt_tokens,
+                  completion_tokens=first.usage.completion_tokens + second.usage.completion_tokens)
+    timings = Timings(first_token_s=first.timings.first_token_s, total_s=first.timings.total_s + second.timings.total_s)
+    update: dict[str, Any] = {"usage": usage, "timings": timings}
+    if matched is not None:
+        update.update(text=matched, finish_reason="stop")
+    return second.model_copy(update=update)
+
+
+def _drain(backend: Backend, messages: Sequence[Message], options: GenerationOptions,
+           cancel: threading.Event | None, until: float | None) -> Completion:
+    """One generation through :func:`stream_guarded`, collected; stopped (``"cancelled"``)
+    once ``cancel`` is set or the ``until`` deadline has passed."""
+    parts: list[str] = []
+    last = GenerationChunk(done=True)
+    stream = stream_guarded(backend, messages, options, cancel=cancel)
+    try:
+        for chunk in stream:
+            parts.append(chunk.text)
+            if chunk.done:
+                last = chunk
+            elif (until is not None and time.monotonic() >= until) or (cancel is not None and cancel.is_set()):
+                last = GenerationChunk(done=True, finish_reason="cancelled", usage=last.usage)
+                break
+    finally:
+        stream.close()
+    return Completion(text="".join(parts), finish_reason=last.finish_reason or "stop",
+                      usage=last.usage or Usage(), timings=last.timings or Timings())
+
+
 class Sampler:
     """Picks the next token from a torch logits vector, for backends that decode token by
-    token: argmax when greedy, else repetition penalty, temperature, top-k and top-p in the
-    order transformers applies them, then a (seeded) draw. ``torch`` is passed in so this
-    module stays importable without it."""
+    token: the tokens ``constraint`` rules out masked first, then argmax when greedy, else
+    repetition penalty, temperature, top-k and top-p in the order transformers applies them,
+    then a (seeded) draw. ``torch`` is passed in so this module stays importable without it."""
 
-    def __init__(self, torch: Any, options: GenerationOptions, device: str) -> None:
+    def __init__(self, torch: Any, options: GenerationOptions, device: str,
+                 constraint: TokenConstraint | None = None) -> None:
         self.torch = torch
         self.options = options
+        self.constraint = constraint
         self.greedy = options.temperature == 0
         self.needs_history = options.repetition_penalty != 1.0
         self.generator = None
@@ -423,6 +519,8 @@ class Sampler:
     def pick(self, logits: Any, history: Any) -> Any:
         torch = self.torch
         opts = self.options
+        if self.constraint is not None:
+            logits = self._mask(logits)
         if self.needs_history and history is not None:
             logits = logits.float().clone()
             seen = logits.gather(0, history)
@@ -442,3 +540,106 @@ class Sampler:
             logits = logits.masked_fill(remove.scatter(0, order, remove), float("-inf"))
         probs = logits.softmax(-1)
         return torch.multinomial(probs, 1, generator=self.generator)[0]
+
+    def _mask(self, logits: Any) -> Any:
+        """``logits`` with the tokens the constraint rules out at -inf. On the CPU in numpy: a
+        one-thread pass, where torch's thread pool, contending with the model's own threads,
+        took milliseconds per token."""
+        allowed = self.constraint.allowed(logits.shape[-1])  # type: ignore[union-attr]
+        if logits.device.type == "cpu":
+            import numpy as np
+
+            return self.torch.from_numpy(np.where(allowed, logits.float().numpy(), np.float32("-inf")))
+        return logits.masked_fill(~self.torch.from_numpy(allowed).to(logits.device), float("-inf"))
+
+
+class TokenConstraint:
+    """A regular expression (``options.constraint``) as a mask over the vocabulary of a
+    Hugging Face tokenizer, for backends that pick tokens themselves.
+
+    llguidance (the library behind onnxruntime-genai's and vLLM's guidance) matches the pattern
+    against the bytes of every token lazily: a mask takes about 10 us, up to about 1 ms where
+    most tokens fit (free text). Its view of a vocabulary (about 1 s to build) and each compiled
+    pattern are kept per tokenizer. ``allowed(vocab_size)``: the token ids that may come next
+    (the end-of-reply ids where the pattern may end); ``advance(token)`` after every pick;
+    ``complete`` once nothing but the end can follow. A matcher that fails (it cannot: only
+    allowed tokens are picked) allows only the end, so a constraint never makes a reply hang.
+    llguidance is imported on the first mask, not with this module.
+    """
+
+    def __init__(self, tokenizer: Any, pattern: str, eos_ids: Collection[int]) -> None:
+        self.tokenizer = tokenizer
+        self.pattern = pattern
+        self.eos_ids = tuple(sorted(eos_ids))
+        self._matcher: Any = None
+
+    def allowed(self, vocab_size: int) -> Any:
+        """A numpy bool array over ``vocab_size`` ids: True where the next token may be."""
+        import numpy as np
+
+        matcher = self._matcher_for()
+        bits = np.unpackbits(np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
+        mask = np.zeros(vocab_size, dtype=bool)
+        n = min(vocab_size, bits.size)
+        mask[:n] = bits[:n]
+        if matcher.is_error() or not mask.any():
+            mask[:] = False
+            mask[[i for i in self.eos_ids if i < vocab_size]] = True
+        return mask
+
+    def advance(self, token: int) -> None:
+        if self._matcher is not None and not self._matcher.is_error():
+            self._matcher.consume_token(int(token))
+
+    @property
+    def complete(self) -> bool:
+        """The pattern is matched to an end beyond which it allows nothing."""
+        m = self._matcher
+        return m is not None and not m.is_error() and m.is_stopped()
+
+    def _matcher_for(self) -> Any:
+        if self._matcher is None:
+            self._matcher = _compiled_constraint(self.tokenizer, self.eos_ids, self.pattern).deep_copy()
+        return self._matcher
+
+
+# Per tokenizer: llguidance's view of its vocabulary per set of end ids, and recently compiled
+# patterns (a template matcher each, copied per generation). The view covers the tokenizer's
+# ids; logits beyond them (padded embeddings) are masked.
+_CONSTRAINT_CACHE: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
+_CONSTRAINT_LOCK = threading.Lock()
+_PATTERNS_KEPT = 16
+
+
+def _compiled_constraint(tokenizer: Any, eos_ids: tuple[int, ...], pattern: str) -> Any:
+    """llguidance's matcher of ``pattern`` over ``tokenizer`` (compiled once, kept)."""
+    from duma.errors import DumaError, first_line
+
+    try:
+        import llguidance
+        import llguidance.hf
+    except ImportError:
+        raise DumaError("constrained decoding needs llguidance, which is not installed",
+                        "pip install llguidance") from None
+    with _CONSTRAINT_LOCK:
+        cache = _CONSTRAINT_CACHE.setdefault(tokenizer, {"vocab": {}, "patterns": OrderedDict()})
+        if eos_ids not in cache["vocab"]:
+            try:
+                cache["vocab"][eos_ids] = llguidance.hf.from_tokenizer(tokenizer, eos_token=list(eos_ids))
+            except Exception as exc:  # a slow (Python) tokenizer, an unreadable vocabulary
+                raise DumaError(f"constrained decoding cannot read this tokenizer: {first_line(exc, with_type=True)}",
+                                "use a model with a fast (tokenizer.json) tokenizer") from None
+        patterns: OrderedDict[Any, Any] = cache["patterns"]
+        pkey = (eos_ids, pattern)
+        if pkey in patterns:
+            patterns.move_to_end(pkey)
+            return patterns[pkey]
+        matcher = llguidance.LLMatcher(cache["vocab"][eos_ids], llguidance.LLMatcher.grammar_from_regex(pattern),
+                                       log_level=0)
+        if matcher.is_error():
+            raise DumaError(f"the constraint cannot be decoded: {first_line(matcher.get_error())}",
+                            "write it with classes, groups, |, ?, * and + (no lookaround or backreferences)")
+        patterns[pkey] = matcher
+        while len(patterns) > _PATTERNS_KEPT:
+            patterns.popitem(last=False)
+        return matcher

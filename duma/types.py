@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Role = Literal["system", "user", "assistant"]
 
@@ -34,6 +35,22 @@ class GenerationOptions(BaseModel):
         4, ge=2, le=100, description="Stop when the same stretch of text (8 to 300 characters) repeats this "
         "many times in a row: a model caught in a loop stops instead of writing to the token cap. "
         "None disables the guard.")
+    constraint: str | None = Field(
+        None, description="A regular expression the generated text (what follows a prefilled reply start) "
+        "must match as a whole. Backends with capabilities.constrained_decoding mask the tokens that would "
+        "leave it and end the reply where it is complete; for the others duma checks the text "
+        "(duma.backend.generate_checked). The agent's minds set their protocol's (duma.agents.grammar). "
+        "Portable syntax: classes, groups, |, ?, * and +.")
+
+    @field_validator("constraint")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return value
 
 
 class ModelSpec(BaseModel):

@@ -308,11 +308,14 @@ def _slow_turn(tmp_path, slow_replies: list[str], **agent_cfg) -> Reply:
 
 
 def test_tool_errors_become_observations(tmp_path):
+    # A scripted backend cannot constrain decoding: a step outside the protocol's pattern (an
+    # unknown tool, arguments that do not parse for the tool) is sampled once more, and the
+    # second is kept whatever it is. Each such step comes twice here.
     reply = _slow_turn(tmp_path, [
         "Reason[try] Act[broken(x)]",
-        "Reason[try] Act[nonexistent(1)]",
-        "Reason[try] Act[convert(1, 2, 3, 4)]",
-        "Reason[try] Act[convert(abc, mi, km)]",
+        *["Reason[try] Act[nonexistent(1)]"] * 2,
+        *["Reason[try] Act[convert(1, 2, 3, 4)]"] * 2,
+        *["Reason[try] Act[convert(abc, mi, km)]"] * 2,
         "Reason[try] Act[convert(2, mi, km)]",
         "Finish[2 mi is 3.218 km]",
     ], max_slow_steps=10)

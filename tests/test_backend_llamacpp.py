@@ -148,6 +148,27 @@ def test_sampling_is_seeded(backend):
 
 
 @needs_llama_cpp
+def test_a_constraint_holds_the_reply_to_the_protocol(backend):
+    import re
+
+    import regex
+
+    from duma.agents import grammar
+    from duma.agents.agent import load_tools
+    from duma.config import DumaConfig
+
+    assert backend.capabilities.constrained_decoding
+    pattern = grammar.slow_step_pattern(load_tools(DumaConfig()))
+    slow = [Message(role="system", content="Write Reason[...] then Act[tool(args)]. Tools: calculator, today."),
+            Message(role="user", content="Query 0: What is the square root of 2?")]
+    for seed in range(3):
+        options = GenerationOptions(max_tokens=48, temperature=1.0, seed=seed, constraint=pattern, max_repeats=None)
+        done = backend.generate(slow, options)
+        assert regex.fullmatch(pattern, done.text, partial=True), done.text
+        assert done.finish_reason == "length" or re.fullmatch(pattern, done.text), done.text
+
+
+@needs_llama_cpp
 def test_the_repetition_penalty_covers_the_reply(backend):
     counting = [Message(role="user", content="List the numbers one to ten, in words, and then again.")]
     plain = backend.generate(counting, GenerationOptions(max_tokens=40, max_repeats=None))

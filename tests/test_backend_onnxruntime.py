@@ -182,6 +182,24 @@ def test_seeded_sampling_is_reproducible_and_matches_transformers(backend, refer
     assert reference.generate(QUESTION, options).text == first
 
 
+def test_a_constraint_masks_tokens_as_the_transformers_backend_does(backend, reference):
+    import regex
+
+    from duma.agents import grammar
+
+    pattern = grammar.fast_output_pattern(prefilled=True)
+    messages = [*QUESTION, Message(role="assistant", content="Response[")]
+    assert backend.capabilities.constrained_decoding
+    greedy = GenerationOptions(max_tokens=24, constraint=pattern, max_repeats=None)
+    got = backend.generate(messages, greedy)
+    assert got.text == reference.generate(messages, greedy).text
+    assert regex.fullmatch(pattern, got.text, partial=True)
+    for seed in range(2):
+        sampled = backend.generate(messages, greedy.model_copy(update={"temperature": 1.0, "seed": seed}))
+        assert regex.fullmatch(pattern, sampled.text, partial=True), sampled.text
+        assert sampled.finish_reason == "length" or regex.fullmatch(pattern, sampled.text)
+
+
 def test_prompt_ids_are_the_renderers_and_the_training_prefix(backend, tiny):
     source = models.load_tokenizer(str(tiny))
     conversation = [Message(role="system", content="Be brief."), *QUESTION]

@@ -218,6 +218,23 @@ def test_options_reach_the_server(server):
         assert absent not in body
 
 
+def test_a_constraint_is_sent_only_to_a_server_that_takes_one(server):
+    pattern = r"Finish\[[^\[\]]*\]"
+    options = GenerationOptions(constraint=pattern)
+    plain = backend(server.base_url, "ok")
+    assert not plain.capabilities.constrained_decoding  # duma checks the slow mind's steps instead
+    list(plain.stream(HI, options))
+    body, _ = server.last("ok")
+    assert not {"structured_outputs", "guided_regex", "regex"} & set(body)
+    for field, sent in [("structured_outputs", {"regex": pattern}), ("guided_regex", pattern), ("regex", pattern)]:
+        b = backend(server.base_url, "ok", regex_field=field)
+        assert b.capabilities.constrained_decoding
+        list(b.stream(HI, options))
+        assert server.last("ok")[0][field] == sent
+    list(b.stream(HI, GenerationOptions()))
+    assert "regex" not in server.last("ok")[0]
+
+
 def test_stop_strings_beyond_the_fourth_apply_locally(server):
     options = GenerationOptions(stop=["x1", "x2", "x3", "x4", "STOP"])
     chunks = list(backend(server.base_url, "stops").stream(HI, options))

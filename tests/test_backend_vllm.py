@@ -48,6 +48,26 @@ def test_without_vllm_a_one_line_error():
     assert "pip install 'duma[vllm]'" in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_constraint_goes_to_structured_outputs_or_to_guided_decoding_before_it(monkeypatch):
+    import sys
+    import types
+
+    from duma.plugins.backends.vllm import _regex_params
+
+    def params(**names):  # a stand-in for vllm.sampling_params of one vLLM version
+        module = types.ModuleType("vllm.sampling_params")
+        for name, kind in names.items():
+            setattr(module, name, lambda regex, kind=kind: (kind, regex))
+        return module
+
+    monkeypatch.setitem(sys.modules, "vllm", types.ModuleType("vllm"))
+    monkeypatch.setitem(sys.modules, "vllm.sampling_params", params(StructuredOutputsParams="new",
+                                                                    GuidedDecodingParams="old"))
+    assert _regex_params("a+") == {"structured_outputs": ("new", "a+")}
+    monkeypatch.setitem(sys.modules, "vllm.sampling_params", params(GuidedDecodingParams="old"))
+    assert _regex_params("a+") == {"guided_decoding": ("old", "a+")}
+
+
 # --- on a GPU --------------------------------------------------------------------------------
 
 def _lora(base, out, seed: int) -> str:
@@ -125,6 +145,20 @@ def test_cancel_and_max_tokens(vllm_setup):
     # The engine goes on serving after an abort; max_tokens caps the reply.
     done = list(backend.stream(PROMPT, GenerationOptions(max_tokens=3, max_repeats=None)))[-1]
     assert done.usage.completion_tokens <= 3
+
+
+@needs_gpu
+def test_a_constraint_holds_the_reply_to_its_pattern(vllm_setup):
+    import re
+
+    backend, (a, _) = vllm_setup
+    assert backend.capabilities.constrained_decoding
+    pattern = r"Response\[[^\[\]]*\]\nInvoke\[(True|False)\]"
+    for seed in range(3):
+        options = GenerationOptions(max_tokens=48, temperature=1.0, seed=seed, constraint=pattern, max_repeats=None)
+        done = backend.generate(PROMPT, options, adapter=a)
+        assert done.text.startswith("Response[") and "[" not in done.text[len("Response["):].split("]")[0]
+        assert done.finish_reason == "length" or re.fullmatch(pattern, done.text), done.text
 
 
 @needs_gpu

@@ -29,7 +29,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from duma.backend import BackendCapabilities, TokenizedBackend, TokenStreamer, common_prefix_length, eos_token_ids
+from duma.backend import (BackendCapabilities, TokenConstraint, TokenizedBackend, TokenStreamer, common_prefix_length,
+                          eos_token_ids)
 from duma.errors import DumaError, ModelLoadError, first_line
 from duma.types import GenerationChunk, GenerationOptions, Message, ModelSpec
 
@@ -63,7 +64,8 @@ class LlamaCppBackend(TokenizedBackend):
 
     name = "llamacpp"
     Options = LlamaCppOptions
-    capabilities = BackendCapabilities(prefill=True, adapters_per_call=False, kv_reuse=True, exact_token_count=True)
+    capabilities = BackendCapabilities(prefill=True, adapters_per_call=False, kv_reuse=True, exact_token_count=True,
+                                       constrained_decoding=True)
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
@@ -179,7 +181,8 @@ class LlamaCppBackend(TokenizedBackend):
         # transformers backend, the repetition penalty counts the reply's tokens, not the prompt's.
         tokens = llm.generate(prompt, temp=0.0 if greedy else options.temperature, top_k=options.top_k,
                               top_p=options.top_p, min_p=0.0, typical_p=1.0,
-                              repeat_penalty=options.repetition_penalty, reset=True)
+                              repeat_penalty=options.repetition_penalty, reset=True,
+                              logits_processor=mask_processor(streamer.constraint))
         try:
             for token in tokens:
                 text = streamer.push(int(token))
@@ -192,6 +195,23 @@ class LlamaCppBackend(TokenizedBackend):
             # llama.cpp ran the prompt and every token but the last one sampled.
             self._context_ids = (prompt + streamer.generated)[: llm.n_tokens]
         yield from streamer.close()
+
+
+def mask_processor(constraint: TokenConstraint | None) -> list[Any] | None:
+    """``options.constraint`` as a llama.cpp logits processor: the tokens it rules out get
+    -inf before llama.cpp's sampling chain. llama.cpp hands the processor every token's logit
+    in id order (it runs first in the chain); the constraint advances as the streamer takes
+    each token. None without a constraint (llama.cpp's own chain alone)."""
+    if constraint is None:
+        return None
+
+    def process(input_ids: Any, scores: Any) -> Any:
+        import numpy as np
+
+        scores[~constraint.allowed(len(scores))] = -np.inf
+        return scores
+
+    return [process]
 
 
 # --- files -----------------------------------------------------------------------------------

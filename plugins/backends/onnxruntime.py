@@ -9,9 +9,10 @@ and the conversion options, so a changed input is converted again).
 
 Prompts are rendered by duma's one renderer with the HF tokenizer of the ONNX folder, tokens
 are picked in Python from the model's logits (the same sampler as the transformers backend,
-so options can change per call on a kept KV cache), and the generators of recent
-conversations are kept: a follow-up turn rewinds the one with the longest common token prefix
-and runs only the new tokens.
+so options can change per call on a kept KV cache, and ``options.constraint`` masks them the
+same way: onnxruntime-genai's own guidance would need its sampler), and the generators of
+recent conversations are kept: a follow-up turn rewinds the one with the longest common
+token prefix and runs only the new tokens.
 
 onnxruntime-genai, torch and transformers are imported when a backend is constructed, not
 when this module is imported.
@@ -134,7 +135,8 @@ class OnnxRuntimeBackend(TokenizedBackend):
 
     name = "onnxruntime"
     Options = OnnxRuntimeOptions
-    capabilities = BackendCapabilities(prefill=True, adapters_per_call=False, kv_reuse=True, exact_token_count=True)
+    capabilities = BackendCapabilities(prefill=True, adapters_per_call=False, kv_reuse=True, exact_token_count=True,
+                                       constrained_decoding=True)
 
     @classmethod
     def capabilities_for(cls, spec: ModelSpec) -> BackendCapabilities:
@@ -407,7 +409,7 @@ class OnnxRuntimeBackend(TokenizedBackend):
         streamer = TokenStreamer(self.tokenizer, prompt, options, max_new, self._eos_ids, cancel)
         slot, reused = self._take_slot(prompt, adapter, len(prompt) + max_new)
         self.last_prefix_reused = reused
-        sampler = Sampler(torch, options, "cpu")
+        sampler = Sampler(torch, options, "cpu", streamer.constraint)
         # Every token fed so far (prompt and reply), for the repetition penalty.
         history = torch.tensor(prompt[:reused], dtype=torch.long) if sampler.needs_history else None
         # False while tokens are being appended: a call that raised may have left the KV

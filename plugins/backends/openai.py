@@ -16,6 +16,10 @@ model's conventions, not duma's rendering. Sampling options map to the request; 
 (vLLM and llama.cpp read them, other servers may ignore them). Stop strings are sent (the
 first four: OpenAI's limit) and applied here too, all of them.
 
+``options.constraint`` (a regular expression the reply must match: the minds' protocol) is sent
+only to a server that says how it takes one (``regex_field``: vLLM's ``structured_outputs`` or
+``guided_regex``, SGLang's ``regex``); otherwise duma checks the reply.
+
 Waiting is bounded: ``timeout_s`` is the longest wait to connect, for the reply to begin and
 between two streamed chunks. A failed try is retried (``max_retries``) only when it failed fast
 (connection refused or reset, HTTP 408/409/429/5xx) and less than ``timeout_s`` has passed since
@@ -32,7 +36,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -63,6 +67,12 @@ class OpenAIOptions(BaseModel):
                                     "request.")
     context_length: int = Field(8192, ge=64, description="Prompt plus reply tokens the remote model accepts "
                                 "(duma trims long histories to fit).")
+    regex_field: Literal["none", "structured_outputs", "guided_regex", "regex"] = Field(
+        "none", description="How the server takes a regular expression the reply must match "
+        "(options.constraint, e.g. the minds' protocol): structured_outputs (vLLM 0.10.2 and later: "
+        "{\"structured_outputs\": {\"regex\": ...}}), guided_regex (older vLLM), regex (SGLang); none: the "
+        "server is sent none, and duma checks replies instead (a slow-mind step that misses is sampled once "
+        "more).")
 
 
 class OpenAIBackend(Backend):
@@ -71,6 +81,12 @@ class OpenAIBackend(Backend):
     name = "openai"
     Options = OpenAIOptions
     capabilities = BackendCapabilities()
+
+    @classmethod
+    def capabilities_for(cls, spec: ModelSpec) -> BackendCapabilities:
+        # A server told how to take a regex enforces options.constraint itself.
+        options: OpenAIOptions = cls.parse_backend_options(spec)  # type: ignore[assignment]
+        return cls.capabilities.model_copy(update={"constrained_decoding": options.regex_field != "none"})
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
@@ -185,6 +201,9 @@ class OpenAIBackend(Backend):
             extra["top_k"] = options.top_k
         if options.repetition_penalty != 1.0:
             extra["repetition_penalty"] = options.repetition_penalty
+        field = self.options.regex_field
+        if options.constraint is not None and field != "none":
+            extra[field] = {"regex": options.constraint} if field == "structured_outputs" else options.constraint
         if extra:
             body["extra_body"] = extra
         return body

@@ -5,6 +5,7 @@ not ``model.generate``: no per-step logits-processor and stopping-criteria machi
 for the last position only, and the KV cache of recent conversations is kept so that a
 follow-up turn only runs the new tokens through the model (its longest common token prefix
 with a cached conversation is reused). Greedy output equals ``model.generate(do_sample=False)``.
+``options.constraint`` masks the logits before each pick (:class:`duma.backend.Sampler`).
 
 torch and transformers are imported inside methods: the module is imported the first time a
 backend is looked up.
@@ -56,7 +57,7 @@ class TransformersBackend(TokenizedBackend):
 
     name = "transformers"
     capabilities = BackendCapabilities(prefill=True, adapters_per_call=True, kv_reuse=True,
-                                       exact_token_count=True)
+                                       exact_token_count=True, constrained_decoding=True)
 
     @classmethod
     def capabilities_for(cls, spec: ModelSpec) -> BackendCapabilities:
@@ -258,7 +259,7 @@ class TransformersBackend(TokenizedBackend):
         streamer = TokenStreamer(self.tokenizer, prompt, options, max_new, self._eos_ids, cancel)
         slot, reused = self._take_slot(prompt)
         self.last_prefix_reused = reused
-        sampler = Sampler(torch, options, self.device)
+        sampler = Sampler(torch, options, self.device, streamer.constraint)
         # Every token fed so far (prompt and reply) as one tensor, for the repetition penalty.
         history = torch.tensor(prompt[:reused], dtype=torch.long, device=self.device) if sampler.needs_history else None
         # False while a forward pass runs: a pass that raised may have updated only some

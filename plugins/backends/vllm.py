@@ -13,6 +13,9 @@ vLLM's engine is asynchronous: it runs on one asyncio loop in a thread owned by 
 ``stream`` (called from any thread) submits a request to that loop and reads its text deltas
 from a queue; ``cancel``, or closing the stream early, aborts the request in vLLM.
 
+``options.constraint`` goes to vLLM's structured outputs (a regex, enforced by its guidance or
+xgrammar backend while decoding).
+
 ``backend_options``: gpu_memory_utilization, max_model_len, max_lora_rank, max_loras,
 tensor_parallel_size, dtype. A GGUF file (``embedded`` is one) is not run here: give an HF
 folder. vllm is imported when a model loads, never at module import.
@@ -64,7 +67,8 @@ class VLLMBackend(TokenizedBackend):
 
     name = "vllm"
     Options = VLLMOptions
-    capabilities = BackendCapabilities(prefill=True, adapters_per_call=True, kv_reuse=True, exact_token_count=True)
+    capabilities = BackendCapabilities(prefill=True, adapters_per_call=True, kv_reuse=True, exact_token_count=True,
+                                       constrained_decoding=True)
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
@@ -196,6 +200,8 @@ class VLLMBackend(TokenizedBackend):
         extra: dict[str, Any] = {}
         if options.top_k > 0:  # vLLM's "no top-k" is 0 or -1 depending on the version: leave it unset
             extra["top_k"] = options.top_k
+        if options.constraint is not None:
+            extra.update(_regex_params(options.constraint))
         return SamplingParams(
             max_tokens=max_new, temperature=options.temperature, top_p=options.top_p,
             repetition_penalty=options.repetition_penalty, seed=options.seed,
@@ -265,6 +271,18 @@ class VLLMBackend(TokenizedBackend):
             done=True, finish_reason=finish,  # type: ignore[arg-type]
             usage=Usage(prompt_tokens=len(prompt), completion_tokens=generated),
             timings=Timings(first_token_s=first_token_s, total_s=time.perf_counter() - start))
+
+
+def _regex_params(pattern: str) -> dict[str, Any]:
+    """The SamplingParams keyword that holds the output to ``pattern``: ``structured_outputs``
+    from vLLM 0.10.2 (``guided_decoding`` was removed in 0.12), ``guided_decoding`` before."""
+    try:
+        from vllm.sampling_params import StructuredOutputsParams
+    except ImportError:
+        from vllm.sampling_params import GuidedDecodingParams
+
+        return {"guided_decoding": GuidedDecodingParams(regex=pattern)}
+    return {"structured_outputs": StructuredOutputsParams(regex=pattern)}
 
 
 def _context_length(folder: Path, wanted: int) -> int:
