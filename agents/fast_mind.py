@@ -7,6 +7,7 @@ through the lenient protocol parser.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -17,7 +18,7 @@ from duma.backend import Backend, stream_guarded
 from duma.logstore import LoggedMessage
 from duma.types import GenerationOptions, Message, Usage
 
-from . import protocol
+from . import grammar, protocol
 
 # Short on purpose: an untrained small model must still answer plainly under it.
 DEFAULT_FAST_PROMPT = (
@@ -25,6 +26,17 @@ DEFAULT_FAST_PROMPT = (
     "If you need to look something up or calculate, reply Response[a short note] Invoke[True]."
 )
 INTERIM_TEMPLATE = "Let me look into that."
+# A reply that announces a lookup or a calculation still to come: right with Invoke[True]
+# (the interim), a broken promise with Invoke[False].
+_PROMISE_RE = re.compile(
+    r"\b(let me (look|check|see|find|work|calculate|compute|figure)|one moment|hold on|just a (moment|sec)"
+    r"|i'?ll (check|look|find out|calculate|work (it|that) out)|give me a (moment|second))\b"
+    r"|稍等|请稍候|让我(查|看|算|想)|我(查|看|算)一下|马上(查|算)", re.IGNORECASE)
+
+
+def promises_lookup(reply: str) -> bool:
+    """Whether ``reply`` promises to look something up or work something out."""
+    return _PROMISE_RE.search(reply) is not None
 
 # Message kinds stored in LogStore meta["kind"].
 KIND_USER = "user"
@@ -188,11 +200,15 @@ def stream_fast(backend: Backend, messages: list[Message], options: GenerationOp
     start = time.perf_counter()
     parser = protocol.FastStreamParser()
     prompt = messages
-    if backend.capabilities.prefill:
+    prefilled = backend.capabilities.prefill
+    if prefilled:
         # Every protocol reply opens with Response[: write it for the model (two tokens of
         # SmolLM2 fewer to decode before the first visible one; the same tokens training saw).
         parser.feed(protocol.RESPONSE_OPEN)
         prompt = [*messages, Message(role="assistant", content=protocol.RESPONSE_OPEN)]
+    # The reply is held to the protocol where the backend can (a backend that cannot is not
+    # checked: the text is already shown, and the lenient parser reads it).
+    options = options.model_copy(update={"constraint": grammar.fast_output_pattern(prefilled=prefilled)})
     stream = stream_guarded(backend, prompt, options, cancel=cancel)
     try:
         for chunk in stream:
@@ -229,6 +245,7 @@ def stream_fast(backend: Backend, messages: list[Message], options: GenerationOp
 __all__ = [
     "DEFAULT_FAST_PROMPT",
     "INTERIM_TEMPLATE",
+    "promises_lookup",
     "FastPass",
     "build_context",
     "fast_system_prompt",

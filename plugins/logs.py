@@ -26,8 +26,10 @@ is the fast mind's first pass.
 
 Routing preferences (``--mind fast --format dpo``, added to the pairs above):
 
-* a ``!bad`` reply the fast mind kept fast: prefer ``Response[<interim>] Invoke[True]`` to what
-  it wrote (it should have handed the turn to the slow mind);
+* a ``!bad`` reply the fast mind kept fast although it promised a lookup ("Let me check...",
+  ``fast_mind.promises_lookup``): prefer ``Response[<interim>] Invoke[True]`` to what it wrote
+  (it should have handed the turn to the slow mind; a bad reply without such a promise may be
+  bad for any reason, so it makes no routing pair);
 * a ``!good`` final reply of a handoff whose slow mind finished without calling a tool: prefer
   answering at once (``Response[final] Invoke[False]``) to the handoff (the answer needed no
   lookup, so the slow mind was invoked for nothing).
@@ -357,7 +359,7 @@ def export_records(replies: Sequence[RatedReply], fmt: str, mind: str) -> list[d
             meta = r.message.meta
             kept_fast = meta.get("kind") == fast_mind.KIND_REPLY and meta.get("slow_ran") is False \
                 and not meta.get("plain")
-            if r.rating.score < 0 and kept_fast:
+            if r.rating.score < 0 and kept_fast and fast_mind.promises_lookup(r.message.content):
                 pair(r.context, protocol.format_fast_output(fast_mind.INTERIM_TEMPLATE, True), r.completion)
             elif r.rating.score > 0 and r.tool_free and r.first_pass is not None and r.interim is not None:
                 pair(r.first_pass, r.completion, protocol.format_fast_output(r.interim, True))

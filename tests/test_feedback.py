@@ -227,13 +227,13 @@ def rated_log(duma_home: Path) -> dict[str, object]:
     with a tool rated good."""
     duma_home.mkdir(parents=True, exist_ok=True)
     store = LogStore(duma_home / "logs.db")
-    agent = make_agent(store, ["Response[Paris.] Invoke[False]", "Response[Lyon.] Invoke[False]",
+    agent = make_agent(store, ["Response[Paris.] Invoke[False]", "Response[Let me check: Lyon.] Invoke[False]",
                                "Response[Marseille.] Invoke[False]",
                                "Response[Let me think.] Invoke[True]", "Response[Blue.] Invoke[False]",
                                "Response[Checking.] Invoke[True]", "Response[It is 4.] Invoke[False]"],
                        ["Reason[I know this.] Finish[blue]", "Reason[Add.] Act[calculator(2+2)]", "Finish[4]"])
     first = agent.chat("Capital of France?").conversation_id
-    agent.chat("And its second city?", first)  # "Lyon."
+    agent.chat("And its second city?", first)  # "Let me check: Lyon." (a broken promise)
     agent.feedback(first, "good", message_id=store.messages(first)[1].id)
     agent.feedback(first, "bad", note="wrong")
     # A second conversation from the same history: the same context, another reply.
@@ -271,7 +271,7 @@ def test_export_sft_kto_and_dpo_for_the_dialogue(rated_log: dict, tmp_path: Path
     assert code == 0, err
     kto = read_jsonl(tmp_path / "kto.jsonl")
     assert [(r["completion"], r["label"]) for r in kto] == [
-        ("Paris.", True), ("Lyon.", False), ("Marseille.", True), ("Blue.", True), ("It is 4.", True)]
+        ("Paris.", True), ("Let me check: Lyon.", False), ("Marseille.", True), ("Blue.", True), ("It is 4.", True)]
     assert kto[1]["messages"] == kto[2]["messages"] == [
         {"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."},
         {"role": "user", "content": "And its second city?"}]
@@ -280,12 +280,12 @@ def test_export_sft_kto_and_dpo_for_the_dialogue(rated_log: dict, tmp_path: Path
     code, _, err = export("--format", "dpo", "--out", str(dpo_path))
     assert code == 0, err
     [pair] = read_jsonl(dpo_path)
-    assert pair == {"messages": kto[1]["messages"], "chosen": "Marseille.", "rejected": "Lyon."}
+    assert pair == {"messages": kto[1]["messages"], "chosen": "Marseille.", "rejected": "Let me check: Lyon."}
 
     # The dpo file is what the preference source (and method: dpo) reads.
     [record] = list(iter_records("preference", dpo_path))
     assert [m.content for m in record.messages] == ["Capital of France?", "Paris.", "And its second city?"]
-    assert (record.chosen, record.rejected) == ("Marseille.", "Lyon.")
+    assert (record.chosen, record.rejected) == ("Marseille.", "Let me check: Lyon.")
 
 
 def test_export_for_the_fast_mind_with_routing_preferences(rated_log: dict, tmp_path: Path) -> None:
@@ -297,7 +297,7 @@ def test_export_for_the_fast_mind_with_routing_preferences(rated_log: dict, tmp_
     fast_calls = rated_log["fast_calls"]
     assert kto[0]["messages"] == [m.model_dump() for m in fast_calls[0]]
     assert kto[1]["messages"] == [m.model_dump() for m in fast_calls[1]]
-    assert kto[1]["completion"] == "Response[Lyon.]\nInvoke[False]" and kto[1]["label"] is False
+    assert kto[1]["completion"] == "Response[Let me check: Lyon.]\nInvoke[False]" and kto[1]["label"] is False
     # A handoff's final reply: the fast mind's second pass, after SlowMind[...].
     final_pass = fast_calls[4]
     assert kto[3]["messages"] == [m.model_dump() for m in final_pass]
@@ -309,9 +309,9 @@ def test_export_for_the_fast_mind_with_routing_preferences(rated_log: dict, tmp_
     assert code == 0, err
     pairs = read_jsonl(dpo_path)
     assert [(p["chosen"], p["rejected"]) for p in pairs] == [
-        ("Response[Marseille.]\nInvoke[False]", "Response[Lyon.]\nInvoke[False]"),  # same context
-        # !bad on a turn kept fast: it should have handed over.
-        ("Response[Let me look into that.]\nInvoke[True]", "Response[Lyon.]\nInvoke[False]"),
+        ("Response[Marseille.]\nInvoke[False]", "Response[Let me check: Lyon.]\nInvoke[False]"),  # same context
+        # !bad on a turn kept fast that promised a lookup: it should have handed over.
+        ("Response[Let me look into that.]\nInvoke[True]", "Response[Let me check: Lyon.]\nInvoke[False]"),
         # !good on a handoff whose slow mind used no tool: it could have answered at once.
         ("Response[Blue.]\nInvoke[False]", "Response[Let me think.]\nInvoke[True]"),
     ]

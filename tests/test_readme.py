@@ -41,6 +41,17 @@ README_COMMANDS: dict[str, tuple[str | None, str | None]] = {
     'duma serve': ("duma serve --help", None),
     'duma serve --host 0.0.0.0 --api-key "$DUMA_KEY"': ("duma serve --help", None),
     'duma logs list': (None, None),
+    # The ratings loop: two sampled replies to one question, rated; their DPO pair trains the
+    # shipped fast mind, shipped into a folder of the workspace (never the package's own).
+    "printf 'Write a one-line slogan for a tea shop.\\n!good\\n' | duma chat -o temperature 1 -o seed 1":
+        ("duma chat -o temperature 1 -o seed 1", "Write a one-line slogan for a tea shop.\n!good\n"),
+    "printf 'Write a one-line slogan for a tea shop.\\n!bad too plain\\n' | duma chat -o temperature 1 -o seed 2":
+        ("duma chat -o temperature 1 -o seed 2", "Write a one-line slogan for a tea shop.\n!bad too plain\n"),
+    'duma logs export --format dpo --mind fast --out fast-pairs.jsonl': (None, None),
+    'duma train configs/examples/dpo_fast_mind.yaml': (None, None),
+    'duma minds ship --fast-adapter runs/dpo-fast-mind --slow-adapter agents/default_minds/slow --into my-minds':
+        (None, None),
+    'duma -S agent.fast.adapter=my-minds/fast chat': (None, "Write a one-line slogan for a tea shop.\n"),
     'duma logs show ID': (None, None),
     'duma logs search "capital"': (None, None),
     'duma logs delete ID -y': (None, None),
@@ -144,6 +155,7 @@ def workspace(tmp_path, tiny_model, monkeypatch):
     root = tmp_path / "work"
     shutil.copytree(REPO / "configs", root / "configs")
     shutil.copytree(REPO / "examples", root / "examples")
+    (root / "agents").symlink_to(REPO / "agents")  # the shipped minds, read (README: --slow-adapter agents/...)
     shared = REPO.parent / "shared"
     if shared.is_dir():
         (tmp_path / "shared").symlink_to(shared.resolve())
@@ -194,4 +206,6 @@ def test_the_readme_commands_run_as_written(workspace):
         assert code == 0, f"{line!r} exited {code}:\n{err[-2000:]}"
         ran.append(line)
     assert (workspace / "runs" / "merged").is_dir() and (workspace / "lengths.png").is_file()
+    assert len((workspace / "fast-pairs.jsonl").read_text().splitlines()) >= 1  # the ratings became a pair
+    assert (workspace / "my-minds" / "fast" / "adapter_model.safetensors").is_file()
     assert (workspace / "eval-results" / "routing").is_dir()
