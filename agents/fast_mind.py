@@ -7,7 +7,6 @@ through the lenient protocol parser.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,17 +25,25 @@ DEFAULT_FAST_PROMPT = (
     "If you need to look something up or calculate, reply Response[a short note] Invoke[True]."
 )
 INTERIM_TEMPLATE = "Let me look into that."
-# A reply that announces a lookup or a calculation still to come: right with Invoke[True]
-# (the interim), a broken promise with Invoke[False].
-_PROMISE_RE = re.compile(
-    r"\b(let me (look|check|see|find|work|calculate|compute|figure)|one moment|hold on|just a (moment|sec)"
-    r"|i'?ll (check|look|find out|calculate|work (it|that) out)|give me a (moment|second))\b"
-    r"|稍等|请稍候|让我(查|看|算|想)|我(查|看|算)一下|马上(查|算)", re.IGNORECASE)
+# Phrases of a reply that announces a lookup or a calculation still to come: right with
+# Invoke[True] (the interim), a promise never kept with Invoke[False]. Lower case.
+PROMISE_PHRASES = (
+    "let me look", "let me check", "let me find", "let me calculate", "let me compute", "let me work",
+    "let me figure", "let me search", "let me get back", "let me convert", "let me verify", "let me see",
+    "one moment", "just a moment", "just a sec", "a moment please", "give me a moment", "give me a second",
+    "hold on", "please wait", "bear with me", "i'll check", "i will check", "i'll look", "i will look",
+    "i'll find", "i will find", "i'll calculate", "i will calculate", "i'll work", "i'll get back",
+    "i'll convert", "i'm checking", "i am checking", "looking it up", "look it up", "look that up",
+    "looking that up", "looking into", "checking now",
+    "稍等", "请稍候", "等一下", "等一等", "让我查", "我查一下", "我来查", "帮你查", "我去查", "马上查",
+    "让我算", "我算一下", "我来算", "帮你算", "马上算", "让我看看", "我看一下",
+)
 
 
 def promises_lookup(reply: str) -> bool:
     """Whether ``reply`` promises to look something up or work something out."""
-    return _PROMISE_RE.search(reply) is not None
+    text = reply.replace("\u2019", "'").casefold()
+    return any(phrase in text for phrase in PROMISE_PHRASES)
 
 # Message kinds stored in LogStore meta["kind"].
 KIND_USER = "user"

@@ -84,19 +84,6 @@ HANDWRITTEN_CATEGORIES = ("arithmetic", "dates", "units", "knowledge", "smalltal
 HANDWRITTEN_MAX_TOKENS = 256  # duma chat's reply cap (GenerationOptions.max_tokens)
 HELDOUT_MAX_TOKENS = 96
 RUNAWAY_S = 10.0  # a fast-mind reply that takes longer than this ran away
-# A reply that says it will look something up or work something out (a promise the fast path
-# never keeps). Lower case; curly apostrophes are straightened before matching.
-PROMISE_PHRASES = (
-    "let me look", "let me check", "let me find", "let me calculate", "let me compute", "let me work",
-    "let me figure", "let me search", "let me get back", "let me convert", "let me verify",
-    "one moment", "just a moment", "a moment please", "give me a moment", "give me a second",
-    "hold on", "please wait", "bear with me", "i'll check", "i will check", "i'll look", "i will look",
-    "i'll find", "i will find", "i'll calculate", "i will calculate", "i'll work", "i'll get back",
-    "i'll convert", "i'm checking", "i am checking", "looking it up", "look it up", "look that up",
-    "looking that up", "looking into", "checking now",
-    "稍等", "请稍候", "等一下", "等一等", "让我查", "我查一下", "我来查", "帮你查", "我去查", "马上查",
-    "让我算", "我算一下", "我来算", "帮你算", "让我看看", "我看一下",
-)
 
 
 class HandwrittenTurn(BaseModel):
@@ -205,8 +192,7 @@ def promises(reply: str) -> bool:
     reply of a handoff)."""
     from duma.agents import fast_mind
 
-    text = _normalise(reply)
-    return any(p in text for p in PROMISE_PHRASES) or text.strip() == fast_mind.INTERIM_TEMPLATE.casefold()
+    return fast_mind.promises_lookup(reply)
 
 
 class GenerationRecord(BaseModel):

@@ -42,6 +42,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from duma.agents.fast_mind import promises_lookup  # the agent's one detector of a broken promise
+
 # Runs one action (``calculator(2 + 2)``) as the slow mind would and returns the observation.
 RunTool = Callable[[str], str]
 
@@ -982,15 +984,6 @@ FOLLOWUP_BASES = sorted({b for f in FOLLOWUP_FAMILIES for b in f.base})
 
 # --------------------------------------------------------------------------- fast-mind chat
 
-# Phrases that announce a lookup still to come: only ever in Invoke[True] turns (the interim).
-PROMISE_PATTERN = re.compile(
-    r"\b(let me (look|check|see|find|work|calculate|compute|figure)|one moment|hold on|just a (moment|sec)"
-    r"|i'?ll (check|look|find out|calculate|work (it|that) out)|give me a (moment|second))\b"
-    r"|稍等|请稍候|让我(查|看|算|想)|我(查|看|算)一下|马上(查|算)", re.IGNORECASE)
-
-
-def promises_lookup(reply: str) -> bool:
-    return PROMISE_PATTERN.search(reply) is not None
 
 
 CHAT_FAMILIES: list[Family] = [
