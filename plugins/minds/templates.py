@@ -750,30 +750,31 @@ def _more_people(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str
                                      f"总额还是{total}，现在除以{people}人。"))
 
 
-def _more_convert(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str, base: SlowTask) -> SlowTask:
+def _convert_followup(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str, base: SlowTask,
+                      reverse: bool) -> SlowTask:
+    """A new value in the earlier turn's units, the same way round or reversed."""
     p = base.params
+    src, dst, src_name, dst_name = ((p["dst"], p["src"], p["dst_name"], p["src_name"]) if reverse
+                                    else (p["src"], p["dst"], p["src_name"], p["dst_name"]))
     old = p["v"]
     v = old
     while v == old or old in v or v in old:
-        v = (_temperature_value(rng, p["src"]) if p["src"] in ("C", "F")
+        v = (_temperature_value(rng, src) if src in ("C", "F")
              else f"{rng.choice([rng.randrange(1, 200), rng.randrange(10, 999) / 10]):g}")
-    return _convert_task(v, p["src"], p["dst"], p["src_name"], p["dst_name"], run_tool, lang,
-                         phrasing.format(v=v, src=p["src_name"], dst=p["dst_name"]),
-                         _by_lang(lang, f"Same units as before: convert {v} from {p['src']} to {p['dst']}.",
-                                  f"单位和刚才一样：把{v}从{p['src']}换算成{p['dst']}。"))
+    reason = (_by_lang(lang, f"The other direction now: {v} from {src} to {dst}.", f"这次反过来：把{v}从{src}换算成{dst}。")
+              if reverse else
+              _by_lang(lang, f"Same units as before: convert {v} from {src} to {dst}.",
+                       f"单位和刚才一样：把{v}从{src}换算成{dst}。"))
+    return _convert_task(v, src, dst, src_name, dst_name, run_tool, lang,
+                         phrasing.format(v=v, src=p["src_name"], dst=p["dst_name"]), reason)
+
+
+def _more_convert(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str, base: SlowTask) -> SlowTask:
+    return _convert_followup(rng, phrasing, run_tool, lang, base, reverse=False)
 
 
 def _reverse_convert(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str, base: SlowTask) -> SlowTask:
-    p = base.params
-    old = p["v"]
-    v = old
-    while v == old or old in v or v in old:
-        v = (_temperature_value(rng, p["dst"]) if p["dst"] in ("C", "F")
-             else f"{rng.choice([rng.randrange(1, 200), rng.randrange(10, 999) / 10]):g}")
-    return _convert_task(v, p["dst"], p["src"], p["dst_name"], p["src_name"], run_tool, lang,
-                         phrasing.format(v=v, src=p["src_name"], dst=p["dst_name"]),
-                         _by_lang(lang, f"The other direction now: {v} from {p['dst']} to {p['src']}.",
-                                  f"这次反过来：把{v}从{p['dst']}换算成{p['src']}。"))
+    return _convert_followup(rng, phrasing, run_tool, lang, base, reverse=True)
 
 
 def _more_items(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str, base: SlowTask) -> SlowTask:
