@@ -53,7 +53,7 @@ test: install browser
 # agents/default_minds (what `duma chat` runs), then measure them against the untrained model.
 minds: install
 	$(BIN)/duma minds generate --out .duma-minds/data --seed 0
-	@echo "training the fast mind, then the slow one (about 55 minutes on 2 cores)..."
+	@echo "training the fast mind, then the slow one (about 70 minutes on 2 idle cores)..."
 	$(BIN)/duma train configs/duma-default/fast.yaml --overwrite training.progress=false \
 	    > .duma-minds/fast-train.log 2>&1 || { tail -n 5 .duma-minds/fast-train.log; exit 1; }
 	$(BIN)/duma train configs/duma-default/slow.yaml --overwrite training.progress=false \
@@ -67,6 +67,11 @@ minds: install
 	    --fast-adapter agents/default_minds/fast --slow-adapter agents/default_minds/slow \
 	    > .duma-minds/trained.log 2>&1 || { tail -n 5 .duma-minds/trained.log; exit 1; }
 	$(BIN)/duma minds compare .duma-minds/untrained.json .duma-minds/trained.json
+	@echo "measuring the shipped minds on the hand-written test set (tests/data/minds, never trained on)..."
+	$(BIN)/duma minds measure --handwritten tests/data/minds/handwritten.jsonl --out .duma-minds/handwritten.json \
+	    --fast-adapter agents/default_minds/fast --slow-adapter agents/default_minds/slow \
+	    > .duma-minds/handwritten.log 2>&1 || { tail -n 5 .duma-minds/handwritten.log; exit 1; }
+	head -n 20 .duma-minds/handwritten.md
 
 # Each benchmark prints one JSON object: our figure, the baseline's, the ratio.
 bench: install
