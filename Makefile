@@ -49,17 +49,20 @@ test: install browser
 	$(BIN)/python -m pytest tests
 
 # Both minds' LoRA adapters from scratch: generate the data (seeded), train the two adapters
-# one after the other on all cores (logs in .duma-minds/*-train.log), ship them into
+# one after the other on all cores (the fast one SFT then DPO on its routing decisions; logs in
+# .duma-minds/*-train.log), ship them into
 # agents/default_minds (what `duma chat` runs), then measure them against the untrained model.
 minds: install
 	$(BIN)/duma minds generate --out .duma-minds/data --seed 0
-	@echo "training the fast mind, then the slow one (about 70 minutes on 2 idle cores)..."
+	@echo "training the fast mind (SFT, then DPO on its routing decisions), then the slow one (about 80 minutes on 2 idle cores)..."
 	$(BIN)/duma train configs/duma-default/fast.yaml --overwrite training.progress=false \
 	    > .duma-minds/fast-train.log 2>&1 || { tail -n 5 .duma-minds/fast-train.log; exit 1; }
+	$(BIN)/duma train configs/duma-default/fast-dpo.yaml --overwrite training.progress=false \
+	    > .duma-minds/fast-dpo-train.log 2>&1 || { tail -n 5 .duma-minds/fast-dpo-train.log; exit 1; }
 	$(BIN)/duma train configs/duma-default/slow.yaml --overwrite training.progress=false \
 	    > .duma-minds/slow-train.log 2>&1 || { tail -n 5 .duma-minds/slow-train.log; exit 1; }
-	tail -n 7 .duma-minds/fast-train.log .duma-minds/slow-train.log
-	$(BIN)/duma minds ship --fast-adapter .duma-minds/fast-adapter --slow-adapter .duma-minds/slow-adapter
+	tail -n 7 .duma-minds/fast-train.log .duma-minds/fast-dpo-train.log .duma-minds/slow-train.log
+	$(BIN)/duma minds ship --fast-adapter .duma-minds/fast-dpo-adapter --slow-adapter .duma-minds/slow-adapter
 	@echo "measuring the untrained and the shipped minds, one after the other (about 13 minutes)..."
 	$(BIN)/duma minds measure --data .duma-minds/data $(MEASURE) --out .duma-minds/untrained.json \
 	    > .duma-minds/untrained.log 2>&1 || { tail -n 5 .duma-minds/untrained.log; exit 1; }

@@ -16,7 +16,7 @@ from duma.testing import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = ("fast_train.jsonl", "fast_eval.jsonl", "slow_train.jsonl", "slow_eval.jsonl",
-         "routing_eval.jsonl", "router_train.jsonl", "slow_expected.jsonl")
+         "routing_eval.jsonl", "router_train.jsonl", "slow_expected.jsonl", "fast_invoke_pairs.jsonl")
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -430,3 +430,25 @@ def test_general_replies_are_distilled_once_and_reused(tiny_model, tmp_path, mon
                          general_backend="transformers")
     for name in FILES + ("general.jsonl",):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_invoke_pairs_oppose_each_routing_decision_with_the_other(data):
+    """fast_invoke_pairs.jsonl (the DPO stage after SFT): one pair per first pass of a turn in
+    fast_train, chosen as trained, rejected with the other decision; the preference source
+    reads it."""
+    from duma.agents import fast_mind, protocol
+    from duma.data import iter_records
+
+    pairs = read(data / "fast_invoke_pairs.jsonl")
+    first_passes = sum(1 for r in read(data / "fast_train.jsonl") for i, m in enumerate(r["messages"])
+                       if m["role"] == "assistant" and not r["messages"][i - 1]["content"].startswith("SlowMind["))
+    assert len(pairs) == first_passes
+    for pair in pairs:
+        chosen, rejected = protocol.parse_fast(pair["chosen"]), protocol.parse_fast(pair["rejected"])
+        assert chosen.invoke != rejected.invoke and pair["messages"][-1]["content"].startswith("User[")
+        if chosen.invoke:  # the same interim, kept as a promise that no slow mind follows
+            assert rejected.response == chosen.response and fast_mind.promises_lookup(rejected.response)
+        else:
+            assert fast_mind.promises_lookup(rejected.response)
+    assert {p.chosen for p in iter_records("preference", [data / "fast_invoke_pairs.jsonl"])} == \
+        {p["chosen"] for p in pairs}

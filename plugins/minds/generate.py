@@ -7,7 +7,8 @@ prompts cannot drift apart. Tool outputs are real: each action runs through the 
 
 Output (sharegpt ``messages`` form, which keeps the system message):
 ``fast_train.jsonl``, ``fast_eval.jsonl``, ``slow_train.jsonl``, ``slow_eval.jsonl``,
-``routing_eval.jsonl`` (per held-out fast-mind turn), ``router_train.jsonl`` (``{"text","slow"}``)
+``routing_eval.jsonl`` (per held-out fast-mind turn), ``router_train.jsonl`` (``{"text","slow"}``),
+``fast_invoke_pairs.jsonl`` (the routing decisions of fast_train as DPO pairs)
 and ``summary.json``; with ``general`` > 0 also ``general.jsonl``: the untrained model's own
 replies to general prompts (self-distillation), which the fast-mind dialogues mix in so the fast
 mind keeps what the base model already did. That file doubles as a cache: a second run with
@@ -634,6 +635,29 @@ def _invoke_share(records: list[dict[str, Any]]) -> float:
     return round(invoked / turns, 3) if turns else 0.0
 
 
+def invoke_pairs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The fast mind's routing decisions as preference pairs (data source ``preference``, for
+    ``method: dpo`` after SFT): at each first pass of a turn, the right output against the same
+    reply with the other decision. A handoff's interim with ``Invoke[False]`` is the promise
+    never kept; a direct reply's alternative is the interim with ``Invoke[True]``."""
+    from duma.agents import fast_mind, protocol
+
+    pairs = []
+    for record in records:
+        messages = record["messages"]
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant" or messages[i - 1]["content"].startswith("SlowMind["):
+                continue  # a handoff's final pass follows the slow mind: no decision left to make
+            out = protocol.parse_fast(message["content"])
+            if not out.parse_ok:
+                continue
+            interim = INTERIMS["zh"][0] if _is_zh(messages[i - 1]["content"]) else fast_mind.INTERIM_TEMPLATE
+            other = (out.response if out.invoke else interim, not out.invoke)
+            pairs.append({"messages": messages[:i], "chosen": message["content"],
+                          "rejected": protocol.format_fast_output(*other)})
+    return pairs
+
+
 def generate(out: Path, seed: int = 0, n_fast: int = 700, n_slow: int = 800, eval_fraction: float = 0.15,
              today: str = DEFAULT_TODAY, knowledge_dir: Path = KNOWLEDGE_DIR, general: int = 0,
              general_model: str = "embedded", general_backend: str = "onnxruntime",
@@ -664,7 +688,8 @@ def generate(out: Path, seed: int = 0, n_fast: int = 700, n_slow: int = 800, eva
     # "expected" is for measurement only: kept out of the training records (a side file).
     slow_expected = {r["id"]: r.pop("expected") for r in slow_train + slow_eval}
     files = {"fast_train.jsonl": fast_train, "fast_eval.jsonl": fast_eval, "slow_train.jsonl": slow_train,
-             "slow_eval.jsonl": slow_eval, "routing_eval.jsonl": routing_eval, "router_train.jsonl": router_train}
+             "slow_eval.jsonl": slow_eval, "routing_eval.jsonl": routing_eval, "router_train.jsonl": router_train,
+             "fast_invoke_pairs.jsonl": invoke_pairs(fast_train)}
     for name, records in files.items():
         _write_jsonl(out / name, records)
     _write_jsonl(out / "slow_expected.jsonl",
@@ -678,7 +703,7 @@ def generate(out: Path, seed: int = 0, n_fast: int = 700, n_slow: int = 800, eva
         tokens_with_template={n: _message_tokens(r) for n, r in files.items() if n.startswith(("fast", "slow"))},
         eval_templates=sorted(by_split["eval"]), train_templates=sorted(by_split["train"]),
         zh_share={n: _zh_share(n, r) for n, r in files.items()},
-        invoke_share={n: _invoke_share(r) for n, r in files.items() if n.startswith("fast")},
+        invoke_share={n: _invoke_share(r) for n, r in files.items() if n in ("fast_train.jsonl", "fast_eval.jsonl")},
         general=len(replies))
     (out / "summary.json").write_text(json.dumps(summary.model_dump(), ensure_ascii=False, indent=1) + "\n",
                                       encoding="utf-8")
