@@ -98,6 +98,22 @@ def render_prompt_ids(tokenizer: Any, messages: Sequence[Message | dict[str, Any
     return ids + _ids(tokenizer, prefill)
 
 
+def text_after_reply(tokenizer: Any, messages: Sequence[Message | dict[str, Any]], reply: str,
+                     next_user: str, eos_text: str) -> str:
+    """What follows a generated ``reply`` (which ended with ``eos_text``) when the conversation
+    goes on with the user message ``next_user`` and the next reply's generation prompt: the rest
+    of the reply's own segment after its end token, then the user turn (e.g. ``\n`` then
+    ``<|im_start|>user ... <|im_start|>assistant\n``)."""
+    msgs = [*_as_dicts(messages), {"role": "assistant", "content": reply}]
+    before = render_text(tokenizer, msgs[:-1], add_generation_prompt=True)
+    through = render_text(tokenizer, msgs, add_generation_prompt=False)
+    after = render_text(tokenizer, [*msgs, {"role": "user", "content": next_user}], add_generation_prompt=True)
+    end_of_reply = through[len(before):]
+    end_of_reply = end_of_reply[end_of_reply.rfind(reply) + len(reply):] if reply else end_of_reply
+    rest = end_of_reply[len(eos_text):] if eos_text and end_of_reply.startswith(eos_text) else end_of_reply
+    return rest + after[len(through):]
+
+
 @dataclass
 class RenderedSample:
     input_ids: list[int]

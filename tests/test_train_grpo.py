@@ -342,3 +342,57 @@ def test_example_config_validates():
     trainer = runner.build_trainer(path)
     assert trainer.name == "grpo" and trainer.config.data.source == "prompts"
     assert [name for name, _, _ in trainer.rewards] == ["numeric"] and Path(trainer.config.data.files[0]).is_file()
+
+
+def test_tools_run_in_the_loop_and_their_observations_are_not_trained(tiny_model, tmp_path, monkeypatch):
+    """``grpo.run_tools``: a sampled turn that writes Act[...] gets the real tool's Obs[...] as
+    the next user turn, rendered as the one renderer renders a slow-mind trace; only the
+    model's own tokens are trained, and the rewards see the whole trace. The model's turns are
+    scripted here (this is about the loop, not the sampling)."""
+    import types
+
+    import torch
+
+    from duma import host
+    from duma.rendering import render_training
+    from duma.trainers.grpo import GRPOTrainer
+
+    data = tmp_path / "prompts.jsonl"
+    question = [{"role": "system", "content": "You are the slow mind."}, {"role": "user", "content": "Query 0: 2+3?"}]
+    data.write_text(json.dumps({"messages": question, "answer": "5"}) + "\n", encoding="utf-8")
+    host.reset()
+    trainer = _prepare(grpo_config(tiny_model, tmp_path / "out", data, data={"max_length": 256},
+                                   grpo={"group_size": 2, "max_new_tokens": 120, "rewards": ["duma-slow"],
+                                         "run_tools": True}))
+    assert isinstance(trainer, GRPOTrainer)
+    tok = trainer.tokenizer
+    turns = ["Reason[add]\nAct[calculator(2+3)]", "Reason[done]\nFinish[5]"]
+    from duma.trainers.base import load_causal_lm
+
+    model = load_causal_lm(tiny_model)
+    calls = []
+
+    def scripted_generate(input_ids, **kwargs):
+        calls.append(input_ids.shape[1])
+        reply = tok(turns[(len(calls) - 1) % 2], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        return torch.cat([input_ids, torch.tensor([reply])], dim=1)
+
+    monkeypatch.setattr(model, "generate", scripted_generate)
+    [row] = trainer.train_rows
+    sampled = trainer.sample_with_tools(types.SimpleNamespace(module=model), [row], seed=0)
+    assert len(calls) == 4  # two turns for each of the two samples
+    assert sampled["texts"] == ["Reason[add]\nAct[calculator(2+3)]\nObs[5]\nReason[done]\nFinish[5]"] * 2
+    assert sampled["ended"].tolist() == [True, True]
+    width = int(sampled["prompt_width"])
+    full = render_training(tok, [*question, {"role": "assistant", "content": turns[0]},
+                                 {"role": "user", "content": "Obs[5]"}, {"role": "assistant", "content": turns[1]}])
+    n = int(sampled["completion_mask"][0].sum())
+    got = sampled["sequences"][0, :width + n].tolist()
+    # The trace is the training rendering of that conversation up to the last reply's end token.
+    assert got == full.input_ids[:len(got)] and len(full.input_ids) - len(got) <= 1
+    trained = [t for t, m in zip(got[width:], sampled["loss_mask"][0].tolist()) if m]
+    untrained = tok.decode([t for t, m in zip(got[width:], sampled["loss_mask"][0].tolist()) if not m])
+    assert tok.decode(trained, skip_special_tokens=True) == turns[0] + turns[1]
+    assert "Obs[5]" in untrained and "Reason" not in untrained
+    rewards, _ = trainer.score([row], sampled["texts"])
+    assert rewards.tolist() == [1.0, 1.0]  # the real tool's result in Finish, a well-formed trace

@@ -9,7 +9,9 @@ normalised within its prompt's group. The loss is PPO's clipped objective per co
 token against the log-probs at sampling time (one optimisation pass per generation, so the
 ratio is 1 and the clip is inactive; the form is kept for when it is not), plus an optional
 KL penalty to the starting model (k3 estimator). Tokens inside ``Obs[...]`` (tool
-observations in a slow-mind trace: written by tools, not by the model) carry no loss.
+observations in a slow-mind trace: written by tools, not by the model) carry no loss. With
+``grpo.run_tools`` the tools run during sampling: a sampled turn that writes ``Act[...]`` gets
+the tool's real observation as the next user turn, and sampling goes on from there.
 
 Sampling runs HF ``generate`` on the engine's own module. duma's inference backends load
 weights from a folder once; the policy changes every step, and wrapping a live, partly
@@ -63,6 +65,12 @@ class GRPOSettings(Strict):
         "sequence", description="sequence: mean over each completion's tokens, then over completions (GRPO); "
         "token: mean over all completion tokens of the batch (DAPO).")
     mask_observations: bool = Field(True, description="No loss on tokens inside Obs[...] spans.")
+    run_tools: bool = Field(
+        False, description="Sample slow-mind traces with the registered tools in the loop: a turn that writes "
+        "Act[...] gets the tool's real Obs[...] as the next user turn and sampling goes on (observation tokens "
+        "carry no loss); the rewards see the whole trace.")
+    tool_rounds: int = Field(4, ge=1, description="With run_tools: most Reason/Act turns per sampled trace.")
+    knowledge_dir: str | None = Field(None, description="With run_tools: the folder search_knowledge reads.")
 
     @model_validator(mode="after")
     def _weights_match(self) -> GRPOSettings:
@@ -286,6 +294,100 @@ class GRPOTrainer(LoraPolicyTrainer):
                 "completion_mask": completion_mask, "prompt_width": torch.tensor(width),
                 "ended": is_stop.any(-1)}
 
+    def tool_runner(self) -> Any:
+        """A model-less SlowMind whose ``run_tool`` runs an action exactly as inference does."""
+        if getattr(self, "_tool_runner", None) is None:
+            from duma.agents.agent import load_tools
+            from duma.agents.slow_mind import SlowMind
+            from duma.config import DumaConfig
+
+            tools = load_tools(DumaConfig(agent={"knowledge_dir": self.settings.knowledge_dir}))
+            self._tool_runner = SlowMind(None, tools)  # type: ignore[arg-type]  # run_tool needs no model
+        return self._tool_runner
+
+    def sample_with_tools(self, engine: Any, rows: Sequence[PromptRow], seed: int) -> dict[str, Any]:
+        """``sample`` with the tools in the loop (``run_tools``): each completion is sampled turn
+        by turn; after a turn with ``Act[...]`` the tool runs and its ``Obs[...]`` user turn (as
+        the one renderer writes it) is appended, untrained, before the next turn. Also returns
+        ``loss_mask`` (the model's own tokens) and ``texts`` (each trace as the protocol writes
+        it, for the rewards)."""
+        import torch
+
+        from duma.agents import protocol
+        from duma.rendering import text_after_reply
+
+        s, g = self.settings, self.settings.group_size
+        module = engine.module
+        device = next(module.parameters()).device
+        pad_id = self.tokenizer.pad_token_id
+        stop_ids = self.stop_ids(module)
+        eos_text = self.tokenizer.decode(stop_ids[:1])
+        runner = self.tool_runner()
+        traces: list[tuple[list[int], list[int], list[int], str, bool]] = []
+        was_training = module.training
+        module.eval()
+        devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+            if device.type == "cuda" else []
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                for row in rows:
+                    for _ in range(g):
+                        completion: list[int] = []
+                        trained: list[int] = []
+                        parts: list[str] = []
+                        messages = list(row.messages)
+                        ended = False
+                        for _turn in range(s.tool_rounds):
+                            budget = s.max_new_tokens - len(completion)
+                            if budget <= 0:
+                                break
+                            ids = torch.tensor([row.prompt_ids + completion], device=device)
+                            out = module.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                                  temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                                                  max_new_tokens=budget, min_new_tokens=0, eos_token_id=stop_ids,
+                                                  pad_token_id=pad_id, use_cache=True)
+                            new = out[0, ids.shape[1]:].tolist()
+                            stop = next((i for i, t in enumerate(new) if t in stop_ids), None)
+                            new = new if stop is None else new[:stop + 1]
+                            completion += new
+                            trained += [1] * len(new)
+                            text = self.tokenizer.decode(new if stop is None else new[:-1], skip_special_tokens=True)
+                            parts.append(text.strip())
+                            step = protocol.parse_slow(text)
+                            if stop is None or step.action is None:
+                                ended = stop is not None  # Finish (or garbled): the trace is over
+                                break
+                            observation = protocol.format_observation(runner.run_tool(step.action))
+                            follow = text_after_reply(self.tokenizer, messages, text, observation, eos_text)
+                            follow_ids = self.tokenizer(follow, add_special_tokens=False)["input_ids"]
+                            messages += [{"role": "assistant", "content": text}, {"role": "user", "content": observation}]
+                            completion += follow_ids
+                            trained += [0] * len(follow_ids)
+                            parts.append(observation)
+                        traces.append((row.prompt_ids, completion, trained, "\n".join(parts), ended))
+        finally:
+            module.train(was_training)
+        width = max(len(r.prompt_ids) for r in rows)
+        longest = max(1, max(len(t[1]) for t in traces))
+        n = len(traces)
+        sequences = torch.full((n, width + longest), pad_id, dtype=torch.long)
+        attention = torch.zeros_like(sequences)
+        completion_mask = torch.zeros((n, longest), dtype=torch.long)
+        loss_mask = torch.zeros((n, longest), dtype=torch.long)
+        for k, (prompt, completion, trained, _, _) in enumerate(traces):
+            sequences[k, width - len(prompt):width] = torch.tensor(prompt)
+            attention[k, width - len(prompt):width + len(completion)] = 1
+            if completion:
+                sequences[k, width:width + len(completion)] = torch.tensor(completion)
+                completion_mask[k, :len(completion)] = 1
+                loss_mask[k, :len(completion)] = torch.tensor(trained)
+        return {"sequences": sequences.to(device), "attention_mask": attention.to(device),
+                "position_ids": (attention.cumsum(-1) - 1).clamp(min=0).to(device),
+                "completion_mask": completion_mask.to(device), "loss_mask": loss_mask.to(device),
+                "prompt_width": torch.tensor(width), "ended": torch.tensor([t[4] for t in traces]),
+                "texts": [t[3] for t in traces]}
+
     def stop_ids(self, module: Any) -> list[int]:
         ids = {self.tokenizer.eos_token_id}
         configured = getattr(getattr(module, "generation_config", None), "eos_token_id", None)
@@ -339,19 +441,22 @@ class GRPOTrainer(LoraPolicyTrainer):
         kind = "train" if torch.is_grad_enabled() else "eval"  # evaluate() runs under no_grad
         seed = sampling_seed(self.config.training.seed, kind, int(engine.global_steps),
                              [i for r in rows for i in r.ids])
-        sampled = self.sample(engine, rows, seed)
+        sampled = (self.sample_with_tools if s.run_tools else self.sample)(engine, rows, seed)
         width = int(sampled["prompt_width"])
         completion_ids = sampled["sequences"][:, width:].cpu()
         cmask = sampled["completion_mask"]
         lengths = cmask.sum(-1).cpu()
         ended = sampled["ended"].cpu()
-        texts, keep = [], torch.ones_like(cmask)
-        for k in range(completion_ids.shape[0]):
-            ids = completion_ids[k, :int(lengths[k])].tolist()
-            body = ids[:-1] if bool(ended[k]) else ids  # the text the rewards see: no stop token
-            texts.append(self.tokenizer.decode(body, skip_special_tokens=True))
-            if s.mask_observations:
-                keep[k, :len(ids)] = torch.tensor(observation_mask(self.tokenizer, ids), dtype=keep.dtype)
+        if "texts" in sampled:  # tools in the loop: their observations were never the model's
+            texts, keep = sampled["texts"], sampled["loss_mask"]
+        else:
+            texts, keep = [], torch.ones_like(cmask)
+            for k in range(completion_ids.shape[0]):
+                ids = completion_ids[k, :int(lengths[k])].tolist()
+                body = ids[:-1] if bool(ended[k]) else ids  # the text the rewards see: no stop token
+                texts.append(self.tokenizer.decode(body, skip_special_tokens=True))
+                if s.mask_observations:
+                    keep[k, :len(ids)] = torch.tensor(observation_mask(self.tokenizer, ids), dtype=keep.dtype)
         rewards, reward_means = self.score(rows, texts)
         advantages = group_advantages(rewards, s.group_size, s.scale_rewards).to(cmask.device)
         mask = (cmask * keep).float()
