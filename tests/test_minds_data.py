@@ -16,7 +16,8 @@ from duma.testing import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = ("fast_train.jsonl", "fast_eval.jsonl", "slow_train.jsonl", "slow_eval.jsonl",
-         "routing_eval.jsonl", "router_train.jsonl", "slow_expected.jsonl", "fast_invoke_pairs.jsonl")
+         "routing_eval.jsonl", "router_train.jsonl", "slow_expected.jsonl", "fast_invoke_pairs.jsonl",
+         "slow_prompts.jsonl")
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -452,3 +453,18 @@ def test_invoke_pairs_oppose_each_routing_decision_with_the_other(data):
             assert fast_mind.promises_lookup(rejected.response)
     assert {p.chosen for p in iter_records("preference", [data / "fast_invoke_pairs.jsonl"])} == \
         {p["chosen"] for p in pairs}
+
+
+def test_slow_prompts_are_the_traces_questions_with_their_answers(data):
+    """slow_prompts.jsonl (GRPO on the slow mind, reward duma-slow): each slow_train trace's
+    system prompt and retrospect, with the answer its Finish[...] gives."""
+    from duma.data import iter_records
+    from duma.plugins.rewards import finish_holds
+
+    traces = read(data / "slow_train.jsonl")
+    prompts = list(iter_records("prompts", [data / "slow_prompts.jsonl"]))
+    assert len(prompts) == len(traces)
+    for trace, prompt in zip(traces, prompts):
+        assert [m.model_dump() for m in prompt.messages] == trace["messages"][:2]
+        finish = trace["messages"][-1]["content"].split("Finish[", 1)[1]
+        assert finish_holds(finish, prompt.answer)

@@ -8,7 +8,8 @@ prompts cannot drift apart. Tool outputs are real: each action runs through the 
 Output (sharegpt ``messages`` form, which keeps the system message):
 ``fast_train.jsonl``, ``fast_eval.jsonl``, ``slow_train.jsonl``, ``slow_eval.jsonl``,
 ``routing_eval.jsonl`` (per held-out fast-mind turn), ``router_train.jsonl`` (``{"text","slow"}``),
-``fast_invoke_pairs.jsonl`` (the routing decisions of fast_train as DPO pairs)
+``fast_invoke_pairs.jsonl`` (the routing decisions of fast_train as DPO pairs),
+``slow_prompts.jsonl`` (slow_train's questions with their answers, for GRPO)
 and ``summary.json``; with ``general`` > 0 also ``general.jsonl``: the untrained model's own
 replies to general prompts (self-distillation), which the fast-mind dialogues mix in so the fast
 mind keeps what the base model already did. That file doubles as a cache: a second run with
@@ -689,7 +690,10 @@ def generate(out: Path, seed: int = 0, n_fast: int = 700, n_slow: int = 800, eva
     slow_expected = {r["id"]: r.pop("expected") for r in slow_train + slow_eval}
     files = {"fast_train.jsonl": fast_train, "fast_eval.jsonl": fast_eval, "slow_train.jsonl": slow_train,
              "slow_eval.jsonl": slow_eval, "routing_eval.jsonl": routing_eval, "router_train.jsonl": router_train,
-             "fast_invoke_pairs.jsonl": invoke_pairs(fast_train)}
+             "fast_invoke_pairs.jsonl": invoke_pairs(fast_train),
+             # The slow traces' questions with their answers: GRPO's prompts (data source prompts).
+             "slow_prompts.jsonl": [{"messages": r["messages"][:2], "answer": slow_expected[r["id"]]}
+                                    for r in slow_train]}
     for name, records in files.items():
         _write_jsonl(out / name, records)
     _write_jsonl(out / "slow_expected.jsonl",
