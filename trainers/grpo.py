@@ -238,10 +238,11 @@ class GRPOTrainer(LoraPolicyTrainer):
     # --- model and reference
 
     def on_engine_ready(self, engine: Any, bar: PhaseBar) -> None:
-        """Keep the starting model as the KL reference (only with ``kl_beta``): a LoRA policy's
-        reference is its base with the adapter switched off, a full policy's a frozen copy
-        made now, before a resumed run loads its checkpoint."""
-        if not self.settings.kl_beta or self.lora is not None:
+        """Keep the starting model as the KL reference (only with ``kl_beta``): a fresh LoRA
+        policy's reference is its base with the adapter switched off; a full policy's, or one
+        that continues an adapter, a frozen copy made now, before a resumed run loads its
+        checkpoint."""
+        if not self.settings.kl_beta or (self.lora is not None and self.start_adapter is None):
             return
         self.reference = copy.deepcopy(engine.module).eval()
         for p in self.reference.parameters():

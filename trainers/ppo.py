@@ -244,11 +244,11 @@ class PPOTrainer(LoraPolicyTrainer):
         return wrap_policy(super().prepare_model(model))
 
     def on_engine_ready(self, engine: Any, bar: PhaseBar) -> None:
-        """Freeze the starting policy as the reference (LoRA: the base, adapter off), put the
-        reward model beside the policy, and carry ``kl_coef`` in the engine's checkpoints."""
+        """Freeze the starting policy as the reference (a fresh LoRA: the base, adapter off), put
+        the reward model beside the policy, and carry ``kl_coef`` in the engine's checkpoints."""
         device = next(engine.module.parameters()).device
         self.reward_model.model.to(device)
-        if self.lora is None:
+        if self.lora is None or self.start_adapter is not None:
             self.reference = copy.deepcopy(engine.module.policy).eval()
             for p in self.reference.parameters():
                 p.requires_grad_(False)
