@@ -8,7 +8,7 @@ import time
 import weakref
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Collection, Container, Iterator, Sequence
+from collections.abc import Callable, Collection, Container, Iterator, Sequence
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -89,18 +89,7 @@ class Backend(ABC):
     def generate(self, messages: Sequence[Message], options: GenerationOptions | None = None, *,
                  adapter: str | None = None, cancel: threading.Event | None = None) -> Completion:
         """Generate a whole reply (drains :meth:`stream`)."""
-        parts: list[str] = []
-        last = GenerationChunk(done=True)
-        for chunk in self.stream(messages, options, adapter=adapter, cancel=cancel):
-            parts.append(chunk.text)
-            if chunk.done:
-                last = chunk
-        return Completion(
-            text="".join(parts),
-            finish_reason=last.finish_reason or "stop",
-            usage=last.usage or Completion.model_fields["usage"].default_factory(),
-            timings=last.timings or Completion.model_fields["timings"].default_factory(),
-        )
+        return collect_completion(self.stream(messages, options, adapter=adapter, cancel=cancel))
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         """Prompt length in tokens (used to trim long histories). Default: a rough estimate."""
@@ -478,19 +467,30 @@ def _drain(backend: Backend, messages: Sequence[Message], options: GenerationOpt
            cancel: threading.Event | None, until: float | None) -> Completion:
     """One generation through :func:`stream_guarded`, collected; stopped (``"cancelled"``)
     once ``cancel`` is set or the ``until`` deadline has passed."""
+    def stop() -> bool:
+        return (until is not None and time.monotonic() >= until) or (cancel is not None and cancel.is_set())
+
+    return collect_completion(stream_guarded(backend, messages, options, cancel=cancel), stop=stop)
+
+
+def collect_completion(chunks: Iterator[GenerationChunk], stop: Callable[[], bool] | None = None) -> Completion:
+    """A stream of chunks as one :class:`Completion` (the text, and the last chunk's finish
+    reason, usage and timings). ``stop``, checked after each text chunk, ends the collection
+    early with ``finish_reason="cancelled"``; the stream is closed either way."""
     parts: list[str] = []
     last = GenerationChunk(done=True)
-    stream = stream_guarded(backend, messages, options, cancel=cancel)
     try:
-        for chunk in stream:
+        for chunk in chunks:
             parts.append(chunk.text)
             if chunk.done:
                 last = chunk
-            elif (until is not None and time.monotonic() >= until) or (cancel is not None and cancel.is_set()):
+            elif stop is not None and stop():
                 last = GenerationChunk(done=True, finish_reason="cancelled", usage=last.usage)
                 break
     finally:
-        stream.close()
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
     return Completion(text="".join(parts), finish_reason=last.finish_reason or "stop",
                       usage=last.usage or Usage(), timings=last.timings or Timings())
 
