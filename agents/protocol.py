@@ -304,13 +304,17 @@ class ActionError(ValueError):
 _CALL_RE = re.compile(r"^\s*([A-Za-z_][\w\-.]*)\s*(?:\((.*)\))?\s*$", re.S)
 
 
-def split_top_level(args: str) -> list[str]:
-    """Split on commas outside brackets and quotes."""
+_THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+
+
+def split_top_level(args: str, *, thousands: bool = False) -> list[str]:
+    """Split on commas outside brackets and quotes; with ``thousands``, not on a comma that
+    separates a number's digit groups (``1,500``)."""
     parts: list[str] = []
     depth = 0
     quote: str | None = None
     current: list[str] = []
-    for ch in args:
+    for i, ch in enumerate(args):
         if quote:
             current.append(ch)
             if ch == quote:
@@ -322,7 +326,7 @@ def split_top_level(args: str) -> list[str]:
             depth += 1
         elif ch in ")]}":
             depth -= 1
-        elif ch == "," and depth == 0:
+        elif ch == "," and depth == 0 and not (thousands and _THOUSANDS_COMMA.match(args, i)):
             parts.append("".join(current).strip())
             current = []
             continue
@@ -376,6 +380,11 @@ def bind_arguments(call: ToolCall, arg_names: list[str]) -> dict[str, Any]:
         return {}
     if len(arg_names) == 1 and not call.keywords:
         return {arg_names[0]: _unquote(call.raw_args)}
+    if len(call.positional) > len(arg_names) and not call.keywords:
+        # convert_units(1,500, m, ft): too many arguments unless 1,500 is one number
+        regrouped = [_unquote(part) for part in split_top_level(call.raw_args, thousands=True)]
+        if len(regrouped) <= len(arg_names):
+            call = ToolCall(name=call.name, positional=regrouped, raw_args=call.raw_args)
     if len(call.positional) > len(arg_names):
         expected = ", ".join(arg_names) or "no arguments"
         raise ActionError(f"{call.name} takes {len(arg_names)} argument(s) ({expected}), "

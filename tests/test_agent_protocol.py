@@ -133,11 +133,17 @@ def test_act_argument_contract():
     # Nested commas stay inside their argument.
     call = parse_action("f(max(1, 2), [3, 4])")
     assert call.positional == ["max(1, 2)", "[3, 4]"]
+    # A thousands separator is read as one when the arguments would not fit otherwise.
+    names = ["value", "from_unit", "to_unit"]
+    assert bind_arguments(parse_action("convert(1,500.5, m, ft)"), names) == {
+        "value": "1,500.5", "from_unit": "m", "to_unit": "ft"}
+    assert bind_arguments(parse_action("f(1,500)"), ["a", "b"]) == {"a": "1", "b": "500"}
 
 
 @pytest.mark.parametrize("action, names", [
     ("not a call (", ["x"]),
     ("f(1, 2, 3)", ["a", "b"]),
+    ("f(1,500, 2,300, 4)", ["a", "b"]),
     ("f({not json})", ["a"]),
     ("f(1, 2", ["a", "b"]),
     ("f(a=1, 2)", ["a", "b"]),
