@@ -46,7 +46,7 @@ browser:
 	    echo "note: chromium is not installed (apt-get install chromium): the chat page's browser test will skip"
 
 test: install browser
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=25
 
 # Both minds' LoRA adapters from scratch: generate the data (seeded), train the two adapters
 # one after the other on all cores (the fast one SFT then DPO on its routing decisions; logs in
