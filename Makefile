@@ -54,7 +54,7 @@ test: install browser
 # agents/default_minds (what `duma chat` runs), then measure them against the untrained model.
 minds: install
 	$(BIN)/duma minds generate --out .duma-minds/data --seed 0
-	@echo "training the fast mind (SFT, then DPO on its routing decisions), then the slow one (about 80 minutes on 2 idle cores)..."
+	@echo "training the fast mind (SFT, then DPO on its routing decisions), then the slow one (about 95 minutes on 2 idle cores)..."
 	$(BIN)/duma train configs/duma-default/fast.yaml --overwrite training.progress=false \
 	    > .duma-minds/fast-train.log 2>&1 || { tail -n 5 .duma-minds/fast-train.log; exit 1; }
 	$(BIN)/duma train configs/duma-default/fast-dpo.yaml --overwrite training.progress=false \
