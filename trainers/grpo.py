@@ -28,7 +28,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -169,6 +170,25 @@ def sampling_seed(seed: int, kind: str, step: int, ids: Sequence[int]) -> int:
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1)
 
 
+@contextmanager
+def sampling_mode(module: Any, seed: int) -> Iterator[None]:
+    """Sample from ``module`` without dropout or gradients, under ``seed``, leaving the global
+    RNG (the training run's, CUDA's included) and the module's train/eval mode as they were."""
+    import torch
+
+    device = next(module.parameters()).device
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        module.train(was_training)
+
+
 def prompt_rows(trainer: Trainer, tokenizer: Any, max_new_tokens: int) -> list[PromptRow]:
     """A trainer's prompt records as rows to sample from (grpo and ppo): the prompt ids from the
     one renderer, cut from the start to leave ``max_new_tokens`` of room in ``data.max_length``."""
@@ -270,19 +290,11 @@ class GRPOTrainer(LoraPolicyTrainer):
             prompt_mask[i * g:(i + 1) * g, width - n:] = 1
         prompts, prompt_mask = prompts.to(device), prompt_mask.to(device)
         stop_ids = self.stop_ids(module)
-        was_training = module.training
-        module.eval()  # no dropout while sampling
-        devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-            if device.type == "cuda" else []
-        try:
-            with torch.no_grad(), torch.random.fork_rng(devices=devices):
-                torch.manual_seed(seed)
-                out = module.generate(input_ids=prompts, attention_mask=prompt_mask, do_sample=True,
-                                      temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                                      max_new_tokens=s.max_new_tokens, min_new_tokens=0,
-                                      eos_token_id=stop_ids, pad_token_id=pad_id, use_cache=True)
-        finally:
-            module.train(was_training)
+        with sampling_mode(module, seed):
+            out = module.generate(input_ids=prompts, attention_mask=prompt_mask, do_sample=True,
+                                  temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                                  max_new_tokens=s.max_new_tokens, min_new_tokens=0,
+                                  eos_token_id=stop_ids, pad_token_id=pad_id, use_cache=True)
         completions = out[:, width:]
         is_stop = torch.isin(completions, torch.tensor(stop_ids, device=completions.device))
         # Through the first stop token (it is trained: the model learns to end); none: all of it.
@@ -325,50 +337,42 @@ class GRPOTrainer(LoraPolicyTrainer):
         eos_text = self.tokenizer.decode(stop_ids[:1])
         runner = self.tool_runner()
         traces: list[tuple[list[int], list[int], list[int], str, bool]] = []
-        was_training = module.training
-        module.eval()
-        devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-            if device.type == "cuda" else []
-        try:
-            with torch.no_grad(), torch.random.fork_rng(devices=devices):
-                torch.manual_seed(seed)
-                for row in rows:
-                    for _ in range(g):
-                        completion: list[int] = []
-                        trained: list[int] = []
-                        parts: list[str] = []
-                        messages = list(row.messages)
-                        ended = False
-                        for _turn in range(s.tool_rounds):
-                            budget = s.max_new_tokens - len(completion)
-                            if budget <= 0:
-                                break
-                            ids = torch.tensor([row.prompt_ids + completion], device=device)
-                            out = module.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                                                  temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                                                  max_new_tokens=budget, min_new_tokens=0, eos_token_id=stop_ids,
-                                                  pad_token_id=pad_id, use_cache=True)
-                            new = out[0, ids.shape[1]:].tolist()
-                            stop = next((i for i, t in enumerate(new) if t in stop_ids), None)
-                            new = new if stop is None else new[:stop + 1]
-                            completion += new
-                            trained += [1] * len(new)
-                            text = self.tokenizer.decode(new if stop is None else new[:-1], skip_special_tokens=True)
-                            parts.append(text.strip())
-                            step = protocol.parse_slow(text)
-                            if stop is None or step.action is None:
-                                ended = stop is not None  # Finish (or garbled): the trace is over
-                                break
-                            observation = protocol.format_observation(runner.run_tool(step.action))
-                            follow = text_after_reply(self.tokenizer, messages, text, observation, eos_text)
-                            follow_ids = self.tokenizer(follow, add_special_tokens=False)["input_ids"]
-                            messages += [{"role": "assistant", "content": text}, {"role": "user", "content": observation}]
-                            completion += follow_ids
-                            trained += [0] * len(follow_ids)
-                            parts.append(observation)
-                        traces.append((row.prompt_ids, completion, trained, "\n".join(parts), ended))
-        finally:
-            module.train(was_training)
+        with sampling_mode(module, seed):
+            for row in rows:
+                for _ in range(g):
+                    completion: list[int] = []
+                    trained: list[int] = []
+                    parts: list[str] = []
+                    messages = list(row.messages)
+                    ended = False
+                    for _turn in range(s.tool_rounds):
+                        budget = s.max_new_tokens - len(completion)
+                        if budget <= 0:
+                            break
+                        ids = torch.tensor([row.prompt_ids + completion], device=device)
+                        out = module.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                              temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                                              max_new_tokens=budget, min_new_tokens=0, eos_token_id=stop_ids,
+                                              pad_token_id=pad_id, use_cache=True)
+                        new = out[0, ids.shape[1]:].tolist()
+                        stop = next((i for i, t in enumerate(new) if t in stop_ids), None)
+                        new = new if stop is None else new[:stop + 1]
+                        completion += new
+                        trained += [1] * len(new)
+                        text = self.tokenizer.decode(new if stop is None else new[:-1], skip_special_tokens=True)
+                        parts.append(text.strip())
+                        step = protocol.parse_slow(text)
+                        if stop is None or step.action is None:
+                            ended = stop is not None  # Finish (or garbled): the trace is over
+                            break
+                        observation = protocol.format_observation(runner.run_tool(step.action))
+                        follow = text_after_reply(self.tokenizer, messages, text, observation, eos_text)
+                        follow_ids = self.tokenizer(follow, add_special_tokens=False)["input_ids"]
+                        messages += [{"role": "assistant", "content": text}, {"role": "user", "content": observation}]
+                        completion += follow_ids
+                        trained += [0] * len(follow_ids)
+                        parts.append(observation)
+                    traces.append((row.prompt_ids, completion, trained, "\n".join(parts), ended))
         width = max(len(r.prompt_ids) for r in rows)
         longest = max(1, max(len(t[1]) for t in traces))
         n = len(traces)
