@@ -102,6 +102,14 @@ def load_tools(config: DumaConfig) -> dict[str, Any]:
     return tools
 
 
+def tool_runner(knowledge_dir: Path | None, *, tool_timeout_s: float = 10.0) -> SlowMind:
+    """A SlowMind without a model over every registered tool (search_knowledge reading
+    ``knowledge_dir``): its ``run_tool`` runs an ``Act[...]`` exactly as the agent's slow mind
+    does, for the data generator and GRPO's tool loop."""
+    tools = load_tools(DumaConfig(agent={"knowledge_dir": knowledge_dir}))
+    return SlowMind(None, tools, tool_timeout_s=tool_timeout_s)  # type: ignore[arg-type]  # run_tool needs no model
+
+
 def model_label(spec: ModelSpec) -> str:
     """How the log names a mind's model: ``model`` or ``model+adapter`` (the shipped minds'
     adapters by name, not by their install path)."""
@@ -519,6 +527,11 @@ class TurnRun:
             # A router that decided "fast" overrides the fast mind's Invoke[...].
             invoke = out.invoke if decision.slow is None else False
             parse_ok, raw, fast_usage, reply = out.parse_ok, out.raw, fast_pass.usage, out.response
+            if not invoke and decision.slow is None and self.cfg.keep_promises and fast_mind.promises_lookup(reply):
+                # The user has just read "let me check": a small fast mind's Invoke[False] after
+                # it is the less reliable half of a contradictory output.
+                invoke = True
+                fast_meta["promise_kept"] = True
             if invoke and not reply:
                 reply = fast_mind.INTERIM_TEMPLATE
                 self._mark_first_token()
@@ -668,4 +681,4 @@ def fallback_reply(slow_done: SlowDone, raw_reply: str) -> str:
     return f"I could not finish looking into this. {result}"
 
 
-__all__ = ["Agent", "Reply", "load_router", "load_tools"]
+__all__ = ["Agent", "Reply", "load_router", "load_tools", "tool_runner"]

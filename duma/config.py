@@ -51,6 +51,9 @@ class AgentConfig(Strict):
     max_slow_steps: int = Field(6, ge=1, le=100)
     slow_step_max_tokens: int = Field(
         160, ge=8, le=4096, description="Cap on tokens the slow mind writes per Reason/Act step.")
+    keep_promises: bool = Field(
+        True, description="Run the slow mind when the fast mind's reply promises to look something up "
+        "or work it out, even if it wrote Invoke[False] (the user was told an answer is coming).")
     slow_timeout_s: float = Field(60.0, gt=0)
     tool_timeout_s: float = Field(10.0, gt=0)
     knowledge_dir: Path | None = Field(None, description="Folder of .txt/.md files to search.")

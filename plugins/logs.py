@@ -27,7 +27,8 @@ is the fast mind's first pass.
 Routing preferences (``--mind fast --format dpo``, added to the pairs above):
 
 * a ``!bad`` reply the fast mind kept fast although it promised a lookup ("Let me check...",
-  ``fast_mind.promises_lookup``): prefer ``Response[<interim>] Invoke[True]`` to what it wrote
+  ``fast_mind.promises_lookup``; only with ``agent.keep_promises`` off, since by default the
+  agent hands such a turn over): prefer ``Response[<interim>] Invoke[True]`` to what it wrote
   (it should have handed the turn to the slow mind; a bad reply without such a promise may be
   bad for any reason, so it makes no routing pair);
 * a ``!good`` final reply of a handoff whose slow mind finished without calling a tool: prefer

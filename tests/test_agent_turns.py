@@ -214,6 +214,26 @@ def test_empty_interim_gets_a_template(tmp_path):
     assert reply.interim == "Let me look into that." and reply.text == "Done."
 
 
+def test_a_promise_with_invoke_false_is_kept(tmp_path):
+    """"Let me check." then Invoke[False]: the slow mind runs anyway (agent.keep_promises),
+    and the log says so; with keep_promises off the turn ends on the promise."""
+    fast = ["Response[Let me check that.] Invoke[False]", "Response[It is 42.] Invoke[False]"]
+    agent = make_agent(tmp_path, fast, ["Reason[Multiply.] Act[calculator(6*7)]", "Finish[42]"])
+    reply = agent.chat("What is six times seven?")
+    assert reply.slow_ran and reply.interim == "Let me check that." and reply.text == "It is 42."
+    interim = agent.log_store.messages(reply.conversation_id)[1]
+    assert interim.meta["kind"] == "interim" and interim.meta["promise_kept"] is True
+    assert interim.meta["raw"] == "Response[Let me check that.] Invoke[False]"
+    (tmp_path / "off").mkdir()
+    (tmp_path / "plain").mkdir()
+    kept_fast = make_agent(tmp_path / "off", fast, config={"agent": {"keep_promises": False}})
+    reply = kept_fast.chat("What is six times seven?")
+    assert not reply.slow_ran and reply.text == "Let me check that."
+    # A reply that promises nothing stays fast.
+    plain = make_agent(tmp_path / "plain", ["Response[Hello!] Invoke[False]"])
+    assert not plain.chat("hi").slow_ran
+
+
 # ------------------------------------------------------------------ routers
 
 class _TestRouter(Router):

@@ -40,7 +40,8 @@ def make_agent(store: LogStore, fast: list[str], slow: list[str] | None = None) 
         """Evaluate an arithmetic expression."""
         return "4"
 
-    return Agent({}, log_store=store, fast_backend=ScriptedBackend(replies=fast),
+    # keep_promises off: the broken-promise export needs a promise the agent kept fast.
+    return Agent({"agent": {"keep_promises": False}}, log_store=store, fast_backend=ScriptedBackend(replies=fast),
                  slow_backend=ScriptedBackend(replies=slow or ["Finish[nothing]"]),
                  tools={"calculator": calculator})
 

@@ -175,6 +175,26 @@ def picked(*ids: str):
     return [chosen[i] for i in ids]
 
 
+def test_measure_counts_the_promises_the_agent_kept():
+    """With the default keep_promises, "Let me check" + Invoke[False] runs the slow mind: no
+    broken promise reaches the user, and the report still counts the fast mind's own."""
+    from duma.plugins.minds.generate import DEFAULT_TODAY, fixed_today, load_generation_tools
+    from duma.plugins.minds.measure import MeasureReport, measure_handwritten, to_markdown
+    from duma.testing import ScriptedBackend
+
+    fast = ScriptedBackend(replies=["Response[Let me check that for you.]\nInvoke[False]",
+                                    "Response[It is 14,463.]\nInvoke[False]",
+                                    "Response[Sure.]\nInvoke[False]", "Response[Great.]\nInvoke[False]"])
+    slow = ScriptedBackend(replies=["Reason[Multiply.]\nAct[calculator(4,821*3)]", "Reason[Done.]\nFinish[14463]"])
+    with fixed_today(DEFAULT_TODAY):
+        hw = measure_handwritten(fast, slow, load_generation_tools(), picked("arith-sep-1"), max_tokens=40)
+    first = hw.results[0]
+    assert first.slow_ran and first.promise_kept and not first.promise_without_invoke and first.correct
+    assert hw.promises_kept == 1 and hw.promises_without_invoke == 0
+    assert "| hand-written: the fast mind's promises with Invoke[False] the agent kept | 1 |" in \
+        to_markdown(MeasureReport(model="scripted", handwritten=hw))
+
+
 def test_measure_counts_routing_answers_promises_and_runaways():
     """Scripted minds with known outputs on four hand-written dialogues (nine turns)."""
     from duma.plugins.minds.generate import DEFAULT_TODAY, fixed_today, load_generation_tools
@@ -202,7 +222,7 @@ def test_measure_counts_routing_answers_promises_and_runaways():
     lines: list[str] = []
     with fixed_today(DEFAULT_TODAY):
         hw = measure_handwritten(fast, slow, load_generation_tools(), chosen, max_tokens=40, file="picked",
-                                 progress=lines.append)
+                                 agent_settings={"keep_promises": False}, progress=lines.append)
     assert len(lines) == hw.turns == 9 and hw.dialogues == 4 and hw.multi_turn_dialogues == 3
     assert (hw.slow_turns, hw.fast_turns) == (3, 6)
     by_id = {r.id: r for r in hw.results}

@@ -310,12 +310,9 @@ class GRPOTrainer(LoraPolicyTrainer):
     def tool_runner(self) -> Any:
         """A model-less SlowMind whose ``run_tool`` runs an action exactly as inference does."""
         if getattr(self, "_tool_runner", None) is None:
-            from duma.agents.agent import load_tools
-            from duma.agents.slow_mind import SlowMind
-            from duma.config import DumaConfig
+            from duma.agents.agent import tool_runner
 
-            tools = load_tools(DumaConfig(agent={"knowledge_dir": self.settings.knowledge_dir}))
-            self._tool_runner = SlowMind(None, tools)  # type: ignore[arg-type]  # run_tool needs no model
+            self._tool_runner = tool_runner(self.settings.knowledge_dir)
         return self._tool_runner
 
     def sample_with_tools(self, engine: Any, rows: Sequence[PromptRow], seed: int) -> dict[str, Any]:

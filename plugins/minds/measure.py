@@ -287,6 +287,9 @@ class HandwrittenTurnResult(BaseModel):
     interim: str | None = None
     correct: bool | None = None  # None: nothing expected of the reply
     promise_without_invoke: bool = False
+    # The fast mind wrote a promise with Invoke[False] and the agent ran the slow mind anyway
+    # (agent.keep_promises): the mind's own broken promise, kept.
+    promise_kept: bool = False
     promise_only_final: bool = False  # the slow mind ran, yet the final reply only promises
     runaway: str | None = None
     first_token_s: float | None = None
@@ -321,6 +324,7 @@ class HandwrittenMetrics(BaseModel):
     correct_share: float | None = None  # all turns with an expected answer
     slow_share: float | None = None  # turns the slow mind ran on
     promises_without_invoke: int = 0
+    promises_kept: int = 0
     promise_only_finals: int = 0
     runaway_replies: int = 0
     slow_steps_cut: int = 0  # slow-mind steps cut at their token cap or by the repetition guard
@@ -471,12 +475,14 @@ def measure_end_to_end(fast: Any, slow: Any, tools: dict[str, Any], turns: list[
 
 # --------------------------------------------------------------------------- hand-written set: measuring
 
-def handwritten_agent_config(max_tokens: int = HANDWRITTEN_MAX_TOKENS) -> dict[str, Any]:
+def handwritten_agent_config(max_tokens: int = HANDWRITTEN_MAX_TOKENS,
+                             agent: dict[str, Any] | None = None) -> dict[str, Any]:
     """The agent as ``duma chat`` runs the shipped minds: the duma router and every default of
-    ``agent`` (6 slow steps, 60 s, 160 tokens a step, 20 turns of memory), greedy replies of at
-    most ``max_tokens`` tokens with the repetition guard; the knowledge base is the examples."""
+    ``agent`` (6 slow steps, 60 s, 160 tokens a step, 20 turns of memory, promises kept),
+    greedy replies of at most ``max_tokens`` tokens with the repetition guard; the knowledge
+    base is the examples. ``agent``: settings that replace those defaults."""
     return {"model": {"options": {"max_tokens": max_tokens}},
-            "agent": {"mode": "duma", "router": "duma", "knowledge_dir": str(KNOWLEDGE_DIR)}}
+            "agent": {"mode": "duma", "router": "duma", "knowledge_dir": str(KNOWLEDGE_DIR), **(agent or {})}}
 
 
 def judge_turn(result: HandwrittenTurnResult, turn: HandwrittenTurn) -> HandwrittenTurnResult:
@@ -541,6 +547,7 @@ def summarise_handwritten(results: list[HandwrittenTurnResult], dialogues: Seque
         correct_share=_share(sum(bool(r.correct) for r in judged), len(judged)),
         slow_share=_share(len(slow_path), len(results)),
         promises_without_invoke=sum(r.promise_without_invoke for r in results),
+        promises_kept=sum(r.promise_kept for r in results),
         promise_only_finals=sum(r.promise_only_final for r in results),
         runaway_replies=sum(r.runaway is not None for r in results),
         slow_steps_cut=slow_steps_cut,
@@ -554,8 +561,21 @@ def summarise_handwritten(results: list[HandwrittenTurnResult], dialogues: Seque
         failures=[r for r in results if r.problems], results=results)
 
 
+def broke_promise(first_pass: Sequence[GenerationRecord]) -> bool:
+    """Whether the fast mind's first pass (its record, opener prefilled or not) promised a
+    lookup and wrote Invoke[False]."""
+    from duma.agents import protocol
+
+    if not first_pass:
+        return False
+    text = first_pass[0].text
+    out = protocol.parse_fast(text if text.lstrip().startswith(protocol.RESPONSE_OPEN) else protocol.RESPONSE_OPEN + text)
+    return out.parse_ok and not out.invoke and promises(out.response)
+
+
 def measure_handwritten(fast: Any, slow: Any, tools: dict[str, Any], dialogues: Sequence[HandwrittenDialogue],
                         max_tokens: int = HANDWRITTEN_MAX_TOKENS, *, file: str = "", today: str = DEFAULT_TODAY,
+                        agent_settings: dict[str, Any] | None = None,
                         progress: Callable[[str], None] | None = None) -> HandwrittenMetrics:
     """The real Agent (:func:`handwritten_agent_config`) over each hand-written dialogue, turn by
     turn, in a conversation of its own. The date tools' clock must be fixed to ``today`` by
@@ -564,7 +584,7 @@ def measure_handwritten(fast: Any, slow: Any, tools: dict[str, Any], dialogues: 
     from duma.errors import DumaError
 
     fast_rec, slow_rec = RecordingBackend(fast, "fast"), RecordingBackend(slow, "slow")
-    agent = Agent(handwritten_agent_config(max_tokens), log=False, fast_backend=fast_rec,  # type: ignore[arg-type]
+    agent = Agent(handwritten_agent_config(max_tokens, agent_settings), log=False, fast_backend=fast_rec,  # type: ignore[arg-type]
                   slow_backend=slow_rec, tools=tools)  # type: ignore[arg-type]
     results: list[HandwrittenTurnResult] = []
     slow_steps_cut = 0
@@ -584,6 +604,7 @@ def measure_handwritten(fast: Any, slow: Any, tools: dict[str, Any], dialogues: 
                 result.slow_ran, result.reply, result.interim = reply.slow_ran, reply.text, reply.interim
                 result.first_token_s, result.total_s = reply.first_token_s, reply.total_s
             result.runaway = runaway_reason(fast_rec.records[fast_start:])
+            result.promise_kept = bool(result.slow_ran) and broke_promise(fast_rec.records[fast_start:fast_start + 1])
             slow_steps_cut += sum(r.at_cap or r.repeated for r in slow_rec.records[slow_start:])
             results.append(judge_turn(result, turn))
             if progress is not None:
@@ -739,6 +760,7 @@ def _handwritten_rows(hw: HandwrittenMetrics) -> list[tuple[str, float | int | s
         ("hand-written: all turns with an expected answer: correct", hw.correct_share),
         ("hand-written: share of turns sent to the slow mind", hw.slow_share),
         ("hand-written: promises without an invoke (goal 0)", hw.promises_without_invoke),
+        ("hand-written: the fast mind's promises with Invoke[False] the agent kept", hw.promises_kept),
         ("hand-written: final replies that only promise", hw.promise_only_finals),
         ("hand-written: runaway replies (goal 0)", hw.runaway_replies),
         ("hand-written: slow-mind steps cut (token cap or repetition)", hw.slow_steps_cut),
