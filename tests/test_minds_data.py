@@ -66,10 +66,10 @@ def test_splits_hold_out_whole_templates(data):
 
 def test_slow_observations_equal_rerunning_the_tools(data):
     from duma.agents import protocol
-    from duma.plugins.minds.generate import DEFAULT_TODAY, fixed_today, load_generation_tools, tool_runner
+    from duma.plugins.minds.generate import DEFAULT_TODAY, fixed_today, generation_tool_runner
 
     with fixed_today(DEFAULT_TODAY):
-        runner = tool_runner(load_generation_tools())
+        runner = generation_tool_runner()
         records = read(data / "slow_train.jsonl") + read(data / "slow_eval.jsonl")
         errors = 0
         for r in records:
@@ -435,8 +435,8 @@ def test_general_replies_are_distilled_once_and_reused(tiny_model, tmp_path, mon
 
 def test_invoke_pairs_oppose_each_routing_decision_with_the_other(data):
     """fast_invoke_pairs.jsonl (the DPO stage after SFT): one pair per first pass of a turn in
-    fast_train, chosen as trained, rejected with the other decision; the preference source
-    reads it."""
+    fast_train, chosen as trained, rejected as the same reply with the other decision (only the
+    decision differs); the preference source reads it."""
     from duma.agents import fast_mind, protocol
     from duma.data import iter_records
 
@@ -447,10 +447,10 @@ def test_invoke_pairs_oppose_each_routing_decision_with_the_other(data):
     for pair in pairs:
         chosen, rejected = protocol.parse_fast(pair["chosen"]), protocol.parse_fast(pair["rejected"])
         assert chosen.invoke != rejected.invoke and pair["messages"][-1]["content"].startswith("User[")
-        if chosen.invoke:  # the same interim, kept as a promise that no slow mind follows
-            assert rejected.response == chosen.response and fast_mind.promises_lookup(rejected.response)
-        else:
-            assert fast_mind.promises_lookup(rejected.response)
+        assert rejected.response == chosen.response
+        # A handoff's interim promises a look-up (kept with Invoke[False], a promise no slow mind
+        # follows); a direct reply does not (with Invoke[True], a needless handoff).
+        assert fast_mind.promises_lookup(chosen.response) == chosen.invoke
     assert {p.chosen for p in iter_records("preference", [data / "fast_invoke_pairs.jsonl"])} == \
         {p["chosen"] for p in pairs}
 

@@ -38,6 +38,8 @@ from .templates import (
     FOLLOWUPS,
     GENERAL_HELD,
     GENERAL_PROMPTS,
+    GENERAL_ZH,
+    GENERAL_ZH_HELD,
     INTERIMS,
     NUMBER_FOLLOWUPS,
     SIMPLE_QA,
@@ -106,19 +108,16 @@ def fixed_today(today: str) -> Iterator[None]:
 
 def load_generation_tools(knowledge_dir: Path = KNOWLEDGE_DIR) -> dict[str, Any]:
     """The registered tools, as the agent loads them, with search_knowledge over the examples."""
-    from duma.agents.agent import load_tools
-    from duma.config import DumaConfig
-
-    return load_tools(DumaConfig(agent={"knowledge_dir": knowledge_dir}))
+    return generation_tool_runner(knowledge_dir).tools
 
 
-def tool_runner(tools: dict[str, Any]) -> SlowMind:
-    """A SlowMind without a model: its ``run_tool`` runs actions exactly as inference does."""
-    from duma.agents.slow_mind import SlowMind
+def generation_tool_runner(knowledge_dir: Path = KNOWLEDGE_DIR) -> SlowMind:
+    """The runner whose observations the traces hold (``SlowMind.run_tool``, as inference)."""
+    from duma.agents.agent import tool_runner
 
     # A generous tool timeout: building the knowledge index on a busy machine must not turn
     # into a timed-out observation in the data (the observations are otherwise identical).
-    return SlowMind(None, tools, tool_timeout_s=300.0)  # type: ignore[arg-type]  # run_tool never touches the backend
+    return tool_runner(knowledge_dir, tool_timeout_s=300.0)
 
 
 # --------------------------------------------------------------------------- template pools
@@ -418,14 +417,16 @@ _CHAT_WEIGHTS = {"first": {"greet": 5, "smalltalk": 4, "thanks": 0.5, "bye": 0.5
 
 def _turn_weights(state: DialogueState, first: bool, has_general: bool) -> dict[str, float]:
     after_slow = state.previous in ("slow", "newcalc")
+    # Direct turns outnumber slow ones (a fast mind trained on 43% slow turns, then DPO, sent
+    # 84% of real users' turns, small talk included, to the slow mind).
     if first:
-        weights = {"slow": 0.44, "chat": 0.14, "joke": 0.06, "writing": 0.07, "general": 0.20, "simple": 0.09}
+        weights = {"slow": 0.36, "chat": 0.18, "joke": 0.06, "writing": 0.08, "general": 0.22, "simple": 0.10}
     elif after_slow:
-        weights = {"slow": 0.18, "newcalc": 0.30, "recall": 0.15, "ack": 0.12, "chat": 0.09, "joke": 0.03,
+        weights = {"slow": 0.14, "newcalc": 0.22, "recall": 0.15, "ack": 0.20, "chat": 0.13, "joke": 0.03,
                    "writing": 0.03, "general": 0.06, "simple": 0.04}
     else:
-        weights = {"slow": 0.42, "recall": 0.04 if state.last_slow else 0, "ack": 0.08, "chat": 0.08, "joke": 0.06,
-                   "writing": 0.06, "general": 0.16, "simple": 0.08}
+        weights = {"slow": 0.34, "recall": 0.04 if state.last_slow else 0, "ack": 0.10, "chat": 0.12, "joke": 0.06,
+                   "writing": 0.06, "general": 0.18, "simple": 0.10}
     if not has_general:  # its share goes to the other direct replies
         extra = weights.pop("general", 0) / 4
         for kind in ("chat", "joke", "writing", "simple"):
@@ -454,7 +455,7 @@ def _direct(template: str, text: str, reply: str, expected: str, kind: str) -> T
 def _draw_turn(rng: random.Random, split: str, lang: str, pools: TemplatePools, runner: SlowMind,
                state: DialogueState, first: bool, general: dict[int, str], last_turn: bool = False) -> Turn:
     general_pool = [i for i in general if (i >= len(GENERAL_PROMPTS) - GENERAL_HELD) == (split == "eval")]
-    weights = _turn_weights(state, first, bool(general_pool) and lang == "en")
+    weights = _turn_weights(state, first, bool(general_pool) or lang == "zh")
     kind = rng.choices(list(weights), list(weights.values()))[0]
     last = state.last_slow
     if kind == "newcalc" and last is not None:
@@ -497,6 +498,10 @@ def _draw_turn(rng: random.Random, split: str, lang: str, pools: TemplatePools, 
         i = rng.choice(_pool_indices(len(WRITING[lang]), WRITING_HELD[lang], split))
         prompt, reply = WRITING[lang][i]
         return _direct(f"writing/{lang}{i}", prompt, reply, "", "writing")
+    if kind == "general" and lang == "zh":
+        i = rng.choice(_pool_indices(len(GENERAL_ZH), GENERAL_ZH_HELD, split))
+        prompt, reply = GENERAL_ZH[i]
+        return _direct(f"general/zh{i}", prompt, reply, "", "general")
     if kind == "general" and general_pool:
         i = rng.choice(general_pool)
         return _direct(f"general/en{i}", GENERAL_PROMPTS[i], general[i], "", "general")
@@ -639,9 +644,11 @@ def _invoke_share(records: list[dict[str, Any]]) -> float:
 def invoke_pairs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The fast mind's routing decisions as preference pairs (data source ``preference``, for
     ``method: dpo`` after SFT): at each first pass of a turn, the right output against the same
-    reply with the other decision. A handoff's interim with ``Invoke[False]`` is the promise
-    never kept; a direct reply's alternative is the interim with ``Invoke[True]``."""
-    from duma.agents import fast_mind, protocol
+    reply with the other decision, so that only the decision differs. A handoff's interim with
+    ``Invoke[False]`` is the promise never kept; a direct reply with ``Invoke[True]`` is the
+    needless handoff. (Opposing a direct reply to a fixed interim taught the cheaper lesson
+    "not that interim" and pushed every decision towards Invoke[True].)"""
+    from duma.agents import protocol
 
     pairs = []
     for record in records:
@@ -652,10 +659,8 @@ def invoke_pairs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out = protocol.parse_fast(message["content"])
             if not out.parse_ok:
                 continue
-            interim = INTERIMS["zh"][0] if _is_zh(messages[i - 1]["content"]) else fast_mind.INTERIM_TEMPLATE
-            other = (out.response if out.invoke else interim, not out.invoke)
             pairs.append({"messages": messages[:i], "chosen": message["content"],
-                          "rejected": protocol.format_fast_output(*other)})
+                          "rejected": protocol.format_fast_output(out.response, not out.invoke)})
     return pairs
 
 
@@ -678,8 +683,7 @@ def generate(out: Path, seed: int = 0, n_fast: int = 700, n_slow: int = 800, eva
                           followup=_template_pools(FOLLOWUP_FAMILIES))
     replies = distill_general(out, general, general_model, general_backend, progress=progress) if general else {}
     with fixed_today(today):
-        tools = load_generation_tools(knowledge_dir)
-        runner = tool_runner(tools)
+        runner = generation_tool_runner(knowledge_dir)
         fast_system = fast_mind.fast_system_prompt(None, None)
         # Separate streams: changing --fast does not change the slow traces.
         slow_train, slow_eval = generate_slow(random.Random(f"{seed}-slow"), n_slow, eval_fraction, pools,
