@@ -43,8 +43,8 @@ README_COMMANDS: dict[str, tuple[str | None, str | None]] = {
     'duma logs list': (None, None),
     # The ratings loop: two sampled replies to one question, rated; their DPO pair trains the
     # shipped fast mind, shipped into a folder of the workspace (never the package's own).
-    "printf 'Write a one-line slogan for a tea shop.\\n!good\\n' | duma chat -o temperature 1 -o seed 1":
-        ("duma chat -o temperature 1 -o seed 1", "Write a one-line slogan for a tea shop.\n!good\n"),
+    "printf 'Write a one-line slogan for a tea shop.\\n!good\\n' | duma chat -o temperature 1 -o seed 4":
+        ("duma chat -o temperature 1 -o seed 4", "Write a one-line slogan for a tea shop.\n!good\n"),
     "printf 'Write a one-line slogan for a tea shop.\\n!bad too plain\\n' | duma chat -o temperature 1 -o seed 2":
         ("duma chat -o temperature 1 -o seed 2", "Write a one-line slogan for a tea shop.\n!bad too plain\n"),
     'duma logs export --format dpo --mind fast --out fast-pairs.jsonl': (None, None),
