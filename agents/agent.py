@@ -510,6 +510,7 @@ class TurnRun:
             yield notice
 
         fast_meta: dict[str, Any] = {"router": self.agent.router_name, "router_score": decision.score}
+        promise_kept = False
         if decision.slow is True:
             # The router already chose the slow mind: a fixed interim reply, no model call.
             interim = fast_mind.INTERIM_TEMPLATE
@@ -527,9 +528,11 @@ class TurnRun:
             # A router that decided "fast" overrides the fast mind's Invoke[...].
             invoke = out.invoke if decision.slow is None else False
             parse_ok, raw, fast_usage, reply = out.parse_ok, out.raw, fast_pass.usage, out.response
-            if not invoke and decision.slow is None and self.cfg.keep_promises and fast_mind.promises_lookup(reply):
-                # The user has just read "let me check": a small fast mind's Invoke[False] after
-                # it is the less reliable half of a contradictory output.
+            # The user has just read "let me check": a small fast mind's Invoke[False] after it
+            # is the less reliable half of a contradictory output.
+            promise_kept = not invoke and decision.slow is None and self.cfg.keep_promises \
+                and fast_mind.promises_lookup(reply)
+            if promise_kept:
                 invoke = True
                 fast_meta["promise_kept"] = True
             if invoke and not reply:
@@ -542,8 +545,8 @@ class TurnRun:
                 yield FastToken(conversation_id=cid, text=reply)
         self._add_usage(fast_usage)
         yield FastDone(conversation_id=cid, text=reply, invoke=invoke, router=self.agent.router_name,
-                       router_score=decision.score, parse_ok=parse_ok, raw=raw, usage=fast_usage,
-                       first_token_s=self.first_token_s)
+                       router_score=decision.score, parse_ok=parse_ok, raw=raw, promise_kept=promise_kept,
+                       usage=fast_usage, first_token_s=self.first_token_s)
         fast_meta.update(invoke=invoke, parse_ok=parse_ok, raw=raw)
 
         if not invoke:

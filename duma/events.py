@@ -38,6 +38,8 @@ class FastDone(_Event):
     router_score: float | None = None
     parse_ok: bool = True
     raw: str | None = Field(None, description="The fast mind's raw output, protocol included.")
+    promise_kept: bool = Field(False, description="The reply promised a lookup after Invoke[False] and the "
+                               "agent invoked the slow mind anyway (agent.keep_promises).")
     usage: Usage = Field(default_factory=Usage)
     first_token_s: float | None = None
 

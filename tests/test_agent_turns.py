@@ -224,6 +224,7 @@ def test_a_promise_with_invoke_false_is_kept(tmp_path):
     interim = agent.log_store.messages(reply.conversation_id)[1]
     assert interim.meta["kind"] == "interim" and interim.meta["promise_kept"] is True
     assert interim.meta["raw"] == "Response[Let me check that.] Invoke[False]"
+    assert next(e for e in reply.events if e.type == "fast_done").promise_kept
     (tmp_path / "off").mkdir()
     (tmp_path / "plain").mkdir()
     kept_fast = make_agent(tmp_path / "off", fast, config={"agent": {"keep_promises": False}})

@@ -561,18 +561,6 @@ def summarise_handwritten(results: list[HandwrittenTurnResult], dialogues: Seque
         failures=[r for r in results if r.problems], results=results)
 
 
-def broke_promise(first_pass: Sequence[GenerationRecord]) -> bool:
-    """Whether the fast mind's first pass (its record, opener prefilled or not) promised a
-    lookup and wrote Invoke[False]."""
-    from duma.agents import protocol
-
-    if not first_pass:
-        return False
-    text = first_pass[0].text
-    out = protocol.parse_fast(text if text.lstrip().startswith(protocol.RESPONSE_OPEN) else protocol.RESPONSE_OPEN + text)
-    return out.parse_ok and not out.invoke and promises(out.response)
-
-
 def measure_handwritten(fast: Any, slow: Any, tools: dict[str, Any], dialogues: Sequence[HandwrittenDialogue],
                         max_tokens: int = HANDWRITTEN_MAX_TOKENS, *, file: str = "", today: str = DEFAULT_TODAY,
                         agent_settings: dict[str, Any] | None = None,
@@ -582,6 +570,7 @@ def measure_handwritten(fast: Any, slow: Any, tools: dict[str, Any], dialogues: 
     the caller (:func:`measure` does it)."""
     from duma.agents import Agent
     from duma.errors import DumaError
+    from duma.events import FastDone
 
     fast_rec, slow_rec = RecordingBackend(fast, "fast"), RecordingBackend(slow, "slow")
     agent = Agent(handwritten_agent_config(max_tokens, agent_settings), log=False, fast_backend=fast_rec,  # type: ignore[arg-type]
@@ -603,8 +592,8 @@ def measure_handwritten(fast: Any, slow: Any, tools: dict[str, Any], dialogues: 
             else:
                 result.slow_ran, result.reply, result.interim = reply.slow_ran, reply.text, reply.interim
                 result.first_token_s, result.total_s = reply.first_token_s, reply.total_s
+                result.promise_kept = any(isinstance(e, FastDone) and e.promise_kept for e in reply.events)
             result.runaway = runaway_reason(fast_rec.records[fast_start:])
-            result.promise_kept = bool(result.slow_ran) and broke_promise(fast_rec.records[fast_start:fast_start + 1])
             slow_steps_cut += sum(r.at_cap or r.repeated for r in slow_rec.records[slow_start:])
             results.append(judge_turn(result, turn))
             if progress is not None:
