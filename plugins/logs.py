@@ -33,7 +33,11 @@ Routing preferences (``--mind fast --format dpo``, added to the pairs above):
   bad for any reason, so it makes no routing pair);
 * a ``!good`` final reply of a handoff whose slow mind finished without calling a tool: prefer
   answering at once (``Response[final] Invoke[False]``) to the handoff (the answer needed no
-  lookup, so the slow mind was invoked for nothing).
+  lookup, so the slow mind was invoked for nothing);
+* a ``!good`` final reply of a handoff the agent made only to keep the fast mind's promise
+  (``agent.keep_promises``: the interim promised a lookup but the fast mind wrote
+  ``Invoke[False]``): prefer ``Response[<interim>] Invoke[True]`` to the fast mind's own
+  ``Response[<interim>] Invoke[False]`` (the user liked the answer the handoff brought).
 """
 
 from __future__ import annotations
@@ -254,6 +258,7 @@ class RatedReply:
     first_pass: list[dict[str, str]] | None = None  # --mind fast, a handoff's final: the first pass
     interim: str | None = None  # --mind fast, a handoff's final: the interim reply
     tool_free: bool = False  # a handoff whose slow mind finished without calling a tool
+    promise_kept: bool = False  # a handoff the agent made to keep the interim's promise
 
 
 def parse_since(value: str | None) -> float | None:
@@ -321,7 +326,8 @@ def rated_replies(store: LogStore, config: DumaConfig, *, mind: str = "plain",
             tool_free = bool(slow.meta.get("finished")) and not any(
                 step.get("action") for step in slow.meta.get("trace") or [])
             out.append(RatedReply(rating, message, context, protocol.format_fast_output(message.content, False),
-                                  first_pass=first_pass, interim=interim.content, tool_free=tool_free))
+                                  first_pass=first_pass, interim=interim.content, tool_free=tool_free,
+                                  promise_kept=bool(interim.meta.get("promise_kept"))))
         else:
             out.append(RatedReply(rating, message, first_pass, protocol.format_fast_output(message.content, False)))
     return out
@@ -362,8 +368,12 @@ def export_records(replies: Sequence[RatedReply], fmt: str, mind: str) -> list[d
                 and not meta.get("plain")
             if r.rating.score < 0 and kept_fast and fast_mind.promises_lookup(r.message.content):
                 pair(r.context, protocol.format_fast_output(fast_mind.INTERIM_TEMPLATE, True), r.completion)
-            elif r.rating.score > 0 and r.tool_free and r.first_pass is not None and r.interim is not None:
-                pair(r.first_pass, r.completion, protocol.format_fast_output(r.interim, True))
+            elif r.rating.score > 0 and r.first_pass is not None and r.interim is not None:
+                if r.tool_free:
+                    pair(r.first_pass, r.completion, protocol.format_fast_output(r.interim, True))
+                elif r.promise_kept:
+                    pair(r.first_pass, protocol.format_fast_output(r.interim, True),
+                         protocol.format_fast_output(r.interim, False))
     return records
 
 

@@ -321,6 +321,37 @@ def test_export_for_the_fast_mind_with_routing_preferences(rated_log: dict, tmp_
     assert pairs[2]["messages"][-1] == {"role": "user", "content": "User[Colour of the sky?]"}
 
 
+def test_export_for_the_fast_mind_prefers_a_kept_promise_the_user_liked(duma_home: Path, tmp_path: Path) -> None:
+    from langchain_core.tools import tool
+
+    @tool
+    def calculator(expression: str) -> str:
+        """Evaluate an arithmetic expression."""
+        return "4"
+
+    duma_home.mkdir(parents=True, exist_ok=True)
+    store = LogStore(duma_home / "logs.db")
+    # keep_promises on (the default): the fast mind promised a lookup but wrote Invoke[False].
+    fast = ScriptedBackend(replies=["Response[Let me work that out.] Invoke[False]", "Response[It is 4.] Invoke[False]",
+                                    "Response[Let me check.] Invoke[False]", "Response[Still 4.] Invoke[False]"])
+    agent = Agent({}, log_store=store, fast_backend=fast, tools={"calculator": calculator},
+                  slow_backend=ScriptedBackend(replies=["Reason[Add.] Act[calculator(2+2)]", "Finish[4]"] * 2))
+    liked = agent.chat("What is 2+2?")
+    assert liked.slow_ran and liked.text == "It is 4."
+    agent.feedback(liked.conversation_id, "good")
+    disliked = agent.chat("What is 2+2, again?")
+    agent.feedback(disliked.conversation_id, "bad")  # a bad answer says nothing about the routing
+    store.close()
+
+    out = tmp_path / "fast-dpo.jsonl"
+    code, _, err = export("--format", "dpo", "--mind", "fast", "--out", str(out))
+    assert code == 0, err
+    [pair] = read_jsonl(out)
+    assert pair == {"messages": [m.model_dump() for m in fast.calls[0]],
+                    "chosen": "Response[Let me work that out.]\nInvoke[True]",
+                    "rejected": "Response[Let me work that out.]\nInvoke[False]"}
+
+
 def test_export_since_and_bad_options(rated_log: dict, tmp_path: Path) -> None:
     out = tmp_path / "later.jsonl"
     code, stdout, err = export("--format", "kto", "--since", "2999-01-01", "--out", str(out))
