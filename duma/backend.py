@@ -358,10 +358,12 @@ class StopFilter:
 
 class RepetitionGuard:
     """Spots a model caught in a loop: the end of its text is one stretch of 8 to 300
-    characters repeated ``max_repeats`` times in a row (a line written over and over, or
-    "I checked: I checked: ..."). Shorter repeats ("ha ha ha") are left alone."""
+    columns repeated ``max_repeats`` times in a row (a line written over and over, or
+    "I checked: I checked: ..."). A wide character (Chinese, Japanese, Korean) takes two
+    columns, so a loop of four such characters is caught; shorter repeats ("ha ha ha") are
+    left alone."""
 
-    MIN_PERIOD = 8
+    MIN_WIDTH = 8
     MAX_PERIOD = 300
 
     def __init__(self, max_repeats: int | None) -> None:
@@ -384,13 +386,22 @@ class RepetitionGuard:
     def _loop_period(self) -> int | None:
         k = self.max_repeats or 1
         tail = self.text[-k * self.MAX_PERIOD:]
-        for period in range(self.MIN_PERIOD, len(tail) // k + 1):
+        for period in range(1, len(tail) // k + 1):
             unit = tail[-period:]
+            if not tail.endswith(unit * k) or _display_width(unit) < self.MIN_WIDTH:
+                continue
             # A unit that is itself a short repeat ("----", "ha ha ") is a rule line or
             # laughter, not a loop.
-            if unit.strip() and (unit + unit).find(unit, 1) == period and tail.endswith(unit * k):
+            if unit.strip() and (unit + unit).find(unit, 1) == period:
                 return period
         return None
+
+
+def _display_width(text: str) -> int:
+    """Terminal columns: two for a wide or full-width character, one for any other."""
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
 
 def stream_guarded(backend: Backend, messages: Sequence[Message], options: GenerationOptions, *,

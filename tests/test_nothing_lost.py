@@ -299,6 +299,8 @@ def test_the_repetition_guard_leaves_rules_and_laughter_alone():
 
     assert not loops("-" * 100) and not loops("ha " * 40) and not loops("=" * 80)
     assert loops("I checked: " * 10) and loops("Paris is the capital.\n" * 6)
+    # Four Chinese characters are a phrase, not laughter: "聊天查查，" written over and over.
+    assert loops("我是一个助手，可以帮你" + "聊天查查，" * 8) and not loops("哈哈" * 40)
 
 
 def test_a_log_folder_that_cannot_be_made_is_a_one_line_error_with_the_cause(tmp_path):
