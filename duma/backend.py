@@ -12,6 +12,7 @@ from collections.abc import Callable, Collection, Container, Iterator, Sequence
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from rich.cells import cell_len
 
 from duma.errors import ConfigError, format_validation_error
 from duma.types import Completion, GenerationChunk, GenerationOptions, Message, ModelSpec, Timings, Usage
@@ -388,20 +389,13 @@ class RepetitionGuard:
         tail = self.text[-k * self.MAX_PERIOD:]
         for period in range(1, len(tail) // k + 1):
             unit = tail[-period:]
-            if not tail.endswith(unit * k) or _display_width(unit) < self.MIN_WIDTH:
+            if not tail.endswith(unit * k) or cell_len(unit) < self.MIN_WIDTH:
                 continue
             # A unit that is itself a short repeat ("----", "ha ha ") is a rule line or
             # laughter, not a loop.
             if unit.strip() and (unit + unit).find(unit, 1) == period:
                 return period
         return None
-
-
-def _display_width(text: str) -> int:
-    """Terminal columns: two for a wide or full-width character, one for any other."""
-    import unicodedata
-
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
 
 def stream_guarded(backend: Backend, messages: Sequence[Message], options: GenerationOptions, *,

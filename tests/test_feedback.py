@@ -32,7 +32,8 @@ CREATE INDEX messages_by_conversation ON messages(conversation_id, id);
 """
 
 
-def make_agent(store: LogStore, fast: list[str], slow: list[str] | None = None) -> Agent:
+def make_agent(store: LogStore, fast: list[str], slow: list[str] | None = None, *,
+               keep_promises: bool = False) -> Agent:
     from langchain_core.tools import tool
 
     @tool
@@ -40,8 +41,8 @@ def make_agent(store: LogStore, fast: list[str], slow: list[str] | None = None) 
         """Evaluate an arithmetic expression."""
         return "4"
 
-    # keep_promises off: the broken-promise export needs a promise the agent kept fast.
-    return Agent({"agent": {"keep_promises": False}}, log_store=store, fast_backend=ScriptedBackend(replies=fast),
+    # keep_promises off by default: the broken-promise export needs a promise the agent kept fast.
+    return Agent({"agent": {"keep_promises": keep_promises}}, log_store=store, fast_backend=ScriptedBackend(replies=fast),
                  slow_backend=ScriptedBackend(replies=slow or ["Finish[nothing]"]),
                  tools={"calculator": calculator})
 
@@ -322,20 +323,12 @@ def test_export_for_the_fast_mind_with_routing_preferences(rated_log: dict, tmp_
 
 
 def test_export_for_the_fast_mind_prefers_a_kept_promise_the_user_liked(duma_home: Path, tmp_path: Path) -> None:
-    from langchain_core.tools import tool
-
-    @tool
-    def calculator(expression: str) -> str:
-        """Evaluate an arithmetic expression."""
-        return "4"
-
     duma_home.mkdir(parents=True, exist_ok=True)
     store = LogStore(duma_home / "logs.db")
     # keep_promises on (the default): the fast mind promised a lookup but wrote Invoke[False].
-    fast = ScriptedBackend(replies=["Response[Let me work that out.] Invoke[False]", "Response[It is 4.] Invoke[False]",
-                                    "Response[Let me check.] Invoke[False]", "Response[Still 4.] Invoke[False]"])
-    agent = Agent({}, log_store=store, fast_backend=fast, tools={"calculator": calculator},
-                  slow_backend=ScriptedBackend(replies=["Reason[Add.] Act[calculator(2+2)]", "Finish[4]"] * 2))
+    agent = make_agent(store, ["Response[Let me work that out.] Invoke[False]", "Response[It is 4.] Invoke[False]",
+                               "Response[Let me check.] Invoke[False]", "Response[Still 4.] Invoke[False]"],
+                       ["Reason[Add.] Act[calculator(2+2)]", "Finish[4]"] * 2, keep_promises=True)
     liked = agent.chat("What is 2+2?")
     assert liked.slow_ran and liked.text == "It is 4."
     agent.feedback(liked.conversation_id, "good")
@@ -347,7 +340,7 @@ def test_export_for_the_fast_mind_prefers_a_kept_promise_the_user_liked(duma_hom
     code, _, err = export("--format", "dpo", "--mind", "fast", "--out", str(out))
     assert code == 0, err
     [pair] = read_jsonl(out)
-    assert pair == {"messages": [m.model_dump() for m in fast.calls[0]],
+    assert pair == {"messages": [m.model_dump() for m in agent.fast_backend.calls[0]],
                     "chosen": "Response[Let me work that out.]\nInvoke[True]",
                     "rejected": "Response[Let me work that out.]\nInvoke[False]"}
 
