@@ -358,11 +358,11 @@ class StopFilter:
 
 
 class RepetitionGuard:
-    """Spots a model caught in a loop: the end of its text is one stretch of 8 to 300
-    columns repeated ``max_repeats`` times in a row (a line written over and over, or
-    "I checked: I checked: ..."). A wide character (Chinese, Japanese, Korean) takes two
-    columns, so a loop of four such characters is caught; shorter repeats ("ha ha ha") are
-    left alone."""
+    """Spots a model caught in a loop: the end of its text is one stretch (at least 8 columns
+    wide, at most 300 characters long) repeated ``max_repeats`` times in a row (a line
+    written over and over, or "I checked: I checked: ..."). A wide character (Chinese,
+    Japanese, Korean) takes two columns, so a loop of four such characters is caught;
+    shorter repeats ("ha ha ha") are left alone."""
 
     MIN_WIDTH = 8
     MAX_PERIOD = 300
