@@ -52,15 +52,15 @@ test: install browser
 # side by side, each on half the cores (logs in .duma-minds/*-train.log), ship them into
 # agents/default_minds (what `duma chat` runs), then measure them against the untrained model
 # and on the hand-written set. Two runs of one thread each train here as fast as one run of two
-# threads: side by side, the whole takes the slow mind's time (about 2 h 15 min on 2
-# cores) instead of the sum (about 3 h 20 min). The DPO and GRPO stages (configs/duma-default/fast-dpo.yaml,
+# threads: side by side, the whole takes the slow mind's time (about 2 h 30 min on 2
+# cores) instead of the sum (about 3 h 40 min). The DPO and GRPO stages (configs/duma-default/fast-dpo.yaml,
 # slow-grpo.yaml) are not part of it: see docs/minds.md for what they did.
 HALF_CORES := $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 1 ? n / 2 : 1 )))
 TRAIN = $(BIN)/duma train --overwrite
 TRAIN_SET = training.progress=false training.threads=$(HALF_CORES)
 minds: install
 	$(BIN)/duma minds generate --out .duma-minds/data --seed 0
-	@echo "training the fast mind beside the slow one (about 2 h 15 min on 2 idle cores)..."
+	@echo "training the fast mind beside the slow one (about 2 h 30 min on 2 idle cores)..."
 	@$(TRAIN) configs/duma-default/fast.yaml $(TRAIN_SET) > .duma-minds/fast-train.log 2>&1 & fast=$$!; \
 	$(TRAIN) configs/duma-default/slow.yaml $(TRAIN_SET) > .duma-minds/slow-train.log 2>&1; slow=$$?; \
 	wait $$fast; fast=$$?; \

@@ -468,3 +468,37 @@ def test_slow_prompts_are_the_traces_questions_with_their_answers(data):
         assert [m.model_dump() for m in prompt.messages] == trace["messages"][:2]
         finish = trace["messages"][-1]["content"].split("Finish[", 1)[1]
         assert finish_holds(finish, prompt.answer)
+
+
+def test_dates_relative_to_today_start_from_the_today_tool():
+    """"90 days from today", "days ago", "until Christmas", a deadline: the trace calls today()
+    and computes from its observation; a named holiday's date is written out before its weekday."""
+    import random
+
+    from duma.plugins.minds.generate import fixed_today, generation_tool_runner
+    from duma.plugins.minds.templates import SLOW_FAMILIES
+
+    families = {f.name: f for f in SLOW_FAMILIES}
+    relative = ("today_date", "from_today", "days_ago", "days_until_holiday", "days_left")
+    with fixed_today("2025-06-16"):
+        runner = generation_tool_runner()
+        for name in relative + ("holiday_weekday", "past_weekday"):
+            family = families[name]
+            assert family.draw_weight("fast") == 0.0 < family.draw_weight("slow")
+            for lang, phrasings in family.phrasings.items():
+                for i, phrasing in enumerate(phrasings):
+                    task = family.build(random.Random(f"{name}{lang}{i}"), phrasing, runner.run_tool, lang)
+                    actions = [step.action for step in task.steps]
+                    assert all(not step.observation.startswith("Error") for step in task.steps), task
+                    assert task.expected in task.answer, task
+                    if name in relative:
+                        assert actions[0] == "today()" and task.steps[0].observation.startswith("2025-06-16")
+                        assert all("2025-06-16" in a for a in actions[1:]), actions
+                    if name == "holiday_weekday":
+                        year, month, day = actions[0].removeprefix("weekday(").removesuffix(")").split("-")
+                        written = f"{int(day)}, {year}" if lang == "en" else f"{year}年{int(month)}月{int(day)}日"
+                        assert written in task.steps[0].reason, (task.steps[0].reason, actions)
+    with fixed_today("2025-06-16"):
+        task = families["days_until_holiday"].build(random.Random(0), "How many days until {h}?",
+                                                    runner.run_tool, "en")
+    assert int(task.expected) <= 366 and task.expected.isdigit()

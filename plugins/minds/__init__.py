@@ -29,7 +29,7 @@ def minds_group() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--fast", "n_fast", type=click.IntRange(1), default=700, show_default=True,
               help="Fast-mind dialogues.")
-@click.option("--slow", "n_slow", type=click.IntRange(1), default=800, show_default=True,
+@click.option("--slow", "n_slow", type=click.IntRange(1), default=900, show_default=True,
               help="Slow-mind ReAct traces.")
 @click.option("--eval-fraction", type=click.FloatRange(0.0, 1.0), default=0.15, show_default=True,
               help="Share of samples drawn (from held-out templates only) for the eval split.")

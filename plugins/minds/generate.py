@@ -664,7 +664,7 @@ def invoke_pairs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return pairs
 
 
-def generate(out: Path, seed: int = 0, n_fast: int = 700, n_slow: int = 800, eval_fraction: float = 0.15,
+def generate(out: Path, seed: int = 0, n_fast: int = 700, n_slow: int = 900, eval_fraction: float = 0.15,
              today: str = DEFAULT_TODAY, knowledge_dir: Path = KNOWLEDGE_DIR, general: int = 0,
              general_model: str = "embedded", general_backend: str = "onnxruntime",
              progress: Callable[[str], None] | None = None) -> GenerateSummary:

@@ -23,6 +23,10 @@ What the families cover (the v1 minds' failures in brackets):
   ``convert_temp``, ``reverse_convert``) [Celsius to Fahrenheit done as F to C];
 - functions written inside the calculator (``sqrt``, ``power``) and the recovery from a
   made-up tool (``recover_tool``) [``Act[sqrt(...)]`` and giving up];
+- dates relative to today computed from ``today()``'s observation, named holidays with their
+  date written out, weekdays of dates decades back (``from_today``, ``days_ago``,
+  ``days_until_holiday``, ``days_left``, ``holiday_weekday``, ``past_weekday``) ["90 days from
+  today" added to a remembered date; Christmas 2025 looked up as 2025-12-01];
 - knowledge-base questions in many phrasings, always sent to the slow mind (``knowledge``)
   [``Let me look into that.`` with ``Invoke[False]``];
 - follow-ups that ask for a new computation (``more_percent``...) against follow-ups answered
@@ -410,10 +414,14 @@ def _date_diff(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) 
                     _by_lang(lang, "Done.", "完成。"), answer, obs, lang, answer_alt=alt)
 
 
+def _today_step(run_tool: RunTool, lang: str) -> tuple[Step, dt.date]:
+    step = _tool_step(run_tool, _by_lang(lang, "I need today's date first.", "先查今天的日期。"), "today()")
+    return step, dt.date.fromisoformat(step.observation.strip()[:10])
+
+
 def _days_until(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
     """Two steps: today(), then date_diff from today."""
-    today_step = _tool_step(run_tool, _by_lang(lang, "I need today's date first.", "先查今天的日期。"), "today()")
-    today = dt.date.fromisoformat(today_step.observation.strip()[:10])
+    today_step, today = _today_step(run_tool, lang)
     target = today + dt.timedelta(days=rng.randrange(2, 300))
     diff = _tool_step(run_tool, _by_lang(lang, "Now count the days from today.", "再计算从今天起的天数。"),
                       f"date_diff({_iso_date(today)}, {_iso_date(target)})")
@@ -456,6 +464,111 @@ def _weeks_between(rng: random.Random, phrasing: str, run_tool: RunTool, lang: s
     answer = f"That is {first.observation} days, about {second.observation} weeks."
     return SlowTask(phrasing.format(d1=_english_date(d1), d2=_english_date(d2)), [first, second],
                     "I have the number of weeks.", answer, second.observation)
+
+
+def _today_date(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
+    step, today = _today_step(run_tool, lang)
+    weekday = step.observation.strip()[11:].strip("()")
+    answer, alt = _answers(lang, f"Today is {_iso_date(today)} ({weekday}, {_english_date(today)}).",
+                           f"今天是{_iso_date(today)}（{_chinese_date(today)}，{_WEEKDAYS_ZH.get(weekday, '')}）。")
+    return SlowTask(phrasing, [step], _by_lang(lang, "I have today's date.", "已查到今天的日期。"), answer,
+                    _iso_date(today), lang, answer_alt=alt)
+
+
+def _from_today(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
+    """N days from today: today(), then add_days from it (never from a remembered date)."""
+    n = rng.randrange(2, 400)
+    today_step, today = _today_step(run_tool, lang)
+    add = _tool_step(run_tool, _by_lang(lang, f"Add {n} days to today's date.", f"在今天的日期上加{n}天。"),
+                     f"add_days({_iso_date(today)}, {n})")
+    answer, alt = _answers(lang, f"{n} days from today ({_iso_date(today)}) is {add.observation}.",
+                           f"从今天（{_chinese_date(today)}）起{n}天后是{add.observation}。")
+    return SlowTask(phrasing.format(n=n), [today_step, add], _by_lang(lang, "I have the date.", "已得到日期。"),
+                    answer, add.observation, lang, answer_alt=alt)
+
+
+def _days_ago(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
+    """Days since a past date: today(), then date_diff from that date to today."""
+    today_step, today = _today_step(run_tool, lang)
+    past = today - dt.timedelta(days=rng.randrange(2, 900))
+    diff = _tool_step(run_tool, _by_lang(lang, "Count the days from that date to today.", "计算从那天到今天的天数。"),
+                      f"date_diff({_iso_date(past)}, {_iso_date(today)})")
+    answer, alt = _answers(lang, f"{_english_date(past)} was {diff.observation} days ago (today is {_iso_date(today)}).",
+                           f"{_chinese_date(past)}是{diff.observation}天前（今天是{_chinese_date(today)}）。")
+    return SlowTask(phrasing.format(d=_show_date(past, lang)), [today_step, diff],
+                    _by_lang(lang, "I have the count.", "已算出天数。"), answer, diff.observation, lang, answer_alt=alt)
+
+
+# Fixed-date holidays: (month, day, English names, Chinese name).
+_HOLIDAYS = [(12, 25, ["Christmas", "Christmas Day"], "圣诞节"), (12, 24, ["Christmas Eve"], "平安夜"),
+             (1, 1, ["New Year's Day", "New Year"], "元旦"), (12, 31, ["New Year's Eve"], "跨年夜"),
+             (10, 31, ["Halloween"], "万圣节前夜"), (2, 14, ["Valentine's Day"], "情人节"),
+             (7, 4, ["Independence Day (July 4)", "the Fourth of July"], "美国独立日"),
+             (10, 1, ["China's National Day", "National Day in China"], "国庆节"),
+             (5, 1, ["May Day", "Labour Day (May 1)"], "劳动节"), (3, 8, ["International Women's Day"], "妇女节"),
+             (6, 1, ["Children's Day (June 1)"], "儿童节"), (9, 10, ["Teachers' Day in China"], "教师节")]
+
+
+def _holiday(rng: random.Random, lang: str) -> tuple[str, str]:
+    """A holiday's name in ``lang`` and its ``MM-DD``; the caller picks the year."""
+    month, day, names_en, name_zh = rng.choice(_HOLIDAYS)
+    return (rng.choice(names_en) if lang == "en" else name_zh), f"{month:02d}-{day:02d}"
+
+
+def _holiday_weekday(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
+    """The weekday of a named holiday in a given year: the reason writes out the holiday's date."""
+    name, month_day = _holiday(rng, lang)
+    year = rng.randrange(2020, 2032)
+    d = dt.date.fromisoformat(f"{year}-{month_day}")
+    step = _tool_step(run_tool, _by_lang(lang, f"{name} {year} is {_english_date(d)}; look up its weekday.",
+                                         f"{year}年{name}是{_chinese_date(d)}，查询星期几。"), f"weekday({_iso_date(d)})")
+    obs = step.observation
+    answer, alt = _answers(lang, f"{name} {year} ({_english_date(d)}) is a {obs}.",
+                           f"{year}年{name}（{_chinese_date(d)}）是{_WEEKDAYS_ZH.get(obs, '')}（{obs}）。")
+    return SlowTask(phrasing.format(h=name, y=year), [step], _by_lang(lang, "Found it.", "找到了。"), answer, obs, lang,
+                    answer_alt=alt)
+
+
+def _days_until_holiday(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
+    """Days from today to a holiday's next occurrence: today(), then date_diff."""
+    name, month_day = _holiday(rng, lang)
+    today_step, today = _today_step(run_tool, lang)
+    target = dt.date.fromisoformat(f"{today.year}-{month_day}")
+    if target <= today:
+        target = dt.date.fromisoformat(f"{today.year + 1}-{month_day}")
+    diff = _tool_step(run_tool, _by_lang(lang, f"The next {name} is {_english_date(target)}; count the days to it.",
+                                         f"下一个{name}是{_chinese_date(target)}，计算到那天的天数。"),
+                      f"date_diff({_iso_date(today)}, {_iso_date(target)})")
+    answer, alt = _answers(lang, f"{name} ({_english_date(target)}) is {diff.observation} days away.",
+                           f"距离{name}（{_chinese_date(target)}）还有{diff.observation}天。")
+    return SlowTask(phrasing.format(h=name, y=target.year), [today_step, diff],
+                    _by_lang(lang, "I have the count.", "已算出天数。"), answer, diff.observation, lang, answer_alt=alt)
+
+
+def _days_left(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
+    """A deadline in the user's own words ("My lease ends on ..."): today(), then date_diff."""
+    today_step, today = _today_step(run_tool, lang)
+    target = today + dt.timedelta(days=rng.randrange(3, 500))
+    diff = _tool_step(run_tool, _by_lang(lang, "Count the days from today to that date.", "计算从今天到那天的天数。"),
+                      f"date_diff({_iso_date(today)}, {_iso_date(target)})")
+    answer, alt = _answers(lang, f"You have {diff.observation} days left until {_english_date(target)}.",
+                           f"到{_chinese_date(target)}还剩{diff.observation}天。")
+    shown = rng.choice([_show_date(target, lang), _iso_date(target)])
+    return SlowTask(phrasing.format(d=shown), [today_step, diff], _by_lang(lang, "I have the count.", "已算出天数。"),
+                    answer, diff.observation, lang, answer_alt=alt)
+
+
+def _past_weekday(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
+    """The weekday of a date decades back (a birthday, a wedding), copied digit for digit."""
+    d = _random_date(rng, 1950, 2015)
+    shown = rng.choice([_show_date(d, lang), _iso_date(d)])
+    step = _tool_step(run_tool, _by_lang(lang, f"Look up the weekday of {_iso_date(d)}.", f"查询{_iso_date(d)}是星期几。"),
+                      f"weekday({_iso_date(d)})")
+    obs = step.observation
+    answer, alt = _answers(lang, f"{_english_date(d)} was a {obs}.",
+                           f"{_chinese_date(d)}是{_WEEKDAYS_ZH.get(obs, '')}（{obs}）。")
+    return SlowTask(phrasing.format(d=shown), [step], _by_lang(lang, "Found it.", "找到了。"), answer, obs, lang,
+                    answer_alt=alt)
 
 
 # --------------------------------------------------------------------------- slow families: units
@@ -660,7 +773,7 @@ FACTS = [
          "How much water does the AeroBrew hold?", "the capacity of the AeroBrew kettle",
          "how much water the AeroBrew holds", "AeroBrew 能装多少水？", "AeroBrew 的容量", key_zh="1.7 升"),
     Fact("Tidal blender motor power", "1200 W", "The Tidal blender has a 1200 W motor.", "Tidal 搅拌机的电机功率是 1200 瓦。",
-         "How powerful is the Tidal blender's motor?", "the motor power of the Tidal blender",
+         "What wattage is the Tidal blender's motor?", "the motor power of the Tidal blender",
          "how powerful the Tidal blender is", "Tidal 搅拌机功率多大？", "Tidal 搅拌机的功率", key_zh="1200 瓦"),
     Fact("AeroBrew keep warm temperature", "60 minutes",
          "The AeroBrew keeps a chosen temperature between 40 °C and 100 °C for up to 60 minutes.",
@@ -951,6 +1064,52 @@ SLOW_FAMILIES: list[Family] = [
                                    "What number times itself gives {n}?", "Tell me what the square root of {n} is."],
                             "zh": ["我想知道{n}的平方根。", "{n}开平方是多少？", "告诉我{n}开平方的结果。"]},
            _recover_tool, weight=0.25, fast_weight=0.1),
+    # Dates relative to today and named holidays. Slow traces only (fast weight 0): the fast mind
+    # already sends date questions to the slow mind, and leaving its draws alone keeps its data
+    # byte for byte what the shipped fast mind was trained on.
+    Family("today_date", {"en": ["What is today's date?", "Which date is it today?", "Tell me today's date, please.",
+                                 "What's the date right now?", "What day is it today, date and weekday?",
+                                 "Do you know what date it is today?"],
+                          "zh": ["今天是几号？", "今天的日期是什么？", "现在是几月几日？", "告诉我今天的日期。"]},
+           _today_date, weight=0.3, fast_weight=0.0),
+    Family("from_today", {"en": ["What's the date {n} days from today?", "Which date will it be in {n} days?",
+                                 "What date is it {n} days from now?", "{n} days from now, what date will it be?",
+                                 "Count {n} days forward from today. Which date is that?",
+                                 "If something is due in {n} days, on what date is it due?",
+                                 "Give me the date {n} days after today."],
+                          "zh": ["{n}天后是几月几号？", "从今天起{n}天之后是哪一天？", "今天往后数{n}天是什么日期？",
+                                 "再过{n}天是几号？"]},
+           _from_today, weight=0.5, fast_weight=0.0),
+    Family("days_ago", {"en": ["How many days ago was {d}?", "How long ago was {d}, in days?",
+                               "How many days have passed since {d}?", "It's been how many days since {d}?",
+                               "Count the days since {d}.", "How many days back is {d} from today?"],
+                        "zh": ["{d}是多少天以前？", "{d}到今天过去了多少天？", "从{d}到现在过了几天？", "{d}距今多少天了？"]},
+           _days_ago, weight=0.4, fast_weight=0.0),
+    Family("holiday_weekday", {"en": ["What day of the week is {h} in {y}?", "Which weekday does {h} {y} fall on?",
+                                      "In {y}, what weekday is {h}?", "On which day of the week is {h} {y}?",
+                                      "Is {h} {y} on a weekend? Which day is it?", "{h} {y}: what day of the week?"],
+                               "zh": ["{y}年的{h}是星期几？", "{y}年{h}是周几？", "{y}年{h}那天是礼拜几？"]},
+           _holiday_weekday, weight=0.5, fast_weight=0.0),
+    Family("days_until_holiday", {"en": ["How many days until {h}?", "How long until {h}, in days?",
+                                         "How many days are left before {h}?", "Days to go until {h}?",
+                                         "How many more days until {h} {y}?", "Count the days from today to {h}."],
+                                  "zh": ["离{h}还有几天？", "距离{y}年{h}还有多少天？", "还有多少天到{h}？"]},
+           _days_until_holiday, weight=0.4, fast_weight=0.0),
+    Family("days_left", {"en": ["My passport expires on {d}. How many days do I still have?",
+                                "The deadline is {d}. How many days are left?",
+                                "Our trip starts on {d}. How many days to go?",
+                                "The lease ends on {d}; how many days remain?",
+                                "My exam is on {d}. How many days do I have to study?",
+                                "The offer is valid until {d}. How many days is that from today?"],
+                         "zh": ["我的合同{d}到期，还剩几天？", "截止日期是{d}，还有多少天？", "我们{d}出发，还有几天？",
+                                "考试在{d}，我还有多少天准备？"]},
+           _days_left, weight=0.3, fast_weight=0.0),
+    Family("past_weekday", {"en": ["My grandmother was born on {d}. What day of the week was that?",
+                                   "We got married on {d}. Which weekday was it?",
+                                   "What weekday was {d}?", "Which day of the week was {d}?",
+                                   "The company was founded on {d}. What day of the week was that?"],
+                            "zh": ["我爸爸出生于{d}，那天是星期几？", "{d}是星期几？", "我们{d}结婚，那天是周几？"]},
+           _past_weekday, weight=0.3, fast_weight=0.0),
 ]
 
 # New computations on the task of the turn before: always Invoke[True], and the trace uses the
