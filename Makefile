@@ -52,9 +52,10 @@ test: install browser
 # side by side, each on half the cores (logs in .duma-minds/*-train.log), ship them into
 # agents/default_minds (what `duma chat` runs), then measure them against the untrained model
 # and on the hand-written set. Two runs of one thread each train here as fast as one run of two
-# threads: side by side, the whole takes the slow mind's time (about 2 h 30 min on 2
-# cores) instead of the sum (about 3 h 40 min). The DPO and GRPO stages (configs/duma-default/fast-dpo.yaml,
-# slow-grpo.yaml) are not part of it: see docs/minds.md for what they did.
+# threads: side by side, the whole takes the slow mind's time (about 2 h 30 min on 2 cores)
+# instead of the sum (about 3 h 40 min). The DPO and GRPO stages
+# (configs/duma-default/fast-dpo.yaml, slow-grpo.yaml) are not part of it: see docs/minds.md
+# for what they did.
 HALF_CORES := $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 1 ? n / 2 : 1 )))
 TRAIN = $(BIN)/duma train --overwrite
 TRAIN_SET = training.progress=false training.threads=$(HALF_CORES)

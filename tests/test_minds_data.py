@@ -498,7 +498,5 @@ def test_dates_relative_to_today_start_from_the_today_tool():
                         year, month, day = actions[0].removeprefix("weekday(").removesuffix(")").split("-")
                         written = f"{int(day)}, {year}" if lang == "en" else f"{year}年{int(month)}月{int(day)}日"
                         assert written in task.steps[0].reason, (task.steps[0].reason, actions)
-    with fixed_today("2025-06-16"):
-        task = families["days_until_holiday"].build(random.Random(0), "How many days until {h}?",
-                                                    runner.run_tool, "en")
-    assert int(task.expected) <= 366 and task.expected.isdigit()
+                    if name == "days_until_holiday":  # the next occurrence, never one already past
+                        assert task.expected.isdigit() and int(task.expected) <= 366, task
