@@ -10,7 +10,8 @@ to (``GenerationOptions.constraint``; backends enforce it while decoding, or dum
   split or close the call).
 
 Field text is anything but brackets (a ``]`` would close the field; nested brackets are what
-:func:`protocol.neutralize_markup` writes away from the minds' inputs too). The patterns use only
+:func:`protocol.neutralize_markup` writes away from the minds' inputs too); the fast mind's
+reply text also never holds the word ``Invoke`` (:func:`text_without`). The patterns use only
 syntax that every engine taking them reads alike: Python's ``re`` (validation), llguidance
 (duma's token masks, onnxruntime-genai's and vLLM's guidance), vLLM's other structured-output
 backends: literal text, character classes, capturing groups, ``|``, ``?``, ``*`` and ``+``;
@@ -53,11 +54,45 @@ def literal(text: str) -> str:
     return "".join("\\" + ch if ch in _SPECIAL else ("\\n" if ch == "\n" else ch) for ch in text)
 
 
+def text_without(word: str, allowed: str = r"^\[\]") -> str:
+    """Field text (characters of the class ``[allowed]``) in which ``word`` never occurs, as a
+    plain regular expression (no lookaround).
+
+    The text is a run of pieces: a character other than ``word``'s first, or a partial match of
+    ``word`` (its first character repeated, then a proper prefix of the rest) ended by a character
+    that neither continues it nor starts it again; the text may end inside a partial match. A
+    new partial match can only begin with ``word``'s first character, and ``word`` must not repeat
+    it (true of the protocol's markers)."""
+    first, rest = word[0], word[1:]
+    if len(word) < 2 or first in rest:
+        raise ValueError(f"text_without needs a word of 2+ characters whose first does not recur: {word!r}")
+
+    def cls(*excluded: str) -> str:
+        return "[" + allowed + "".join("\\" + c if c in "\\^-]" else c for c in excluded) + "]"
+
+    # After first+: the rest matched up to k, then a character that neither continues nor restarts.
+    ended = cls(first, rest[-1])
+    for k in range(len(rest) - 2, -1, -1):
+        ended = f"({cls(first, rest[k])}|{literal(rest[k])}{ended})"
+    # A partial match left open (first+, then a proper prefix of the rest).
+    prefix = ""
+    for ch in reversed(rest[:-1]):
+        prefix = f"({literal(ch)}{prefix})?"
+    run = f"{literal(first)}+{prefix}"
+    return f"({cls(first)}|({run})*{literal(first)}+{ended})*({run})*"
+
+
+# The fast mind's reply text never holds "Invoke": a reply that ran on into "\nInvoke\nFalse"
+# without closing its field repeated that until the repetition guard cut it.
+RESPONSE_TEXT = text_without(INVOKE_OPEN.rstrip("["))
+
+
 def fast_output_pattern(*, prefilled: bool = False) -> str:
-    """What the fast mind writes: ``Response[text]`` then ``Invoke[True|False]``.
+    """What the fast mind writes: ``Response[text]`` then ``Invoke[True|False]``; the text
+    never holds the word ``Invoke`` (:data:`RESPONSE_TEXT`).
     ``prefilled``: the backend continues a prefilled ``Response[`` (only the rest is generated)."""
     opener = "" if prefilled else literal(RESPONSE_OPEN)
-    return f"{opener}{FIELD_TEXT}\\]{FIELD_SEPARATOR}{literal(INVOKE_OPEN)}(True|False)\\]"
+    return f"{opener}{RESPONSE_TEXT}\\]{FIELD_SEPARATOR}{literal(INVOKE_OPEN)}(True|False)\\]"
 
 
 def slow_step_pattern(tools: Mapping[str, Any]) -> str:
@@ -152,4 +187,4 @@ def _kinds(schema: dict[str, Any]) -> set[str]:
     return set(kind) if isinstance(kind, list) else {kind} if isinstance(kind, str) else {"string"}
 
 
-__all__ = ["fast_output_pattern", "literal", "slow_step_pattern", "tool_args", "tool_call_pattern"]
+__all__ = ["fast_output_pattern", "literal", "slow_step_pattern", "text_without", "tool_args", "tool_call_pattern"]

@@ -76,8 +76,26 @@ def test_unknown_tools_bad_arguments_and_markup_do_not_match(slow_pattern):
     for text in ("Reason[r]", "Reason[r]\nObs[4]", "Reason[a [b] c]\nFinish[x]", " Reason[r]\nFinish[x]"):
         assert not re.fullmatch(slow_pattern, text), text
     fast = grammar.fast_output_pattern()
-    for text in ("Response[hi]", "Response[hi]\nInvoke[maybe]", "Hello!", "Response[a [b]]\nInvoke[False]"):
+    for text in ("Response[hi]", "Response[hi]\nInvoke[maybe]", "Hello!", "Response[a [b]]\nInvoke[False]",
+                 "Response[Bonjour!)\nInvoke\nFalse]\nInvoke[False]"):
         assert not re.fullmatch(fast, text), text
+
+
+def test_text_without_a_word_is_exactly_the_text_that_lacks_it():
+    """Every string up to 7 characters over the word's letters, a bracket and another letter:
+    the pattern matches exactly those without the word and without brackets."""
+    import itertools
+
+    for word in ("Invoke", "Act", "Ab"):
+        pattern = re.compile(grammar.text_without(word))
+        alphabet = sorted(set(word) | {"x", "[", "]"})
+        for n in range(7):
+            for letters in itertools.product(alphabet, repeat=n):
+                text = "".join(letters)
+                assert bool(pattern.fullmatch(text)) == (word not in text and not set("[]") & set(text)), text
+    for word in ("I", "InvI"):
+        with pytest.raises(ValueError):
+            grammar.text_without(word)
 
 
 def test_argument_forms_follow_the_schema():
@@ -107,7 +125,9 @@ def test_llguidance_reads_the_patterns_as_python_does(tiny_model, slow_pattern):
     tokenizer = load_tokenizer(str(tiny_model))
     eos = [tokenizer.eos_token_id]
     for text, pattern in [*((protocol.format_slow_step("r", c), slow_pattern) for c in [*VALID_CALLS, *INVALID_CALLS]),
-                          (protocol.format_fast_output("Hi, there.", True), grammar.fast_output_pattern())]:
+                          (protocol.format_fast_output("Hi, there.", True), grammar.fast_output_pattern()),
+                          ("Response[Oui! Invoked\nInvoke]\nInvoke[False]", grammar.fast_output_pattern()),
+                          ("Response[Invite Inv. Invok]\nInvoke[True]", grammar.fast_output_pattern())]:
         constraint = TokenConstraint(tokenizer, pattern, eos)
         ids = tokenizer.encode(text, add_special_tokens=False)
         ok = True
