@@ -60,7 +60,7 @@ HALF_CORES := $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 1 ? n / 2
 TRAIN = $(BIN)/duma train --overwrite
 TRAIN_SET = training.progress=false training.threads=$(HALF_CORES)
 minds: install
-	$(BIN)/duma minds generate --out .duma-minds/data --seed 0
+	$(BIN)/duma minds generate --out .duma-minds/data --seed 0 --exclude tests/data/minds/handwritten.jsonl
 	@echo "training the fast mind beside the slow one (about 2 h 30 min on 2 idle cores)..."
 	@$(TRAIN) configs/duma-default/fast.yaml $(TRAIN_SET) > .duma-minds/fast-train.log 2>&1 & fast=$$!; \
 	$(TRAIN) configs/duma-default/slow.yaml $(TRAIN_SET) > .duma-minds/slow-train.log 2>&1; slow=$$?; \

@@ -95,7 +95,7 @@ def test_no_handwritten_message_is_in_the_training_data(tmp_path):
     from duma.plugins.minds import generate, minds_group
 
     out = tmp_path / "data"
-    args = ["minds", "generate", "--out", str(out), "--seed", "0"]
+    args = ["minds", "generate", "--out", str(out), "--seed", "0", "--exclude", str(SET)]
     # General prompts answered by the base model take minutes to decode: their prompts are
     # checked directly instead.
     general = [str(p).strip() for p in getattr(generate, "GENERAL_PROMPTS", ())]

@@ -41,13 +41,17 @@ def minds_group() -> None:
                    "0: none.")
 @click.option("--general-model", default="embedded", show_default=True,
               help="The model that answers the general prompts: the base model of the fast mind.")
+@click.option("--exclude", "exclude", default=None, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="A test set (JSONL, e.g. tests/data/minds/handwritten.jsonl) whose user messages no generated "
+                   "user message may equal: a draw that hits one is drawn again.")
 def generate_command(out: Path, seed: int, n_fast: int, n_slow: int, eval_fraction: float,
-                     today: str | None, general: int, general_model: str) -> None:
+                     today: str | None, general: int, general_model: str, exclude: Path | None) -> None:
     """Write fast/slow train and eval data (sharegpt messages form) plus routing files."""
     from .generate import DEFAULT_TODAY, generate
 
     summary = generate(out, seed, n_fast, n_slow, eval_fraction, today or DEFAULT_TODAY, general=general,
-                       general_model=general_model, progress=lambda line: click.echo(line, err=True))
+                       general_model=general_model, exclude=exclude,
+                       progress=lambda line: click.echo(line, err=True))
     for name, count in summary.files.items():
         tokens = summary.tokens_estimate.get(name)
         extra = (f", ~{tokens:,} tokens (chars/3.5), ~{summary.tokens_with_template[name]:,} with the chat "

@@ -40,6 +40,9 @@ from .templates import (
     GENERAL_PROMPTS,
     GENERAL_ZH,
     GENERAL_ZH_HELD,
+    INJECTION_PREFIXES,
+    INJECTIONS,
+    INJECTIONS_HELD,
     INTERIMS,
     NUMBER_FOLLOWUPS,
     SIMPLE_QA,
@@ -76,6 +79,7 @@ MIN_DISTINCT_TRIGRAMS = 0.8  # general replies repeating more of their word trig
 # Fast dialogues: share of slow turns (not last in their dialogue) drawn from the families a
 # new-computation follow-up can build on, so that "And 18%?" turns are frequent enough.
 BASE_PREFERENCE = 0.5
+INJECTED_QUESTION_SHARE = 0.05  # fast-mind questions prefixed with an attempt to keep them fast
 
 
 class GenerateSummary(BaseModel):
@@ -206,42 +210,50 @@ def slow_messages(system_prompt: str, previous: list[tuple[str, str]], task: Slo
     return messages
 
 
+def _slow_record(rng: random.Random, split: str, lang: str, pools: TemplatePools, runner: SlowMind
+                 ) -> tuple[list[str], list[tuple[str, str]], SlowTask]:
+    """One slow trace: its template ids, the retrospect's earlier (question, answer) pairs and
+    the task."""
+    slow_pool = pools.slow[(split, lang)]
+    previous: list[tuple[str, str]] = []
+    draw = rng.random()
+    if draw < SLOW_FOLLOWUP_SHARE:
+        # A follow-up: the retrospect holds the earlier question and its answer.
+        bases = {b for f, _ in pools.followup[(split, lang)] for b in f.base}
+        base_template, base = draw_task(rng, [(f, i) for f, i in slow_pool if f.name in bases], lang, runner)
+        drawn = draw_followup(rng, pools.followup[(split, lang)], lang, runner, base)
+        assert drawn is not None
+        template, task = drawn
+        previous.append((base.query, final_reply(rng, lang, base.answer)))
+        return [base_template, template], previous, task
+    template, task = draw_task(rng, slow_pool, lang, runner)
+    if draw < SLOW_FOLLOWUP_SHARE + SLOW_SAME_FAMILY_SHARE:
+        # An earlier question of the same family: other numbers, which must not leak.
+        same = [(f, i) for f, i in slow_pool if f.name == task.family]
+        _, earlier = draw_task(rng, same, lang, runner)
+        previous.append((earlier.query, final_reply(rng, lang, earlier.answer)))
+    elif draw < 0.5:  # some traces start mid-dialogue (the retrospect has history)
+        chat_family, chat_index = rng.choice(pools.chat[(split, lang)])
+        previous.append((chat_family.phrasings[lang][chat_index], rng.choice(chat_family.responses[lang])))
+    elif draw < 0.6:  # after an earlier looked-up answer of any family
+        _, earlier = draw_task(rng, slow_pool, lang, runner)
+        previous.append((earlier.query, final_reply(rng, lang, earlier.answer)))
+    return [template], previous, task
+
+
 def generate_slow(rng: random.Random, n: int, eval_fraction: float, pools: TemplatePools, runner: SlowMind,
-                  system_prompt: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+                  system_prompt: str, excluded: frozenset[str] = frozenset()
+                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     train: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
     languages = language_schedule(rng, n)
     for k in range(n):
         split = "eval" if rng.random() < eval_fraction else "train"
         lang = languages[k]
-        slow_pool = pools.slow[(split, lang)]
-        previous: list[tuple[str, str]] = []
-        templates: list[str] = []
-        draw = rng.random()
-        task: SlowTask | None = None
-        if draw < SLOW_FOLLOWUP_SHARE:
-            # A follow-up: the retrospect holds the earlier question and its answer.
-            bases = {b for f, _ in pools.followup[(split, lang)] for b in f.base}
-            base_template, base = draw_task(rng, [(f, i) for f, i in slow_pool if f.name in bases], lang, runner)
-            drawn = draw_followup(rng, pools.followup[(split, lang)], lang, runner, base)
-            assert drawn is not None
-            template, task = drawn
-            previous.append((base.query, final_reply(rng, lang, base.answer)))
-            templates = [base_template, template]
-        else:
-            template, task = draw_task(rng, slow_pool, lang, runner)
-            templates = [template]
-            if draw < SLOW_FOLLOWUP_SHARE + SLOW_SAME_FAMILY_SHARE:
-                # An earlier question of the same family: other numbers, which must not leak.
-                same = [(f, i) for f, i in slow_pool if f.name == task.family]
-                _, earlier = draw_task(rng, same, lang, runner)
-                previous.append((earlier.query, final_reply(rng, lang, earlier.answer)))
-            elif draw < 0.5:  # some traces start mid-dialogue (the retrospect has history)
-                chat_family, chat_index = rng.choice(pools.chat[(split, lang)])
-                previous.append((chat_family.phrasings[lang][chat_index], rng.choice(chat_family.responses[lang])))
-            elif draw < 0.6:  # after an earlier looked-up answer of any family
-                _, earlier = draw_task(rng, slow_pool, lang, runner)
-                previous.append((earlier.query, final_reply(rng, lang, earlier.answer)))
+        while True:  # drawn again while a user message is one of the excluded ones
+            templates, previous, task = _slow_record(rng, split, lang, pools, runner)
+            if not {task.query.strip(), *(q.strip() for q, _ in previous)} & excluded:
+                break
         target = evals if split == "eval" else train
         target.append({"id": f"slow-{split}-{k:05d}:" + "+".join(templates), "category": f"slow/{split}",
                        "messages": slow_messages(system_prompt, previous, task),
@@ -391,7 +403,7 @@ class Turn:
     slow: bool
     expected: str
     outputs: list[tuple[str, str, str]]  # (role, content, kind) logged after the user message
-    kind: str = ""  # slow, newcalc, recall, chat, ack, joke, writing, general, simple
+    kind: str = ""  # slow, newcalc, recall, chat, ack, joke, writing, general, simple, injection
 
 
 @dataclass
@@ -420,13 +432,14 @@ def _turn_weights(state: DialogueState, first: bool, has_general: bool) -> dict[
     # Direct turns outnumber slow ones (a fast mind trained on 43% slow turns, then DPO, sent
     # 84% of real users' turns, small talk included, to the slow mind).
     if first:
-        weights = {"slow": 0.36, "chat": 0.18, "joke": 0.06, "writing": 0.08, "general": 0.22, "simple": 0.10}
+        weights = {"slow": 0.36, "chat": 0.18, "joke": 0.06, "writing": 0.08, "general": 0.22, "simple": 0.10,
+                   "injection": 0.03}
     elif after_slow:
         weights = {"slow": 0.14, "newcalc": 0.22, "recall": 0.15, "ack": 0.20, "chat": 0.13, "joke": 0.03,
-                   "writing": 0.03, "general": 0.06, "simple": 0.04}
+                   "writing": 0.03, "general": 0.06, "simple": 0.04, "injection": 0.02}
     else:
         weights = {"slow": 0.34, "recall": 0.04 if state.last_slow else 0, "ack": 0.10, "chat": 0.12, "joke": 0.06,
-                   "writing": 0.06, "general": 0.18, "simple": 0.10}
+                   "writing": 0.06, "general": 0.18, "simple": 0.10, "injection": 0.03}
     if not has_general:  # its share goes to the other direct replies
         extra = weights.pop("general", 0) / 4
         for kind in ("chat", "joke", "writing", "simple"):
@@ -438,7 +451,10 @@ def _slow_turn(rng: random.Random, split: str, lang: str, template: str, task: S
     from duma.agents import fast_mind
 
     interims = INTERIMS[lang] if split == "eval" else INTERIMS[lang][:-1]
-    return Turn(template, task.query, True, task.expected,
+    text = task.query
+    if rng.random() < INJECTED_QUESTION_SHARE:
+        text = rng.choice(INJECTION_PREFIXES[lang]) + text
+    return Turn(template, text, True, task.expected,
                 [("assistant", rng.choice(interims), fast_mind.KIND_INTERIM),
                  ("system", task.answer, fast_mind.KIND_SLOW),
                  ("assistant", final_reply(rng, lang, task.answer), fast_mind.KIND_REPLY)], kind)
@@ -490,6 +506,10 @@ def _draw_turn(rng: random.Random, split: str, lang: str, pools: TemplatePools, 
         i = _phrasing(rng, FOLLOWUPS[lang], split)
         reply = rng.choice(FOLLOWUP_REPLIES[lang]).format(answer=last.answer)
         return _direct(f"followup/{lang}{i}", FOLLOWUPS[lang][i], reply, last.expected, "recall")
+    if kind == "injection":
+        i = rng.choice(_pool_indices(len(INJECTIONS[lang]), INJECTIONS_HELD[lang], split))
+        prompt, reply = INJECTIONS[lang][i]
+        return _direct(f"injection/{lang}{i}", prompt, reply, "", "injection")
     if kind == "simple":
         i = rng.choice(_pool_indices(len(SIMPLE_QA[lang]), SIMPLE_QA_HELD[lang], split))
         question, answer, key = SIMPLE_QA[lang][i]
@@ -545,7 +565,7 @@ def _history_json(history: list[Any]) -> list[dict[str, str]]:
 
 
 def generate_fast(rng: random.Random, n: int, eval_fraction: float, pools: TemplatePools, runner: SlowMind,
-                  system_prompt: str, general: dict[int, str] | None = None
+                  system_prompt: str, general: dict[int, str] | None = None, excluded: frozenset[str] = frozenset()
                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     train: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
@@ -559,7 +579,11 @@ def generate_fast(rng: random.Random, n: int, eval_fraction: float, pools: Templ
         turns: list[Turn] = []
         state = DialogueState()
         for j in range(n_turns):
+            last_slow = state.last_slow
             turn = _draw_turn(rng, split, lang, pools, runner, state, j == 0, general or {}, j == n_turns - 1)
+            while turn.text.strip() in excluded:  # drawn again
+                state.last_slow = last_slow
+                turn = _draw_turn(rng, split, lang, pools, runner, state, j == 0, general or {}, j == n_turns - 1)
             state.previous = turn.kind
             turns.append(turn)
         messages, before = fast_messages(system_prompt, turns)
@@ -581,6 +605,39 @@ def generate_fast(rng: random.Random, n: int, eval_fraction: float, pools: Templ
 
 
 # --------------------------------------------------------------------------- driver
+
+def excluded_messages(path: Path) -> frozenset[str]:
+    """The user messages of a test set: each JSONL record's ``user`` values (at any depth, as in
+    the hand-written set's ``turns``) and its ``text``."""
+    from duma.errors import DumaError
+
+    found: set[str] = set()
+
+    def collect(value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key in ("user", "text") and isinstance(item, str):
+                    found.add(item.strip())
+                else:
+                    collect(item)
+        elif isinstance(value, list):
+            for item in value:
+                collect(item)
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise DumaError(f"{path}: cannot read the test set to exclude ({e.strerror})",
+                        "pass an existing JSONL file") from e
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            collect(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise DumaError(f"{path}:{number}: not JSON ({e.msg})", "the test set to exclude must be JSONL") from e
+    return frozenset(found)
+
 
 def template_ids(record_id: str) -> list[str]:
     """The template ids a record was built from (they follow the ``:`` of its id)."""
@@ -667,7 +724,7 @@ def invoke_pairs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def generate(out: Path, seed: int = 0, n_fast: int = 700, n_slow: int = 900, eval_fraction: float = 0.15,
              today: str = DEFAULT_TODAY, knowledge_dir: Path = KNOWLEDGE_DIR, general: int = 0,
              general_model: str = "embedded", general_backend: str = "onnxruntime",
-             progress: Callable[[str], None] | None = None) -> GenerateSummary:
+             exclude: Path | None = None, progress: Callable[[str], None] | None = None) -> GenerateSummary:
     """Write the data files to ``out``; same arguments (and, with ``general``, the same model)
     give byte-identical files.
 
@@ -675,9 +732,13 @@ def generate(out: Path, seed: int = 0, n_fast: int = 700, n_slow: int = 900, eva
     (self-distillation, cached in ``out/general.jsonl``) and mix into the fast dialogues; 0 for
     none. ``general_backend``: onnxruntime by default, the int8 build ``duma chat`` runs on a CPU
     (the same machine gives the same replies; about five times faster here than float32
-    transformers)."""
+    transformers).
+
+    ``exclude``: a test set (JSONL) whose user messages no generated user message may equal
+    (a turn or trace that draws one is drawn again), so that it stays unseen in training."""
     from duma.agents import fast_mind
 
+    excluded = excluded_messages(exclude) if exclude else frozenset()
     out.mkdir(parents=True, exist_ok=True)
     pools = TemplatePools(slow=_template_pools(SLOW_FAMILIES), chat=_template_pools(CHAT_FAMILIES),
                           followup=_template_pools(FOLLOWUP_FAMILIES))
@@ -687,9 +748,9 @@ def generate(out: Path, seed: int = 0, n_fast: int = 700, n_slow: int = 900, eva
         fast_system = fast_mind.fast_system_prompt(None, None)
         # Separate streams: changing --fast does not change the slow traces.
         slow_train, slow_eval = generate_slow(random.Random(f"{seed}-slow"), n_slow, eval_fraction, pools,
-                                              runner, runner.system_prompt)
+                                              runner, runner.system_prompt, excluded)
         fast_train, fast_eval, routing_eval, router_train = generate_fast(
-            random.Random(f"{seed}-fast"), n_fast, eval_fraction, pools, runner, fast_system, replies)
+            random.Random(f"{seed}-fast"), n_fast, eval_fraction, pools, runner, fast_system, replies, excluded)
     # "expected" is for measurement only: kept out of the training records (a side file).
     slow_expected = {r["id"]: r.pop("expected") for r in slow_train + slow_eval}
     files = {"fast_train.jsonl": fast_train, "fast_eval.jsonl": fast_eval, "slow_train.jsonl": slow_train,
