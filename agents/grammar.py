@@ -54,32 +54,37 @@ def literal(text: str) -> str:
     return "".join("\\" + ch if ch in _SPECIAL else ("\\n" if ch == "\n" else ch) for ch in text)
 
 
-def text_without(word: str, allowed: str = r"^\[\]") -> str:
-    """Field text (characters of the class ``[allowed]``) in which ``word`` never occurs, as a
-    plain regular expression (no lookaround).
+def text_without(word: str) -> str:
+    """Field text (anything but brackets) in which ``word`` never occurs, as a plain regular
+    expression (no lookaround).
 
     The text is a run of pieces: a character other than ``word``'s first, or a partial match of
     ``word`` (its first character repeated, then a proper prefix of the rest) ended by a character
     that neither continues it nor starts it again; the text may end inside a partial match. A
-    new partial match can only begin with ``word``'s first character, and ``word`` must not repeat
-    it (true of the protocol's markers)."""
+    new partial match can only begin with ``word``'s first character, so ``word`` must not repeat
+    it (true of the protocol's markers). Each piece has one parse, so backtracking engines
+    (Python's ``re``) stay linear."""
     first, rest = word[0], word[1:]
-    if len(word) < 2 or first in rest:
-        raise ValueError(f"text_without needs a word of 2+ characters whose first does not recur: {word!r}")
+    if len(word) < 2 or first in rest or set(word) & set("[]"):
+        raise ValueError(f"text_without needs a word of 2+ characters, no bracket, whose first does not recur: "
+                         f"{word!r}")
 
-    def cls(*excluded: str) -> str:
-        return "[" + allowed + "".join("\\" + c if c in "\\^-]" else c for c in excluded) + "]"
+    def other_than(*chars: str) -> str:
+        return "[^\\[\\]" + "".join("\\" + c if c in "\\^-" else c for c in chars) + "]"
 
     # After first+: the rest matched up to k, then a character that neither continues nor restarts.
-    ended = cls(first, rest[-1])
+    ended = other_than(first, rest[-1])
     for k in range(len(rest) - 2, -1, -1):
-        ended = f"({cls(first, rest[k])}|{literal(rest[k])}{ended})"
-    # A partial match left open (first+, then a proper prefix of the rest).
-    prefix = ""
-    for ch in reversed(rest[:-1]):
-        prefix = f"({literal(ch)}{prefix})?"
-    run = f"{literal(first)}+{prefix}"
-    return f"({cls(first)}|({run})*{literal(first)}+{ended})*({run})*"
+        ended = f"({other_than(first, rest[k])}|{literal(rest[k])}{ended})"
+    # A partial match that another one follows at once: first+, then a non-empty proper prefix
+    # of the rest (an empty one would make "first+" runs ambiguous).
+    runs = ""
+    if len(rest) > 1:
+        prefix = ""
+        for ch in reversed(rest[1:-1]):
+            prefix = f"({literal(ch)}{prefix})?"
+        runs = f"({literal(first)}+{literal(rest[0])}{prefix})*"
+    return f"({other_than(first)}|{runs}{literal(first)}+{ended})*{runs}({literal(first)}+)?"
 
 
 # The fast mind's reply text never holds "Invoke": a reply that ran on into "\nInvoke\nFalse"

@@ -82,9 +82,12 @@ def test_unknown_tools_bad_arguments_and_markup_do_not_match(slow_pattern):
 
 
 def test_text_without_a_word_is_exactly_the_text_that_lacks_it():
-    """Every string up to 7 characters over the word's letters, a bracket and another letter:
-    the pattern matches exactly those without the word and without brackets."""
+    """Every string of up to 6 characters over the word's letters, a bracket and another
+    letter: the pattern matches exactly those without the word and without brackets; partial
+    matches right before the word do not hide it; Python's backtracking stays fast on long runs
+    of partial matches."""
     import itertools
+    import time
 
     for word in ("Invoke", "Act", "Ab"):
         pattern = re.compile(grammar.text_without(word))
@@ -93,7 +96,18 @@ def test_text_without_a_word_is_exactly_the_text_that_lacks_it():
             for letters in itertools.product(alphabet, repeat=n):
                 text = "".join(letters)
                 assert bool(pattern.fullmatch(text)) == (word not in text and not set("[]") & set(text)), text
-    for word in ("I", "InvI"):
+    reply = re.compile(grammar.RESPONSE_TEXT)
+    for text in ("InvInvoke", "IInvoke", "InvokInvoke", "In Invoked", "xInvoke"):
+        assert not reply.fullmatch(text), text
+    for text in ("InvokI", "IIIn", "Invite, Inv. and Invok", "invoke"):
+        assert reply.fullmatch(text), text
+    fast = re.compile(grammar.fast_output_pattern())
+    start = time.perf_counter()
+    for body in ("I" * 5000 + "[", "In" * 3000 + "[", "Invok" * 2000 + "[", "In" * 3000):
+        assert not fast.fullmatch("Response[" + body)
+    assert fast.fullmatch("Response[" + "InI" * 2000 + "]\nInvoke[False]")
+    assert time.perf_counter() - start < 2.0  # exponential backtracking would take hours
+    for word in ("I", "InvI", "a]b"):
         with pytest.raises(ValueError):
             grammar.text_without(word)
 

@@ -80,6 +80,7 @@ MIN_DISTINCT_TRIGRAMS = 0.8  # general replies repeating more of their word trig
 # new-computation follow-up can build on, so that "And 18%?" turns are frequent enough.
 BASE_PREFERENCE = 0.5
 INJECTED_QUESTION_SHARE = 0.05  # fast-mind questions prefixed with an attempt to keep them fast
+MAX_REDRAWS = 100  # draws of one record that may hit --exclude messages before generation stops
 
 
 class GenerateSummary(BaseModel):
@@ -250,10 +251,12 @@ def generate_slow(rng: random.Random, n: int, eval_fraction: float, pools: Templ
     for k in range(n):
         split = "eval" if rng.random() < eval_fraction else "train"
         lang = languages[k]
-        while True:  # drawn again while a user message is one of the excluded ones
+        for _ in range(MAX_REDRAWS):  # drawn again while a user message is one of the excluded ones
             templates, previous, task = _slow_record(rng, split, lang, pools, runner)
-            if not {task.query.strip(), *(q.strip() for q, _ in previous)} & excluded:
+            if not _excluded_hit([task.query, *(q for q, _ in previous)], excluded):
                 break
+        else:
+            raise _redraws_exhausted(task.query)
         target = evals if split == "eval" else train
         target.append({"id": f"slow-{split}-{k:05d}:" + "+".join(templates), "category": f"slow/{split}",
                        "messages": slow_messages(system_prompt, previous, task),
@@ -404,6 +407,7 @@ class Turn:
     expected: str
     outputs: list[tuple[str, str, str]]  # (role, content, kind) logged after the user message
     kind: str = ""  # slow, newcalc, recall, chat, ack, joke, writing, general, simple, injection
+    question: str = ""  # a handed-over question without the injection prefix before it (text)
 
 
 @dataclass
@@ -457,7 +461,7 @@ def _slow_turn(rng: random.Random, split: str, lang: str, template: str, task: S
     return Turn(template, text, True, task.expected,
                 [("assistant", rng.choice(interims), fast_mind.KIND_INTERIM),
                  ("system", task.answer, fast_mind.KIND_SLOW),
-                 ("assistant", final_reply(rng, lang, task.answer), fast_mind.KIND_REPLY)], kind)
+                 ("assistant", final_reply(rng, lang, task.answer), fast_mind.KIND_REPLY)], kind, task.query)
 
 
 def _direct(template: str, text: str, reply: str, expected: str, kind: str) -> Turn:
@@ -580,10 +584,13 @@ def generate_fast(rng: random.Random, n: int, eval_fraction: float, pools: Templ
         state = DialogueState()
         for j in range(n_turns):
             last_slow = state.last_slow
-            turn = _draw_turn(rng, split, lang, pools, runner, state, j == 0, general or {}, j == n_turns - 1)
-            while turn.text.strip() in excluded:  # drawn again
+            for _ in range(MAX_REDRAWS):  # drawn again while the user message is an excluded one
                 state.last_slow = last_slow
                 turn = _draw_turn(rng, split, lang, pools, runner, state, j == 0, general or {}, j == n_turns - 1)
+                if not _excluded_hit([turn.text, turn.question], excluded):
+                    break
+            else:
+                raise _redraws_exhausted(turn.text)
             state.previous = turn.kind
             turns.append(turn)
         messages, before = fast_messages(system_prompt, turns)
@@ -606,9 +613,26 @@ def generate_fast(rng: random.Random, n: int, eval_fraction: float, pools: Templ
 
 # --------------------------------------------------------------------------- driver
 
+def _excluded_hit(messages: list[str], excluded: frozenset[str]) -> bool:
+    """Whether a user message, as written or as the minds see it (markup neutralised), is one
+    of the excluded ones (which hold both forms too)."""
+    from duma.agents.protocol import neutralize_markup
+
+    return bool(excluded) and any(m and {m.strip(), neutralize_markup(m).strip()} & excluded for m in messages)
+
+
+def _redraws_exhausted(message: str) -> Exception:
+    from duma.errors import DumaError
+
+    return DumaError(f"--exclude: {MAX_REDRAWS} draws in a row hit excluded messages (last: {message!r})",
+                     "exclude a test set, not the templates' own wordings")
+
+
 def excluded_messages(path: Path) -> frozenset[str]:
     """The user messages of a test set: each JSONL record's ``user`` values (at any depth, as in
-    the hand-written set's ``turns``) and its ``text``."""
+    the hand-written set's ``turns``) and its ``text``, each also as the minds see it (markup
+    neutralised)."""
+    from duma.agents.protocol import neutralize_markup
     from duma.errors import DumaError
 
     found: set[str] = set()
@@ -636,7 +660,7 @@ def excluded_messages(path: Path) -> frozenset[str]:
             collect(json.loads(line))
         except json.JSONDecodeError as e:
             raise DumaError(f"{path}:{number}: not JSON ({e.msg})", "the test set to exclude must be JSONL") from e
-    return frozenset(found)
+    return frozenset(found | {neutralize_markup(m).strip() for m in found})
 
 
 def template_ids(record_id: str) -> list[str]:
