@@ -559,3 +559,69 @@ def test_dates_relative_to_today_start_from_the_today_tool():
                         assert written in task.steps[0].reason, (task.steps[0].reason, actions)
                     if name == "days_until_holiday":  # the next occurrence, never one already past
                         assert task.expected.isdigit() and int(task.expected) <= 366, task
+
+
+# --------------------------------------------------------------------------- fast-mind only families
+
+def test_fast_only_families_leave_the_slow_traces_unchanged(mixed, tmp_path, monkeypatch):
+    """The shipped slow adapter was trained on these traces: the fast mind's extra families
+    must not move them by a byte."""
+    from duma.plugins.minds import generate as gen
+
+    monkeypatch.setattr(gen, "FAST_SLOW_FAMILIES", [])
+    monkeypatch.setattr(gen, "FAST_FOLLOWUP_FAMILIES", [])
+    gen.generate(tmp_path, seed=3, n_fast=160, n_slow=160)
+    for name in ("slow_train.jsonl", "slow_eval.jsonl", "slow_prompts.jsonl", "slow_expected.jsonl"):
+        assert (tmp_path / name).read_bytes() == (mixed / name).read_bytes(), name
+    assert (tmp_path / "fast_train.jsonl").read_bytes() != (mixed / "fast_train.jsonl").read_bytes()
+
+
+def test_every_reworded_and_related_knowledge_question_finds_its_fact():
+    """Each hand-written knowledge question builds a trace whose search returns the fact and
+    whose answer holds its key (a miss would stop generation)."""
+    import random
+
+    from duma.plugins.minds.generate import generation_tool_runner
+    from duma.plugins.minds.templates import (FACTS, RELATED_FACT_QUESTIONS, REWORDED_FACT_QUESTIONS, _fact_task,
+                                               _facts_asked_in, _related_knowledge, _reworded_knowledge)
+
+    run_tool = generation_tool_runner().run_tool
+    queries = {f.query for f in FACTS}
+    assert set(REWORDED_FACT_QUESTIONS) <= queries
+    assert {s for s, _, _ in RELATED_FACT_QUESTIONS} | {t for _, t, _ in RELATED_FACT_QUESTIONS} <= queries
+    rng = random.Random(0)
+    for lang in ("en", "zh"):
+        for fact in _facts_asked_in(lang):
+            base = _fact_task(fact, "?", run_tool, lang)
+            for _ in range(3):
+                task = _related_knowledge(rng, "{related}", run_tool, lang, base)
+                assert task.steps[0].action.startswith("search_knowledge(") and task.expected in task.answer
+        for _ in range(40):
+            task = _reworded_knowledge(rng, "{q}", run_tool, lang)
+            assert task.query in REWORDED_FACT_QUESTIONS[task.params["fact"]][lang]
+    pair = _related_knowledge(rng, "{related}", run_tool, "en",
+                              _fact_task(next(f for f in FACTS if f.query == "Solstice toaster price"), "?", run_tool,
+                                         "en"))
+    assert "119" in pair.answer and pair.query in ("What about the Duo?", "And the bigger Duo model?")
+
+
+def test_arithmetic_on_the_earlier_result_computes_on_that_result(mixed):
+    """"Divide it by 9." after a product: the fast mind hands it over, and the slow mind's
+    result is the earlier answer's number with the new operation applied."""
+    import re
+
+    from duma.plugins.minds.templates import FAST_FOLLOWUP_FAMILIES
+
+    names = {f.name for f in FAST_FOLLOWUP_FAMILIES if f.name.endswith("_result")}
+    seen = 0
+    for name in ("fast_train.jsonl", "fast_eval.jsonl"):
+        turns = fast_turns(mixed / name)
+        for (_, _, _, before), (template, text, first, turn) in zip(turns, turns[1:]):
+            if family(template) not in names:
+                continue
+            seen += 1
+            assert first.invoke, turn
+            earlier = next(m["content"] for m in before if m["content"].startswith("SlowMind["))
+            operand = re.match(r"SlowMind\[(-?[\d.]+)", turn[2]["content"])
+            assert operand and operand.group(1) in numbers(earlier), (before, turn)
+    assert seen >= 3

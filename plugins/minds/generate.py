@@ -32,6 +32,8 @@ from pydantic import BaseModel
 
 from .templates import (
     CHAT_FAMILIES,
+    FAST_FOLLOWUP_FAMILIES,
+    FAST_SLOW_FAMILIES,
     FINAL_REPLIES,
     FOLLOWUP_FAMILIES,
     FOLLOWUP_REPLIES,
@@ -137,6 +139,15 @@ class TemplatePools:
     slow: dict[tuple[str, str], Pool]
     chat: dict[tuple[str, str], Pool]
     followup: dict[tuple[str, str], Pool] = field(default_factory=dict)
+    # The fast generator's extra slow turns and follow-ups (never in the slow traces).
+    fast_slow: dict[tuple[str, str], Pool] = field(default_factory=dict)
+    fast_followup: dict[tuple[str, str], Pool] = field(default_factory=dict)
+
+    def fast_slow_pool(self, split: str, lang: str) -> Pool:
+        return self.slow[(split, lang)] + self.fast_slow.get((split, lang), [])
+
+    def fast_followup_pool(self, split: str, lang: str) -> Pool:
+        return self.followup[(split, lang)] + self.fast_followup.get((split, lang), [])
 
 
 def _template_pools(families: list[Family]) -> dict[tuple[str, str], Pool]:
@@ -439,8 +450,8 @@ def _turn_weights(state: DialogueState, first: bool, has_general: bool) -> dict[
         weights = {"slow": 0.36, "chat": 0.18, "joke": 0.06, "writing": 0.08, "general": 0.22, "simple": 0.10,
                    "injection": 0.03}
     elif after_slow:
-        weights = {"slow": 0.14, "newcalc": 0.22, "recall": 0.15, "ack": 0.20, "chat": 0.13, "joke": 0.03,
-                   "writing": 0.03, "general": 0.06, "simple": 0.04, "injection": 0.02}
+        weights = {"slow": 0.12, "newcalc": 0.30, "recall": 0.19, "ack": 0.14, "chat": 0.10, "joke": 0.03,
+                   "writing": 0.03, "general": 0.04, "simple": 0.03, "injection": 0.02}
     else:
         weights = {"slow": 0.34, "recall": 0.04 if state.last_slow else 0, "ack": 0.10, "chat": 0.12, "joke": 0.06,
                    "writing": 0.06, "general": 0.18, "simple": 0.10, "injection": 0.03}
@@ -479,16 +490,16 @@ def _draw_turn(rng: random.Random, split: str, lang: str, pools: TemplatePools, 
     kind = rng.choices(list(weights), list(weights.values()))[0]
     last = state.last_slow
     if kind == "newcalc" and last is not None:
-        drawn = draw_followup(rng, pools.followup[(split, lang)], lang, runner, last)
+        drawn = draw_followup(rng, pools.fast_followup_pool(split, lang), lang, runner, last)
         if drawn is not None:
             template, task = drawn
             state.last_slow = task
             return _slow_turn(rng, split, lang, template, task, "newcalc")
         kind = "slow"
     if kind in ("slow", "newcalc"):
-        pool = pools.slow[(split, lang)]
+        pool = pools.fast_slow_pool(split, lang)
         if not last_turn and rng.random() < BASE_PREFERENCE:  # a question a follow-up can build on
-            bases = {b for f, _ in pools.followup[(split, lang)] for b in f.base}
+            bases = {b for f, _ in pools.fast_followup_pool(split, lang) for b in f.base}
             pool = [(f, i) for f, i in pool if f.name in bases]
         template, task = draw_task(rng, pool, lang, runner, mind="fast")
         state.last_slow = task
@@ -766,7 +777,8 @@ def generate(out: Path, seed: int = 0, n_fast: int = 700, n_slow: int = 900, eva
     excluded = excluded_messages(exclude) if exclude else frozenset()
     out.mkdir(parents=True, exist_ok=True)
     pools = TemplatePools(slow=_template_pools(SLOW_FAMILIES), chat=_template_pools(CHAT_FAMILIES),
-                          followup=_template_pools(FOLLOWUP_FAMILIES))
+                          followup=_template_pools(FOLLOWUP_FAMILIES), fast_slow=_template_pools(FAST_SLOW_FAMILIES),
+                          fast_followup=_template_pools(FAST_FOLLOWUP_FAMILIES))
     replies = distill_general(out, general, general_model, general_backend, progress=progress) if general else {}
     with fixed_today(today):
         runner = generation_tool_runner(knowledge_dir)
