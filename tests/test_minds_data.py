@@ -625,3 +625,16 @@ def test_arithmetic_on_the_earlier_result_computes_on_that_result(mixed):
             operand = re.match(r"SlowMind\[(-?[\d.]+)", turn[2]["content"])
             assert operand and operand.group(1) in numbers(earlier), (before, turn)
     assert seen >= 3
+
+
+def test_arithmetic_on_the_result_follows_only_a_plain_number():
+    """A result the calculator writes with an exponent (1e+16) gets no "Divide it by 4."
+    follow-up: generation goes on with the other families instead of stopping."""
+    from duma.plugins.minds.templates import FAST_FOLLOWUP_FAMILIES, FOLLOWUP_FAMILIES, SlowTask
+
+    plain = SlowTask("?", [], "", "", "14463", family="multiply")
+    huge = SlowTask("?", [], "", "", "1.2e+16", family="multiply")
+    on_result = [f for f in FAST_FOLLOWUP_FAMILIES if f.on_result]
+    assert len(on_result) == 6 and all(f.follows(plain) and not f.follows(huge) for f in on_result)
+    percent = SlowTask("?", [], "", "", "1.2e+16", family="percent")
+    assert any(f.follows(percent) for f in FOLLOWUP_FAMILIES)  # "And 18%?" needs no plain result

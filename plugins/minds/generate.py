@@ -183,7 +183,7 @@ def draw_task(rng: random.Random, pool: Pool, lang: str, runner: SlowMind, mind:
 def draw_followup(rng: random.Random, pool: Pool, lang: str, runner: SlowMind, base: SlowTask
                   ) -> tuple[str, SlowTask] | None:
     """A new computation on ``base`` ("And 18%?"), or None when no follow-up family fits it."""
-    fitting = [(f, i) for f, i in pool if base.family in f.base]
+    fitting = [(f, i) for f, i in pool if f.follows(base)]
     if not fitting:
         return None
     family, i = _pick(rng, fitting)

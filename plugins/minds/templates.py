@@ -98,9 +98,16 @@ class Family:
     # Follow-up families only: the families whose task they follow, and the builder.
     base: tuple[str, ...] = ()
     follow: Callable[[random.Random, str, RunTool, str, SlowTask], SlowTask] | None = None
+    on_result: bool = False  # computes on the earlier answer's number: only a plain one fits
+
+    def follows(self, base: SlowTask) -> bool:
+        return base.family in self.base and (not self.on_result or PLAIN_NUMBER.fullmatch(base.expected) is not None)
 
     def draw_weight(self, mind: str) -> float:
         return self.weight if mind == "slow" or self.fast_weight is None else self.fast_weight
+
+
+PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 def held_out(family: Family, lang: str, index: int) -> bool:
@@ -1276,8 +1283,6 @@ def _on_result(op: str) -> Callable[[random.Random, str, RunTool, str, SlowTask]
 
     def follow(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str, base: SlowTask) -> SlowTask:
         earlier, k = base.expected, number(rng)
-        if not re.fullmatch(r"-?\d+(?:\.\d+)?", earlier):
-            raise AssertionError(f"{base.family} has no plain number to compute on: {earlier!r}")
         reason = _by_lang(lang, f"The earlier result is {earlier}; the new number is {k}.",
                           f"刚才的结果是{earlier}，新的数是{k}。")
         step = _check(_tool_step(run_tool, reason, f"calculator({earlier} {operator} {k})"))
@@ -1306,25 +1311,25 @@ FAST_FOLLOWUP_FAMILIES: list[Family] = [
     Family("divide_result", {"en": ["Divide it by {k}.", "What's the result divided by {k}?", "And that over {k}?",
                                     "Now split that into {k} equal parts."],
                              "zh": ["那再除以{k}是多少？", "把它平均分成{k}份呢？", "结果除以{k}呢？"]},
-           base=_NUMERIC_BASES, follow=_on_result("divide")),
+           base=_NUMERIC_BASES, follow=_on_result("divide"), on_result=True),
     Family("times_result", {"en": ["Now multiply it by {k}.", "What's that times {k}?", "And {k} times that?",
                                    "Multiply the result by {k}, please."],
                             "zh": ["结果乘以{k}是多少？", "再把它乘{k}。", "那乘上{k}呢？"]},
-           base=_NUMERIC_BASES, follow=_on_result("times")),
+           base=_NUMERIC_BASES, follow=_on_result("times"), on_result=True),
     Family("plus_result", {"en": ["Add {k} to it.", "What if I add {k} to that?", "Plus {k}?",
                                   "Now add {k} to the result."],
                            "zh": ["在这个基础上加{k}是多少？", "再加{k}。", "结果加上{k}呢？"]},
-           base=_NUMERIC_BASES, follow=_on_result("plus")),
+           base=_NUMERIC_BASES, follow=_on_result("plus"), on_result=True),
     Family("minus_result", {"en": ["Take away {k} from the result.", "What's left if I take {k} off that?",
                                    "And minus {k}?", "Now take {k} off it."],
                             "zh": ["那再减{k}是多少？", "扣掉{k}还剩多少？", "结果减去{k}呢？"]},
-           base=_NUMERIC_BASES, follow=_on_result("minus")),
+           base=_NUMERIC_BASES, follow=_on_result("minus"), on_result=True),
     Family("double_result", {"en": ["What's that doubled?", "And twice that?", "Double it, please."],
                              "zh": ["翻一倍是多少？", "那两倍呢？"]},
-           base=_NUMERIC_BASES, follow=_on_result("double")),
+           base=_NUMERIC_BASES, follow=_on_result("double"), on_result=True),
     Family("half_result", {"en": ["Half of that?", "And half of the result?", "What's half of it?"],
                            "zh": ["它的一半是多少？", "那一半呢？"]},
-           base=_NUMERIC_BASES, follow=_on_result("half")),
+           base=_NUMERIC_BASES, follow=_on_result("half"), on_result=True),
 ]
 
 
