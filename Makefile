@@ -34,8 +34,10 @@ $(VENV)/.embedded: | $(BIN)/python
 
 install: $(VENV)/.installed $(VENV)/.embedded
 
+# The shipped minds learnt to search examples/knowledge (the Lumora sample): chat with it unless
+# DUMA_AGENT__KNOWLEDGE_DIR names another folder.
 chat: install
-	$(BIN)/duma chat
+	DUMA_AGENT__KNOWLEDGE_DIR="$${DUMA_AGENT__KNOWLEDGE_DIR:-$(CURDIR)/examples/knowledge}" $(BIN)/duma chat
 
 # The chat page's test drives Debian's chromium through playwright (no browser download):
 # installed here when this is a Debian machine and we are root, else that test says what is missing.
