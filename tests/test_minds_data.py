@@ -350,7 +350,7 @@ def test_exclude_keeps_a_test_sets_messages_out_and_changes_nothing_else(mixed, 
     assert not any(json.loads(line)["text"] == hit for line in (out / "router_train.jsonl").read_text().splitlines())
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"user": "hi"}\nnot json\n', encoding="utf-8")
-    with pytest.raises(DumaError, match=r"bad\.jsonl:2: not JSON"):
+    with pytest.raises(DumaError, match=r"bad\.jsonl:2: not valid JSON"):
         generate(tmp_path / "out2", seed=3, n_fast=5, n_slow=5, exclude=bad)
     assert not (tmp_path / "out2").exists()
 

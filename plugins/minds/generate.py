@@ -645,6 +645,7 @@ def excluded_messages(path: Path) -> frozenset[str]:
     the hand-written set's ``turns``) and its ``text``, each also as the minds see it (markup
     neutralised)."""
     from duma.agents.protocol import neutralize_markup
+    from duma.data import RecordProblem, iter_raw
     from duma.errors import DumaError
 
     found: set[str] = set()
@@ -660,18 +661,10 @@ def excluded_messages(path: Path) -> frozenset[str]:
             for item in value:
                 collect(item)
 
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise DumaError(f"{path}: cannot read the test set to exclude ({e.strerror})",
-                        "pass an existing JSONL file") from e
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            collect(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise DumaError(f"{path}:{number}: not JSON ({e.msg})", "the test set to exclude must be JSONL") from e
+    for line, raw in iter_raw(path):
+        if isinstance(raw, RecordProblem):
+            raise DumaError(f"{path}:{line}: {raw.problem}", "the test set to exclude must be JSONL")
+        collect(raw)
     return frozenset(found | {neutralize_markup(m).strip() for m in found})
 
 

@@ -1253,14 +1253,15 @@ def _reworded_knowledge(rng: random.Random, phrasing: str, run_tool: RunTool, la
 
 def _related_knowledge(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str, base: SlowTask) -> SlowTask:
     """A related fact asked about in a few words ("{related}"), or another fact by name."""
+    asked_in = _facts_asked_in(lang)
     related = [(target, asked[lang]) for source, target, asked in RELATED_FACT_QUESTIONS
-               if source == base.params.get("fact") and lang in asked and _FACTS_BY_QUERY[target] in _facts_asked_in(lang)]
+               if source == base.params.get("fact") and lang in asked and _FACTS_BY_QUERY[target] in asked_in]
     if "{related}" in phrasing and related:
         target, questions = rng.choice(related)
         return _fact_task(_FACTS_BY_QUERY[target], rng.choice(questions), run_tool, lang)
     if "{related}" in phrasing:
         phrasing = _by_lang(lang, "What about {np}?", "那{np}呢？")
-    others = [f for f in _facts_asked_in(lang) if f.query != base.params.get("fact")]
+    others = [f for f in asked_in if f.query != base.params.get("fact")]
     fact = rng.choice(others)
     return _fact_task(fact, phrasing.format(**_fact_forms(fact, lang)), run_tool, lang)
 
