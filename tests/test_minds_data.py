@@ -67,8 +67,10 @@ def test_splits_hold_out_whole_templates(data):
 def test_slow_observations_equal_rerunning_the_tools(data):
     """Every observation is the tool's real output; a trace that asks today() is rerun on the
     clock it saw (each trace draws its own)."""
+    import re
+
     from duma.agents import protocol
-    from duma.plugins.minds.generate import DEFAULT_TODAY, fixed_today, generation_tool_runner, trace_clock
+    from duma.plugins.minds.generate import DEFAULT_TODAY, fixed_today, generation_tool_runner
 
     runner = generation_tool_runner()
     records = read(data / "slow_train.jsonl") + read(data / "slow_eval.jsonl")
@@ -78,7 +80,9 @@ def test_slow_observations_equal_rerunning_the_tools(data):
         assert msgs[1]["content"].splitlines()[-1].startswith(f"Query ")
         steps = msgs[2:]
         assert protocol.parse_slow(steps[-1]["content"]).finish
-        with fixed_today(trace_clock(msgs) or DEFAULT_TODAY):
+        asks_today = protocol.parse_slow(steps[0]["content"]).action == "today()"
+        clock = re.match(r"Obs\[(\d{4}-\d\d-\d\d)", steps[1]["content"]) if asks_today else None
+        with fixed_today(clock.group(1) if clock else DEFAULT_TODAY):
             for act, obs in zip(steps[0:-1:2], steps[1:-1:2]):
                 parsed = protocol.parse_slow(act["content"])
                 assert parsed.action and parsed.reason
@@ -713,7 +717,6 @@ def test_slow_traces_compute_on_the_earlier_result_and_read_their_own_clock(mixe
     that asks today() computes from the date it got, and the traces' dates differ."""
     import re
 
-    from duma.plugins.minds.generate import trace_clock
     from duma.plugins.minds.templates import RESULT_FOLLOWUP_FAMILIES
 
     names = {f.name for f in RESULT_FOLLOWUP_FAMILIES}
@@ -727,8 +730,9 @@ def test_slow_traces_compute_on_the_earlier_result_and_read_their_own_clock(mixe
     assert on_result >= 3
     clocks = set()
     for r in read(mixed / "slow_train.jsonl"):
-        today = trace_clock(r["messages"])
-        if today:
+        steps = r["messages"][2:]
+        if "Act[today()]" in steps[0]["content"]:
+            today = re.match(r"Obs\[(\d{4}-\d\d-\d\d)", steps[1]["content"]).group(1)
             clocks.add(today)
-            assert all(today in m["content"] for m in r["messages"][4:-1:2]), r["messages"]
+            assert all(today in m["content"] for m in steps[2:-1:2]), steps
     assert len(clocks) >= 3

@@ -268,17 +268,6 @@ def trace_today(rng: random.Random, today: str) -> str:
             ).isoformat()
 
 
-def trace_clock(messages: list[dict[str, Any]]) -> str | None:
-    """The date a slow trace's today() returned (its own clock), or None when it asks no date."""
-    from duma.agents import protocol
-
-    for act, obs in zip(messages, messages[1:]):
-        if act["role"] == "assistant" and protocol.parse_slow(act["content"]).action == "today()":
-            found = re.match(r"Obs\[(\d{4}-\d\d-\d\d)", obs["content"])
-            return found.group(1) if found else None
-    return None
-
-
 def generate_slow(rng: random.Random, n: int, eval_fraction: float, pools: TemplatePools, runner: SlowMind,
                   system_prompt: str, excluded: frozenset[str] = frozenset(), today: str = DEFAULT_TODAY
                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

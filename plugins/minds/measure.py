@@ -27,13 +27,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .generate import DEFAULT_TODAY, KNOWLEDGE_DIR, MEMORY_TURNS, fixed_today, logged_message, trace_clock
+from .generate import DEFAULT_TODAY, KNOWLEDGE_DIR, MEMORY_TURNS, fixed_today, logged_message
 
 
 class InvokeMetrics(BaseModel):
@@ -407,9 +406,8 @@ def measure_invoke(backend: Any, turns: list[dict[str, Any]], max_tokens: int
 
 
 def measure_slow(backend: Any, tools: dict[str, Any], episodes: list[tuple[str, str]], max_tokens: int,
-                 max_steps: int = 4, clocks: list[str | None] | None = None) -> tuple[SlowMetrics, list[bool]]:
-    """Run the real SlowMind loop on (retrospect, expected) pairs; ``clocks``: per episode, the
-    date today() returns (a generated trace's own clock), or None for the clock as set."""
+                 max_steps: int = 4) -> tuple[SlowMetrics, list[bool]]:
+    """Run the real SlowMind loop on (retrospect, expected) pairs."""
     from duma.agents import protocol
     from duma.agents.slow_mind import SlowMind, collect
     from duma.types import GenerationOptions
@@ -418,10 +416,8 @@ def measure_slow(backend: Any, tools: dict[str, Any], episodes: list[tuple[str, 
                     max_steps=max_steps, timeout_s=600)
     steps = valid = finished = correct = 0
     correct_rows = []
-    for i, (retrospect, expected) in enumerate(episodes):
-        clock = clocks[i] if clocks else None
-        with fixed_today(clock) if clock else nullcontext():
-            result = collect(list(mind.run(retrospect)))
+    for retrospect, expected in episodes:
+        result = collect(list(mind.run(retrospect)))
         for step in result.steps:
             if step.action is None:
                 if step.observation is not None:
@@ -692,8 +688,8 @@ def measure_heldout(report: MeasureReport, data: Path, fast: Any, slow: Any, too
     expected = {r["id"]: r["expected"] for r in _read_jsonl(data / "slow_expected.jsonl")}
     slow_eval = slow_eval[:limit] if limit else slow_eval
     report.invoke, invoke_rows = measure_invoke(fast, turns, max_tokens)
-    report.slow, _ = measure_slow(slow, tools, [(r["messages"][1]["content"], expected[r["id"]]) for r in slow_eval],
-                                  max_tokens, clocks=[trace_clock(r["messages"]) for r in slow_eval])
+    report.slow, _ = measure_slow(slow, tools, [(r["messages"][1]["content"], expected[r["id"]])
+                                                 for r in slow_eval], max_tokens)
     # Per routing turn, the slow mind's answer on the same turn (its retrospect).
     from duma.agents import fast_mind
 
