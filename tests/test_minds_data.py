@@ -65,29 +65,25 @@ def test_splits_hold_out_whole_templates(data):
 
 
 def test_slow_observations_equal_rerunning_the_tools(data):
-    """Every observation is the tool's real output; a trace that asks today() is rerun on the
-    clock it saw (each trace draws its own)."""
-    import re
-
     from duma.agents import protocol
     from duma.plugins.minds.generate import DEFAULT_TODAY, fixed_today, generation_tool_runner
 
-    runner = generation_tool_runner()
-    records = read(data / "slow_train.jsonl") + read(data / "slow_eval.jsonl")
-    for r in records:
-        msgs = r["messages"]
-        assert msgs[0]["content"] == runner.system_prompt
-        assert msgs[1]["content"].splitlines()[-1].startswith(f"Query ")
-        steps = msgs[2:]
-        assert protocol.parse_slow(steps[-1]["content"]).finish
-        asks_today = protocol.parse_slow(steps[0]["content"]).action == "today()"
-        clock = re.match(r"Obs\[(\d{4}-\d\d-\d\d)", steps[1]["content"]) if asks_today else None
-        with fixed_today(clock.group(1) if clock else DEFAULT_TODAY):
+    with fixed_today(DEFAULT_TODAY):
+        runner = generation_tool_runner()
+        records = read(data / "slow_train.jsonl") + read(data / "slow_eval.jsonl")
+        errors = 0
+        for r in records:
+            msgs = r["messages"]
+            assert msgs[0]["content"] == runner.system_prompt
+            assert msgs[1]["content"].splitlines()[-1].startswith(f"Query ")
+            steps = msgs[2:]
+            assert protocol.parse_slow(steps[-1]["content"]).finish
             for act, obs in zip(steps[0:-1:2], steps[1:-1:2]):
                 parsed = protocol.parse_slow(act["content"])
                 assert parsed.action and parsed.reason
                 assert obs["content"] == protocol.format_observation(runner.run_tool(parsed.action))
-    assert len(records) == 20
+                errors += obs["content"].startswith("Obs[Error")
+        assert len(records) == 20
 
 
 def test_fast_samples_equal_the_agents_context(data):
@@ -427,11 +423,8 @@ def test_conversions_go_both_ways_in_the_direction_asked(mixed):
                 continue
             value, source, target = m.groups()
             directions.add((source, target))
-            if source in names and re.search(rf"(?<![\d.]){re.escape(value)}\s*(?:°|[A-Za-z\u4e00-\u9fff])", query):
-                # the unit written after the value is the one converted from
+            if source in names:  # the unit written after the value is the one converted from
                 assert re.search(rf"(?<![\d.]){re.escape(value)}\s*(?:{names[source]})", query), (query, act)
-            elif source in names:  # "How about 78?": the unit of the question before
-                assert re.search(names[source], lines[0]), (lines, act)
     assert {("C", "F"), ("F", "C"), ("km", "mi"), ("mi", "km")} <= directions or \
         {("C", "F"), ("F", "C")} <= directions
 
@@ -645,94 +638,3 @@ def test_arithmetic_on_the_result_follows_only_a_plain_number():
     assert len(on_result) == 6 and all(f.follows(plain) and not f.follows(huge) for f in on_result)
     percent = SlowTask("?", [], "", "", "1.2e+16", family="percent")
     assert any(f.follows(percent) for f in FOLLOWUP_FAMILIES)  # "And 18%?" needs no plain result
-
-
-# --------------------------------------------------------------------------- slow-mind only data
-
-def test_slow_only_data_leaves_the_fast_dialogues_unchanged(mixed, tmp_path, monkeypatch):
-    """The shipped fast adapter was trained on these dialogues: the slow traces' own families,
-    their follow-ups on the earlier result and their own clocks must not move them by a byte."""
-    from duma.plugins.minds import generate as gen
-
-    monkeypatch.setattr(gen, "SLOW_FAMILIES", [f for f in gen.SLOW_FAMILIES if f.draw_weight("fast") > 0])
-    monkeypatch.setattr(gen, "RESULT_FOLLOWUP_FAMILIES", [])
-    monkeypatch.setattr(gen, "TODAY_SPREAD_DAYS", 0)
-    gen.generate(tmp_path, seed=3, n_fast=160, n_slow=160)
-    for name in ("fast_train.jsonl", "fast_eval.jsonl", "routing_eval.jsonl", "router_train.jsonl"):
-        assert (tmp_path / name).read_bytes() == (mixed / name).read_bytes(), name
-    assert (tmp_path / "slow_train.jsonl").read_bytes() != (mixed / "slow_train.jsonl").read_bytes()
-
-
-_ZH_DISCOUNT_PAID = {"九": 90, "八": 80, "七": 70, "六": 60, "五": 50, "八五": 85, "七五": 75}
-
-
-def test_multi_step_families_compute_what_the_question_asks():
-    """An average, a price after a discount (打八折 pays 80%), a unit price, a pay for several
-    days, the interest alone and a bracketed expression: one calculator call whose result is
-    the answer the question asks for, with every number of the question copied exactly."""
-    import random
-    import re
-
-    from duma.plugins.minds.generate import generation_tool_runner
-    from duma.plugins.minds.templates import SLOW_FAMILIES
-
-    families = {f.name: f for f in SLOW_FAMILIES}
-    run_tool = generation_tool_runner().run_tool
-
-    def num(text: str) -> float:
-        return float(text.replace(",", ""))
-
-    for name in ("expression", "mean", "discount_price", "unit_price", "earnings", "interest_earned"):
-        family = families[name]
-        assert family.draw_weight("fast") == 0  # the shipped fast mind did not see them
-        for lang, phrasings in family.phrasings.items():
-            for i, phrasing in enumerate(phrasings):
-                for draw in range(4):
-                    task = family.build(random.Random(f"{name}{lang}{i}-{draw}"), phrasing, run_tool, lang)
-                    (step,) = task.steps
-                    assert step.action.startswith("calculator(") and task.expected in task.answer, task
-                    p = task.params
-                    if name == "expression":
-                        assert re.fullmatch(r"[\d ()+*/-]+", p["expression"])
-                        want = eval(p["expression"])  # digits, brackets and + - * / only
-                    elif name == "mean":
-                        want = sum(map(num, p["values"])) / len(p["values"])
-                    elif name == "discount_price":
-                        paid = next((v for k, v in _ZH_DISCOUNT_PAID.items() if f"打{k}折" in task.query), None)
-                        assert paid is None or p["p"] == 100 - paid, (task.query, p)
-                        want = num(p["n"]) * (1 - p["p"] / 100)
-                    elif name == "unit_price":
-                        want = num(p["total"]) / num(p["q"])
-                    elif name == "earnings":
-                        want = num(p["rate"]) * num(p["hours"]) * p["days"]
-                    else:
-                        principal = num(p["principal"])
-                        want = principal * (1 + p["rate"] / 100) ** p["years"] - principal
-                    assert abs(num(task.expected) - want) <= 0.011, (task.query, step.action, task.expected)
-                    assert numbers(task.query) <= numbers(step.action), (task.query, step.action)
-
-
-def test_slow_traces_compute_on_the_earlier_result_and_read_their_own_clock(mixed):
-    """"Divide it by 9." in a slow trace starts from the number of the earlier answer; a trace
-    that asks today() computes from the date it got, and the traces' dates differ."""
-    import re
-
-    from duma.plugins.minds.templates import RESULT_FOLLOWUP_FAMILIES
-
-    names = {f.name for f in RESULT_FOLLOWUP_FAMILIES}
-    on_result = 0
-    for templates, retrospect, actions in slow_episodes(mixed / "slow_train.jsonl"):
-        if family(templates[-1]) in names:
-            on_result += 1
-            earlier = next(line for line in retrospect if line.startswith("Answer 0:"))
-            operand = re.match(r"calculator\((-?[\d.]+) ", actions[0])
-            assert operand and operand.group(1) in numbers(earlier), (retrospect, actions)
-    assert on_result >= 3
-    clocks = set()
-    for r in read(mixed / "slow_train.jsonl"):
-        steps = r["messages"][2:]
-        if "Act[today()]" in steps[0]["content"]:
-            today = re.match(r"Obs\[(\d{4}-\d\d-\d\d)", steps[1]["content"]).group(1)
-            clocks.add(today)
-            assert all(today in m["content"] for m in steps[2:-1:2]), steps
-    assert len(clocks) >= 3

@@ -18,7 +18,6 @@ the same model reuses its replies instead of decoding them again.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import random
@@ -48,7 +47,6 @@ from .templates import (
     INJECTIONS_HELD,
     INTERIMS,
     NUMBER_FOLLOWUPS,
-    RESULT_FOLLOWUP_FAMILIES,
     SIMPLE_QA,
     SIMPLE_QA_HELD,
     SLOW_FAMILIES,
@@ -67,7 +65,6 @@ if TYPE_CHECKING:
 
 KNOWLEDGE_DIR = Path(__file__).resolve().parents[2] / "examples" / "knowledge"
 DEFAULT_TODAY = "2025-06-16"
-TODAY_SPREAD_DAYS = 730  # each slow trace's today() is drawn this far either side of --today
 MEMORY_TURNS = 20  # the agent's default dialogue memory (AgentConfig.memory_turns)
 CHARS_PER_TOKEN = 3.5
 # Tokens per word, digit, punctuation mark, Chinese character and message (its chat template),
@@ -77,8 +74,7 @@ TOKEN_WEIGHTS = {"word": 1.19, "digit": 1.17, "punct": 0.83, "cjk": 1.88, "messa
 ZH_SHARE = 0.25  # Chinese dialogues and traces
 # Slow traces: share that follow up an earlier computation ("And 18%?"), and share whose
 # retrospect holds an earlier question of the same family (its numbers must not leak).
-SLOW_FOLLOWUP_SHARE = 0.24
-SLOW_RESULT_SHARE = 0.5  # of those follow-ups: arithmetic on the earlier answer's number
+SLOW_FOLLOWUP_SHARE = 0.14
 SLOW_SAME_FAMILY_SHARE = 0.12
 GENERAL_MAX_TOKENS = 96
 MIN_DISTINCT_TRIGRAMS = 0.8  # general replies repeating more of their word trigrams are dropped
@@ -146,14 +142,13 @@ class TemplatePools:
     # The fast generator's extra slow turns and follow-ups (never in the slow traces).
     fast_slow: dict[tuple[str, str], Pool] = field(default_factory=dict)
     fast_followup: dict[tuple[str, str], Pool] = field(default_factory=dict)
-    # The slow traces' follow-ups on the earlier answer's number (drawn apart from ``followup``).
-    result_followup: dict[tuple[str, str], Pool] = field(default_factory=dict)
 
     def fast_slow_pool(self, split: str, lang: str) -> Pool:
         return self.slow[(split, lang)] + self.fast_slow.get((split, lang), [])
 
     def fast_followup_pool(self, split: str, lang: str) -> Pool:
         return self.followup[(split, lang)] + self.fast_followup.get((split, lang), [])
+
 
 def _template_pools(families: list[Family]) -> dict[tuple[str, str], Pool]:
     pools: dict[tuple[str, str], Pool] = {}
@@ -236,12 +231,9 @@ def _slow_record(rng: random.Random, split: str, lang: str, pools: TemplatePools
     draw = rng.random()
     if draw < SLOW_FOLLOWUP_SHARE:
         # A follow-up: the retrospect holds the earlier question and its answer.
-        followups = pools.followup[(split, lang)]
-        if rng.random() < SLOW_RESULT_SHARE:
-            followups = pools.result_followup.get((split, lang), followups)
-        bases = {b for f, _ in followups for b in f.base}
+        bases = {b for f, _ in pools.followup[(split, lang)] for b in f.base}
         base_template, base = draw_task(rng, [(f, i) for f, i in slow_pool if f.name in bases], lang, runner)
-        drawn = draw_followup(rng, followups, lang, runner, base)
+        drawn = draw_followup(rng, pools.followup[(split, lang)], lang, runner, base)
         assert drawn is not None
         template, task = drawn
         previous.append((base.query, final_reply(rng, lang, base.answer)))
@@ -261,15 +253,8 @@ def _slow_record(rng: random.Random, split: str, lang: str, pools: TemplatePools
     return [template], previous, task
 
 
-def trace_today(rng: random.Random, today: str) -> str:
-    """A slow trace's own clock, up to two years either side of ``today``: a single date in
-    every trace taught the slow mind to write it without calling today()."""
-    return (dt.date.fromisoformat(today) + dt.timedelta(days=rng.randrange(-TODAY_SPREAD_DAYS, TODAY_SPREAD_DAYS + 1))
-            ).isoformat()
-
-
 def generate_slow(rng: random.Random, n: int, eval_fraction: float, pools: TemplatePools, runner: SlowMind,
-                  system_prompt: str, excluded: frozenset[str] = frozenset(), today: str = DEFAULT_TODAY
+                  system_prompt: str, excluded: frozenset[str] = frozenset()
                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     train: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
@@ -277,13 +262,12 @@ def generate_slow(rng: random.Random, n: int, eval_fraction: float, pools: Templ
     for k in range(n):
         split = "eval" if rng.random() < eval_fraction else "train"
         lang = languages[k]
-        with fixed_today(trace_today(rng, today)):
-            for _ in range(MAX_REDRAWS):  # drawn again while a user message is one of the excluded ones
-                templates, previous, task = _slow_record(rng, split, lang, pools, runner)
-                if not _excluded_hit([task.query, *(q for q, _ in previous)], excluded):
-                    break
-            else:
-                raise _redraws_exhausted(task.query)
+        for _ in range(MAX_REDRAWS):  # drawn again while a user message is one of the excluded ones
+            templates, previous, task = _slow_record(rng, split, lang, pools, runner)
+            if not _excluded_hit([task.query, *(q for q, _ in previous)], excluded):
+                break
+        else:
+            raise _redraws_exhausted(task.query)
         target = evals if split == "eval" else train
         target.append({"id": f"slow-{split}-{k:05d}:" + "+".join(templates), "category": f"slow/{split}",
                        "messages": slow_messages(system_prompt, previous, task),
@@ -787,15 +771,14 @@ def generate(out: Path, seed: int = 0, n_fast: int = 700, n_slow: int = 900, eva
     out.mkdir(parents=True, exist_ok=True)
     pools = TemplatePools(slow=_template_pools(SLOW_FAMILIES), chat=_template_pools(CHAT_FAMILIES),
                           followup=_template_pools(FOLLOWUP_FAMILIES), fast_slow=_template_pools(FAST_SLOW_FAMILIES),
-                          fast_followup=_template_pools(FAST_FOLLOWUP_FAMILIES),
-                          result_followup=_template_pools(RESULT_FOLLOWUP_FAMILIES))
+                          fast_followup=_template_pools(FAST_FOLLOWUP_FAMILIES))
     replies = distill_general(out, general, general_model, general_backend, progress=progress) if general else {}
     with fixed_today(today):
         runner = generation_tool_runner(knowledge_dir)
         fast_system = fast_mind.fast_system_prompt(None, None)
         # Separate streams: changing --fast does not change the slow traces.
         slow_train, slow_eval = generate_slow(random.Random(f"{seed}-slow"), n_slow, eval_fraction, pools,
-                                              runner, runner.system_prompt, excluded, today)
+                                              runner, runner.system_prompt, excluded)
         fast_train, fast_eval, routing_eval, router_train = generate_fast(
             random.Random(f"{seed}-fast"), n_fast, eval_fraction, pools, runner, fast_system, replies, excluded)
     # "expected" is for measurement only: kept out of the training records (a side file).

@@ -17,10 +17,8 @@ What the families cover (the v1 minds' failures in brackets):
 
 - numbers written with thousands separators and decimals, copied exactly into the action
   (``multiply``, ``sum``, ``difference``, ``percent``) [4,821 × 37 computed as 4 × 37];
-- multi-step arithmetic in one expression (``multi_item``, ``compound``, ``percent_change``;
-  in the slow traces also ``expression``, ``mean``, ``discount_price``, ``unit_price``,
-  ``earnings``, ``interest_earned``) [a one-step expression and a wrong total; v2: the average
-  computed as the sum, a bracketed expression as its first product, 35% off as an addition];
+- multi-step arithmetic in one expression (``multi_item``, ``compound``, ``percent_change``)
+  [a one-step expression and a wrong total];
 - unit conversions in both directions with the direction right (``convert``,
   ``convert_temp``, ``reverse_convert``) [Celsius to Fahrenheit done as F to C];
 - functions written inside the calculator (``sqrt``, ``power``) and the recovery from a
@@ -28,8 +26,7 @@ What the families cover (the v1 minds' failures in brackets):
 - dates relative to today computed from ``today()``'s observation, named holidays with their
   date written out, weekdays of dates decades back (``from_today``, ``days_ago``,
   ``days_until_holiday``, ``days_left``, ``holiday_weekday``, ``past_weekday``) ["90 days from
-  today" added to a remembered date; Christmas 2025 looked up as 2025-12-01]; each slow trace
-  has its own today (v2: the one fixed date of every trace was written without a lookup);
+  today" added to a remembered date; Christmas 2025 looked up as 2025-12-01];
 - knowledge-base questions in many phrasings, always sent to the slow mind (``knowledge``)
   [``Let me look into that.`` with ``Invoke[False]``], in everyday words keyed by the fact
   (``knowledge_reworded``) and as a short follow-up about a related fact ("What about the
@@ -391,107 +388,6 @@ def _split_bill(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str)
     people = rng.randrange(2, 13)
     return _split_bill_task(total, people, run_tool, lang, phrasing.format(total=total, people=people),
                             _by_lang(lang, f"Divide the total {total} by {people} people.", f"总额{total}除以{people}人。"))
-
-
-# Multi-step questions people ask in one sentence: one calculator expression each.
-def _expression(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
-    """An expression with brackets, copied whole into the calculator (never just its first product)."""
-    a, b, c, d = (rng.randrange(2, 400) for _ in range(4))
-    k = rng.randrange(2, 13)
-    expression = rng.choice([f"({a} + {b}) * {k} - {c}", f"{a} * ({b} - {c})", f"({a} + {b} + {c}) / {k}",
-                             f"({a} - {b}) * {k} + {d}", f"({a} + {b}) * ({c} + {d})", f"{a} + {b} * ({c} - {d})",
-                             f"({a} * {k} - {b}) / {rng.choice([2, 4, 5, 10])}"])
-    step = _check(_tool_step(run_tool, _by_lang(lang, "Copy the whole expression, brackets included.",
-                                                "把整个算式连同括号一起照抄。"), f"calculator({expression})"))
-    obs = step.observation
-    answer, alt = _answers(lang, f"{expression} = {obs}.", f"{expression} 等于 {obs}。")
-    return SlowTask(phrasing.format(expr=expression), [step], _by_lang(lang, "I have the result.", "已得到结果。"),
-                    answer, obs, lang, {"expression": expression}, alt)
-
-
-def _mean(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
-    """The average: every value added, divided by how many there are."""
-    values = [str(rng.randrange(10, 100)) if rng.random() < 0.7 else _money(rng, 1, 500)
-              for _ in range(rng.choice([3, 3, 4, 4, 5, 6]))]
-    expression = f"round(({' + '.join(values)}) / {len(values)}, 2)"
-    step = _check(_tool_step(run_tool, _by_lang(lang, f"Add the {len(values)} values and divide by {len(values)}.",
-                                                f"把{len(values)}个数相加，再除以{len(values)}。"),
-                             f"calculator({expression})"))
-    obs = step.observation
-    answer, alt = _answers(lang, f"The average of {_join_en(values)} is {obs}.",
-                           f"{_join_zh(values)}的平均数是{obs}。")
-    return SlowTask(phrasing.format(values=_by_lang(lang, _join_en(values), _join_zh(values))), [step],
-                    _by_lang(lang, "I have the average.", "已算出平均数。"), answer, obs, lang, {"values": values}, alt)
-
-
-_ZH_DISCOUNTS = {9: "九", 8: "八", 7: "七", 6: "六", 5: "五", 8.5: "八五", 7.5: "七五"}
-
-
-def _discount_price(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
-    """What is paid after a discount: the price times (1 - p/100). In Chinese, 打八折 means paying 80%."""
-    n = str(rng.randrange(12, 2000)) if rng.random() < 0.7 else _money(rng, 5, 3000)
-    z = rng.choice(list(_ZH_DISCOUNTS))
-    p = round(100 - z * 10) if lang == "zh" and "{z}" in phrasing else rng.choice(_PERCENTS)
-    step = _check(_tool_step(run_tool, _by_lang(lang, f"{p}% off means paying {100 - p:g}% of {n}.",
-                                                f"便宜{p}%就是付{n}的{100 - p:g}%。"),
-                             f"calculator(round({n} * (1 - {p} / 100), 2))"))
-    obs = step.observation
-    answer, alt = _answers(lang, f"With {p}% off, {n} becomes {obs}.", f"{n}减去{p}%以后是{obs}。")
-    return SlowTask(phrasing.format(n=n, p=p, z=_ZH_DISCOUNTS[z]), [step],
-                    _by_lang(lang, "I have the price after the discount.", "已算出折后价。"), answer, obs, lang,
-                    {"n": n, "p": p}, alt)
-
-
-_UNITS_BOUGHT = [("kg of apples", "kilo", "公斤苹果", "公斤"), ("litres of olive oil", "litre", "升橄榄油", "升"),
-                 ("metres of rope", "metre", "米绳子", "米"), ("batteries", "battery", "节电池", "节"),
-                 ("tickets", "ticket", "张票", "张")]
-
-
-def _unit_price(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
-    """The price of one unit: the total divided by the quantity (never the other way round)."""
-    what, one, what_zh, one_zh = rng.choice(_UNITS_BOUGHT)
-    q = rng.choice(["2", "3", "4", "5", "6", "8", "10", "12", "1.5", "2.5", "0.75"])
-    total = _money(rng, 2, 300)
-    step = _check(_tool_step(run_tool, _by_lang(lang, f"Price per {one}: the total {total} divided by {q}.",
-                                                f"每{one_zh}的价格：总价{total}除以{q}。"),
-                             f"calculator(round({total} / {q}, 2))"))
-    obs = step.observation
-    answer, alt = _answers(lang, f"{total} for {q} {what} is {obs} per {one}.", f"{q}{what_zh}{total}元，每{one_zh}{obs}元。")
-    return SlowTask(phrasing.format(q=q, total=total, what=_by_lang(lang, what, what_zh), one=_by_lang(lang, one, one_zh)),
-                    [step], _by_lang(lang, "I have the unit price.", "已算出单价。"), answer, obs, lang,
-                    {"total": total, "q": q}, alt)
-
-
-def _earnings(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
-    """Pay for several days: hourly rate times hours a day times days, in one expression."""
-    rate = rng.choice([str(rng.randrange(9, 60)), _money(rng, 9, 60)])
-    hours = rng.choice(["4", "5", "6", "7", "7.5", "8", "8.5", "9", "10"])
-    days = rng.randrange(3, 31)
-    step = _check(_tool_step(run_tool, _by_lang(lang, f"Rate times hours a day times days: {rate} * {hours} * {days}.",
-                                                f"时薪乘以每天小时数再乘以天数：{rate} * {hours} * {days}。"),
-                             f"calculator({rate} * {hours} * {days})"))
-    obs = step.observation
-    answer, alt = _answers(lang, f"{hours} hours a day for {days} days at {rate} an hour is {obs}.",
-                           f"每天{hours}小时，{days}天，时薪{rate}，一共是{obs}。")
-    return SlowTask(phrasing.format(rate=rate, hours=hours, days=days), [step],
-                    _by_lang(lang, "I have the pay.", "已算出收入。"), answer, obs, lang,
-                    {"rate": rate, "hours": hours, "days": days}, alt)
-
-
-def _interest_earned(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
-    """The interest alone: the compounded amount minus the principal."""
-    principal = _grouped(rng.randrange(2, 101) * 500)
-    rate = rng.choice([1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5, 6, 7, 8])
-    years = rng.choice([y for y in range(2, 16) if str(y) != f"{rate:g}"])
-    step = _check(_tool_step(run_tool, _by_lang(lang, "The interest is the compounded amount minus the principal.",
-                                                "利息等于复利后的金额减去本金。"),
-                             f"calculator(round({principal} * (1 + {rate:g}/100) ** {years} - {principal}, 2))"))
-    obs = step.observation
-    answer, alt = _answers(lang, f"{principal} at {rate:g}% a year earns {obs} in interest over {years} years.",
-                           f"{principal}按年利率{rate:g}%复利{years}年，利息是{obs}。")
-    return SlowTask(phrasing.format(principal=principal, rate=f"{rate:g}", years=years), [step],
-                    _by_lang(lang, "I have the interest.", "已算出利息。"), answer, obs, lang,
-                    {"principal": principal, "rate": rate, "years": years}, alt)
 
 
 def _recover_calc(rng: random.Random, phrasing: str, run_tool: RunTool, lang: str) -> SlowTask:
@@ -1236,49 +1132,6 @@ SLOW_FAMILIES: list[Family] = [
                                    "The company was founded on {d}. What day of the week was that?"],
                             "zh": ["我爸爸出生于{d}，那天是星期几？", "{d}是星期几？", "我们{d}结婚，那天是周几？"]},
            _past_weekday, weight=0.3),
-    # Multi-step questions in one sentence (slow traces only until the fast mind is retrained).
-    Family("expression", {"en": ["What is {expr}?", "Work out {expr}.", "Evaluate {expr}, please.", "{expr} = ?",
-                                 "Can you calculate {expr} for me?", "What does {expr} come to?"],
-                          "zh": ["{expr}等于多少？", "算一下{expr}。", "帮我计算{expr}。", "{expr}的结果是多少？"]},
-           _expression, weight=0.6, fast_weight=0.0),
-    Family("mean", {"en": ["What is the mean of {values}?", "Average these numbers: {values}.",
-                           "My scores were {values}. What's my average?", "Find the average of {values}, please.",
-                           "What do {values} average out to?"],
-                    "zh": ["{values}的平均数是多少？", "求{values}的平均值。", "我这几次分别是{values}，平均是多少？"]},
-           _mean, weight=0.5, fast_weight=0.0),
-    Family("discount_price", {"en": ["Something costs {n} and is {p}% off. What's the sale price?",
-                                     "What will I pay for a {n} euro item with a {p}% discount?",
-                                     "The shop takes {p}% off {n}. How much do I pay now?",
-                                     "{n} minus {p}%: what's the new price?",
-                                     "A {n} euro ticket is reduced by {p}%. What does it cost now?"],
-                              "zh": ["原价{n}元的东西打{z}折，现在多少钱？", "{n}元的商品打{z}折后要付多少？",
-                                     "{n}欧元的东西便宜{p}%，现价是多少？", "标价{n}，降价{p}%以后卖多少钱？"]},
-           _discount_price, weight=0.5, fast_weight=0.0),
-    Family("unit_price", {"en": ["{q} {what} cost {total}. What is the price per {one}?",
-                                 "I paid {total} for {q} {what}. How much is one {one}?",
-                                 "If {q} {what} come to {total}, what does a single {one} cost?",
-                                 "What's the cost per {one} when {q} {what} are {total}?"],
-                          "zh": ["{q}{what}一共{total}元，每{one}多少钱？", "花了{total}元买{q}{what}，单价是多少？",
-                                 "{q}{what}卖{total}元，一{one}多少钱？"]},
-           _unit_price, weight=0.4, fast_weight=0.0),
-    Family("earnings", {"en": ["I get {rate} an hour and work {hours} hours a day. How much do I make in {days} days?",
-                               "At {rate} per hour, {hours} hours a day, what do {days} days of work pay?",
-                               "My job pays {rate} hourly. I did {hours}-hour days for {days} days. Total pay?",
-                               "What's my income for {days} days of {hours} hours at {rate} an hour?"],
-                        "zh": ["时薪{rate}元，每天干{hours}小时，{days}天能挣多少？", "每小时{rate}元，一天{hours}小时，干{days}天一共多少钱？",
-                               "我一天工作{hours}小时，时薪{rate}，{days}天收入多少？"]},
-           _earnings, weight=0.4, fast_weight=0.0),
-    Family("interest_earned", {"en": ["How much interest do {principal} euros make in {years} years at {rate}% a year, "
-                                      "compounded yearly?",
-                                      "Not the total, just the interest: {principal} at {rate}% yearly for {years} years?",
-                                      "What interest does a deposit of {principal} collect over {years} years at {rate}% "
-                                      "compound interest?",
-                                      "If I put {principal} away at {rate}% a year for {years} years, how much of it is "
-                                      "interest?"],
-                               "zh": ["{principal}元存{years}年，年利率{rate}%按年复利，利息是多少？",
-                                      "本金{principal}，年息{rate}%，复利{years}年能赚多少利息？",
-                                      "{principal}欧元按{rate}%复利存{years}年，光利息有多少？"]},
-           _interest_earned, weight=0.4, fast_weight=0.0),
 ]
 
 # New computations on the task of the turn before: always Invoke[True], and the trace uses the
@@ -1442,8 +1295,7 @@ def _on_result(op: str) -> Callable[[random.Random, str, RunTool, str, SlowTask]
     return follow
 
 
-_NUMERIC_BASES = ("percent", "tip", "arith", "multiply", "sum", "difference", "multi_item", "split_bill", "expression",
-                  "mean", "discount_price", "unit_price", "earnings", "interest_earned")
+_NUMERIC_BASES = ("percent", "tip", "arith", "multiply", "sum", "difference", "multi_item", "split_bill")
 
 # Families the fast generator draws for its slow turns besides SLOW_FAMILIES.
 FAST_SLOW_FAMILIES: list[Family] = [
@@ -1451,8 +1303,12 @@ FAST_SLOW_FAMILIES: list[Family] = [
                                   "zh": ["{q}", "{q}", "你好，{q}", "请问一下，{q}"]},
            _reworded_knowledge, weight=0.0, fast_weight=2.0),
 ]
-# Arithmetic on the earlier answer's number: follow-ups of both minds besides FOLLOWUP_FAMILIES.
-RESULT_FOLLOWUP_FAMILIES: list[Family] = [
+# Follow-ups the fast generator draws besides FOLLOWUP_FAMILIES: always Invoke[True].
+FAST_FOLLOWUP_FAMILIES: list[Family] = [
+    Family("related_knowledge", {"en": ["{related}", "{related}", "{related}", "And {np}?", "Also, {q}",
+                                        "One more: {q}", "What about {np}?"],
+                                 "zh": ["{related}", "{related}", "{related}", "还有，{q}", "那{np}呢？"]},
+           base=("knowledge", "knowledge_reworded"), follow=_related_knowledge),
     Family("divide_result", {"en": ["Divide it by {k}.", "What's the result divided by {k}?", "And that over {k}?",
                                     "Now split that into {k} equal parts."],
                              "zh": ["那再除以{k}是多少？", "把它平均分成{k}份呢？", "结果除以{k}呢？"]},
@@ -1475,14 +1331,6 @@ RESULT_FOLLOWUP_FAMILIES: list[Family] = [
     Family("half_result", {"en": ["Half of that?", "And half of the result?", "What's half of it?"],
                            "zh": ["它的一半是多少？", "那一半呢？"]},
            base=_NUMERIC_BASES, follow=_on_result("half"), on_result=True),
-]
-# Follow-ups the fast generator draws besides FOLLOWUP_FAMILIES: always Invoke[True].
-FAST_FOLLOWUP_FAMILIES: list[Family] = [
-    Family("related_knowledge", {"en": ["{related}", "{related}", "{related}", "And {np}?", "Also, {q}",
-                                        "One more: {q}", "What about {np}?"],
-                                 "zh": ["{related}", "{related}", "{related}", "还有，{q}", "那{np}呢？"]},
-           base=("knowledge", "knowledge_reworded"), follow=_related_knowledge),
-    *RESULT_FOLLOWUP_FAMILIES,
 ]
 
 
